@@ -1,0 +1,165 @@
+"""`RopeExtension`: a RoPE context extension as validated data, saved and loaded as JSON.
+
+The JSON file has these top-level keys, so other tools can write one:
+`method`, `long_factor`, `short_factor` (null when absent), `start_token`,
+`attention_factor` (null = the method's default), `original_max_position_embeddings`,
+`max_position_embeddings`, `metadata`.
+"""
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+from typing import Any, Sequence
+
+from .errors import UsageError
+from .io import atomic_write_json
+
+JSON_KEYS = (
+    "method",
+    "long_factor",
+    "short_factor",
+    "start_token",
+    "attention_factor",
+    "original_max_position_embeddings",
+    "max_position_embeddings",
+    "metadata",
+)
+
+
+def _check_factor_vector(name: str, values: Sequence[float]) -> tuple[float, ...]:
+    vals = tuple(float(v) for v in values)
+    if not vals:
+        raise UsageError(f"{name} is empty")
+    for i, v in enumerate(vals):
+        if not math.isfinite(v):
+            raise UsageError(f"{name}[{i}] is not finite ({v})")
+        if v < 1.0 - 1e-9:
+            raise UsageError(f"{name}[{i}] = {v} is below 1 (a rescale factor must be >= 1)")
+    return vals
+
+
+def is_monotone(values: Sequence[float]) -> bool:
+    """True when values are non-decreasing (LongRoPE's constraint lambda_i <= lambda_{i+1})."""
+    return all(a <= b + 1e-12 for a, b in zip(values, values[1:]))
+
+
+@dataclass(frozen=True)
+class RopeExtension:
+    """Per-dimension rescale factors lambda (length d/2) and what goes with them.
+
+    `long_factor` is used when the sequence is longer than the native context (or always,
+    when `short_factor` is None); `short_factor` while it fits. `start_token` (n_hat) is
+    the number of leading positions that keep the original RoPE. `attention_factor` None
+    means the method's default (see `longrope.methods.attention_factor`).
+    """
+
+    method: str
+    long_factor: tuple[float, ...]
+    original_max_position_embeddings: int
+    max_position_embeddings: int
+    short_factor: tuple[float, ...] | None = None
+    start_token: int = 0
+    attention_factor: float | None = None
+    metadata: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self):
+        object.__setattr__(self, "long_factor", _check_factor_vector("long_factor", self.long_factor))
+        if self.short_factor is not None:
+            short = _check_factor_vector("short_factor", self.short_factor)
+            if len(short) != len(self.long_factor):
+                raise UsageError(
+                    f"short_factor has {len(short)} values but long_factor has {len(self.long_factor)}"
+                )
+            object.__setattr__(self, "short_factor", short)
+        if not isinstance(self.method, str) or not self.method:
+            raise UsageError("method must be a non-empty string")
+        if int(self.start_token) != self.start_token or self.start_token < 0:
+            raise UsageError(f"start_token must be a non-negative integer, got {self.start_token}")
+        object.__setattr__(self, "start_token", int(self.start_token))
+        if int(self.original_max_position_embeddings) < 1:
+            raise UsageError("original_max_position_embeddings must be >= 1")
+        if int(self.max_position_embeddings) <= int(self.original_max_position_embeddings):
+            raise UsageError(
+                f"target context max_position_embeddings={self.max_position_embeddings} must exceed "
+                f"the original context {self.original_max_position_embeddings}"
+            )
+        object.__setattr__(self, "original_max_position_embeddings", int(self.original_max_position_embeddings))
+        object.__setattr__(self, "max_position_embeddings", int(self.max_position_embeddings))
+        if self.attention_factor is not None:
+            af = float(self.attention_factor)
+            if not math.isfinite(af) or af <= 0:
+                raise UsageError(f"attention_factor must be a positive number, got {self.attention_factor}")
+            object.__setattr__(self, "attention_factor", af)
+        if not isinstance(self.metadata, dict):
+            raise UsageError("metadata must be a JSON object")
+
+    @property
+    def scale(self) -> float:
+        """s = L' / L."""
+        return self.max_position_embeddings / self.original_max_position_embeddings
+
+    @property
+    def half_dim(self) -> int:
+        return len(self.long_factor)
+
+    def check_monotone(self) -> None:
+        """Raise UsageError unless long_factor is non-decreasing (required of searched factors)."""
+        if not is_monotone(self.long_factor):
+            raise UsageError("long_factor is not non-decreasing (lambda_i <= lambda_{i+1} is required)")
+
+    def with_(self, **changes) -> "RopeExtension":
+        return replace(self, **changes)
+
+    # -- JSON border -------------------------------------------------------------------
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["long_factor"] = list(self.long_factor)
+        d["short_factor"] = None if self.short_factor is None else list(self.short_factor)
+        return {k: d[k] for k in JSON_KEYS}
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any], source: str = "factors") -> "RopeExtension":
+        if not isinstance(d, dict):
+            raise UsageError(f"{source}: expected a JSON object")
+        missing = [k for k in ("method", "long_factor", "original_max_position_embeddings",
+                               "max_position_embeddings") if k not in d]
+        if missing:
+            raise UsageError(f"{source}: missing key(s) {', '.join(missing)}")
+        unknown = sorted(set(d) - set(JSON_KEYS))
+        if unknown:
+            raise UsageError(f"{source}: unknown key(s) {', '.join(unknown)}")
+        if not isinstance(d["long_factor"], list) or (
+            d.get("short_factor") is not None and not isinstance(d["short_factor"], list)
+        ):
+            raise UsageError(f"{source}: long_factor and short_factor must be lists of numbers")
+        try:
+            return cls(
+                method=d["method"],
+                long_factor=d["long_factor"],
+                short_factor=d.get("short_factor"),
+                start_token=d.get("start_token", 0) or 0,
+                attention_factor=d.get("attention_factor"),
+                original_max_position_embeddings=d["original_max_position_embeddings"],
+                max_position_embeddings=d["max_position_embeddings"],
+                metadata=d.get("metadata") or {},
+            )
+        except UsageError as e:
+            raise UsageError(f"{source}: {e}") from None
+        except (TypeError, ValueError) as e:
+            raise UsageError(f"{source}: malformed value ({e})") from None
+
+    def save(self, path: str | Path) -> Path:
+        return atomic_write_json(path, self.to_dict())
+
+    @classmethod
+    def load(cls, path: str | Path) -> "RopeExtension":
+        path = Path(path)
+        if not path.is_file():
+            raise UsageError(f"factors file not found: {path}")
+        try:
+            d = json.loads(path.read_text())
+        except (json.JSONDecodeError, UnicodeDecodeError) as e:
+            raise UsageError(f"factors file {path} is not valid JSON: {e}") from None
+        return cls.from_dict(d, source=str(path))
