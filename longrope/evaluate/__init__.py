@@ -1,0 +1,1 @@
+"""Evaluation: perplexity vs length and passkey retrieval."""

@@ -1,0 +1,78 @@
+"""Perplexity of long documents, computed without materialising full-length logits.
+
+The hot path runs the decoder once over the whole document (SDPA attention, no KV cache,
+`inference_mode`) and then pushes the final hidden states through the LM head in chunks,
+summing the token NLL chunk by chunk: peak memory is O(T * hidden + chunk * vocab)
+instead of the O(T * vocab) of `model(input_ids, labels=...)`.
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+@torch.inference_mode()
+def sequence_nll(model: nn.Module, input_ids: torch.Tensor, chunk_size: int = 1024) -> torch.Tensor:
+    """Summed next-token NLL of each row. input_ids: [B, T] -> [B] float32 (T-1 targets per row)."""
+    B, T = input_ids.shape
+    assert T >= 2, "need at least two tokens to score"
+    hidden = model.base_model(input_ids=input_ids, use_cache=False).last_hidden_state  # [B, T, H]
+    head = model.get_output_embeddings()
+    h, targets = hidden[:, :-1], input_ids[:, 1:]  # position t predicts token t+1
+    total = torch.zeros(B, dtype=torch.float32, device=input_ids.device)
+    for s in range(0, T - 1, chunk_size):
+        logits = head(h[:, s : s + chunk_size]).float()  # [B, c, V]
+        nll = F.cross_entropy(logits.transpose(1, 2), targets[:, s : s + chunk_size], reduction="none")  # [B, c]
+        total += nll.sum(dim=1)
+    return total
+
+
+def document_nll(model: nn.Module, input_ids: torch.Tensor, chunk_size: int = 1024) -> tuple[float, int]:
+    """Summed NLL of one document and the number of scored tokens. input_ids: [1, T] or [T]."""
+    if input_ids.dim() == 1:
+        input_ids = input_ids[None]
+    device = next(model.parameters()).device
+    total = sequence_nll(model, input_ids.to(device), chunk_size)
+    return float(total.item()), input_ids.shape[1] - 1  # the one host sync per document
+
+
+def sliding_window_nll(
+    model: nn.Module, ids: torch.Tensor, window: int, stride: int, chunk_size: int = 1024
+) -> tuple[float, int]:
+    """NLL of a document longer than `window`, scored in windows advancing by `stride`.
+
+    Each window scores only the tokens the previous one did not (the last `stride` ones,
+    all of them in the first window), so every token is scored once with at least
+    `window - stride` tokens of context. ids: [T].
+    """
+    assert 0 < stride <= window
+    T = ids.shape[0]
+    device = next(model.parameters()).device
+    total, count, scored_to = 0.0, 0, 1  # token 0 is never a target
+    for begin in range(0, max(T - window, 0) + stride, stride):
+        end = min(begin + window, T)
+        if end <= scored_to:
+            break
+        x = ids[begin:end][None].to(device)
+        with torch.inference_mode():
+            hidden = model.base_model(input_ids=x, use_cache=False).last_hidden_state[0]  # [w, H]
+            first = scored_to - begin  # index in the window of the first new target
+            h = hidden[first - 1 : end - begin - 1]
+            targets = x[0, first : end - begin]
+            head = model.get_output_embeddings()
+            for s in range(0, h.shape[0], chunk_size):
+                logits = head(h[s : s + chunk_size]).float()
+                total += float(F.cross_entropy(logits, targets[s : s + chunk_size], reduction="sum"))
+        count += end - scored_to
+        scored_to = end
+        if end == T:
+            break
+    return total, count
+
+
+def perplexity(mean_nlls: list[float]) -> float:
+    """REFERENCE 2: ppl = exp(mean over documents of the mean token NLL)."""
+    return math.exp(sum(mean_nlls) / len(mean_nlls))

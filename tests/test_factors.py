@@ -1,0 +1,60 @@
+import json
+
+import pytest
+
+from longrope.errors import UsageError
+from longrope.factors import JSON_KEYS, RopeExtension
+
+
+def ext(**kw):
+    base = dict(method="longrope", long_factor=[1.0, 2.0, 4.0], original_max_position_embeddings=128,
+                max_position_embeddings=1024)
+    base.update(kw)
+    return RopeExtension(**base)
+
+
+def test_json_round_trip_has_the_documented_keys(tmp_path):
+    e = ext(short_factor=[1.0, 1.1, 1.2], start_token=4, metadata={"seed": 3})
+    path = e.save(tmp_path / "f.json")
+    d = json.loads(path.read_text())
+    assert tuple(d) == JSON_KEYS
+    assert d["attention_factor"] is None and d["start_token"] == 4
+    assert RopeExtension.load(path) == e
+    assert e.scale == 8.0
+
+
+@pytest.mark.parametrize(
+    "kw,msg",
+    [
+        ({"long_factor": [1.0, float("nan"), 2.0]}, "not finite"),
+        ({"long_factor": [0.5, 1.0, 2.0]}, "below 1"),
+        ({"short_factor": [1.0, 1.0]}, "short_factor has 2 values"),
+        ({"max_position_embeddings": 128}, "must exceed"),
+        ({"start_token": -1}, "start_token"),
+        ({"attention_factor": 0.0}, "attention_factor"),
+    ],
+)
+def test_invalid_extensions_are_rejected(kw, msg):
+    with pytest.raises(UsageError, match=msg):
+        ext(**kw)
+
+
+def test_monotone_check():
+    ext().check_monotone()
+    with pytest.raises(UsageError, match="non-decreasing"):
+        ext(long_factor=[2.0, 1.0, 3.0]).check_monotone()
+
+
+def test_malformed_files(tmp_path):
+    p = tmp_path / "bad.json"
+    p.write_text("{not json")
+    with pytest.raises(UsageError, match="not valid JSON"):
+        RopeExtension.load(p)
+    p.write_text(json.dumps({"method": "x", "long_factor": [1.0]}))
+    with pytest.raises(UsageError, match="missing key"):
+        RopeExtension.load(p)
+    p.write_text(json.dumps({**ext().to_dict(), "extra": 1}))
+    with pytest.raises(UsageError, match="unknown key"):
+        RopeExtension.load(p)
+    with pytest.raises(UsageError, match="not found"):
+        RopeExtension.load(tmp_path / "missing.json")
