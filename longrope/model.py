@@ -42,11 +42,14 @@ def rotary_spec_from_config(config) -> RotarySpec:
         raise UsageError(f"{type(config).__name__} has no rope_theta: the model does not use rotary embeddings")
     head_dim = getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
     partial = params.get("partial_rotary_factor", getattr(config, "partial_rotary_factor", None)) or 1.0
-    original = (
-        params.get("original_max_position_embeddings")
-        or getattr(config, "original_max_position_embeddings", None)
-        or config.max_position_embeddings
-    )
+    original = config.max_position_embeddings
+    if rope_type_of(config) != "default":  # only scaled configs carry a pretraining length apart
+        # (Phi-3 configs have original_max_position_embeddings=4096 even when unscaled)
+        original = (
+            params.get("original_max_position_embeddings")
+            or getattr(config, "original_max_position_embeddings", None)
+            or original
+        )
     return RotarySpec(dim=int(head_dim * partial), base=float(base), original_max_position_embeddings=int(original))
 
 
