@@ -1,0 +1,79 @@
+"""Passkey retrieval: the prompt of landmark-attention / LongLoRA / YaRN / LongRoPE (REFERENCE 6)."""
+from __future__ import annotations
+
+import random
+import re
+from dataclasses import dataclass
+
+import torch
+
+INSTRUCTION = (
+    "There is an important info hidden inside a lot of irrelevant text. Find it and memorize them. "
+    "I will quiz you about the important information there."
+)
+FILLER = "The grass is green. The sky is blue. The sun is yellow. Here we go. There and back again."
+NEEDLE = "The pass key is {key}. Remember it. {key} is the pass key."
+QUESTION = "What is the pass key? The pass key is"
+MAX_KEY = 50000
+
+
+def passkey_text(n_filler_before: int, n_filler_after: int, key: int) -> tuple[str, str]:
+    """The prompt with the needle after `n_filler_before` filler blocks, and the expected answer."""
+    parts = [INSTRUCTION, *[FILLER] * n_filler_before, NEEDLE.format(key=key), *[FILLER] * n_filler_after, QUESTION]
+    return " ".join(parts), f" {key}"
+
+
+@dataclass
+class PasskeyPrompt:
+    input_ids: torch.Tensor  # [1, T], T <= the requested length
+    key: int
+    depth: float  # fraction of the filler placed before the needle, in [0, 1]
+
+
+def build_prompt(tokenizer, length: int, depth: float, key: int) -> PasskeyPrompt:
+    """The longest standard prompt of at most `length` tokens with the needle at `depth`."""
+
+    def encode(n_before, n_after):
+        return tokenizer(passkey_text(n_before, n_after, key)[0], return_tensors="pt").input_ids
+
+    base = encode(0, 0).shape[1]
+    per_filler = (encode(0, 8).shape[1] - base) / 8
+    n = max(int((length - base) / per_filler), 0)
+    while True:
+        before = round(depth * n)
+        ids = encode(before, n - before)
+        if ids.shape[1] <= length or n == 0:
+            break
+        n -= 1
+    if ids.shape[1] > length:
+        raise ValueError(f"a passkey prompt needs at least {ids.shape[1]} tokens; {length} is too short")
+    return PasskeyPrompt(ids, key, before / n if n else 0.0)
+
+
+def first_integer(text: str) -> int | None:
+    m = re.search(r"\d+", text)
+    return int(m.group()) if m else None
+
+
+@dataclass
+class Trial:
+    length: int
+    prompt_tokens: int
+    depth: float
+    key: int
+    output: str
+    correct: bool
+
+
+def run_trials(model, tokenizer, length: int, trials: int, rng: random.Random, max_new_tokens: int = 10):
+    """`trials` passkey trials at `length` tokens (prompt + answer), random key and depth from `rng`."""
+    from ..generate import greedy_generate
+
+    results = []
+    for _ in range(trials):
+        key, depth = rng.randint(1, MAX_KEY), rng.random()
+        prompt = build_prompt(tokenizer, length - max_new_tokens, depth, key)
+        out = greedy_generate(model, prompt.input_ids, max_new_tokens)
+        text = tokenizer.decode(out.tolist(), skip_special_tokens=True)
+        results.append(Trial(length, prompt.input_ids.shape[1], prompt.depth, key, text, first_integer(text) == key))
+    return results

@@ -1,0 +1,51 @@
+"""Greedy decoding with a KV cache that stays correct across the short/long factor switch.
+
+With separate short and long factors, keys cached while the sequence fitted in the native
+context were rotated with the short factors; once the sequence grows past it the long
+factors are in force, and those cached keys are stale (REFERENCE 1, "known trap").
+`greedy_generate` re-prefills the whole sequence at the step that crosses the boundary,
+so every token is produced exactly as a fresh long-factor forward would produce it.
+(`dynamic-ntk` keeps transformers' `dynamic` behaviour: cached keys keep the scale in
+force when they were computed.)
+"""
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from .model import ScaledRotaryEmbedding
+
+
+def _switch_length(model: nn.Module) -> int | None:
+    """The length past which the factors change, or None when they never do."""
+    for module in model.modules():
+        if isinstance(module, ScaledRotaryEmbedding):
+            ext = module.extension
+            if ext is not None and ext.short_factor is not None:
+                return ext.original_max_position_embeddings
+            return None
+    return None
+
+
+@torch.inference_mode()
+def greedy_generate(
+    model: nn.Module, input_ids: torch.Tensor, max_new_tokens: int, eos_token_id: int | None = None
+) -> torch.Tensor:
+    """Greedy continuation of input_ids [1, T]; returns the new token ids [n <= max_new_tokens]."""
+    device = next(model.parameters()).device
+    seq = input_ids.to(device)
+    switch = _switch_length(model)
+    new: list[torch.Tensor] = []
+    past, step_input = None, seq
+    for _ in range(max_new_tokens):
+        out = model(input_ids=step_input, past_key_values=past, use_cache=True, logits_to_keep=1)
+        token = out.logits[:, -1].argmax(dim=-1, keepdim=True)  # [1, 1]
+        new.append(token[0])
+        seq = torch.cat([seq, token], dim=1)
+        if eos_token_id is not None and int(token) == eos_token_id:
+            break
+        past, step_input = out.past_key_values, token
+        if switch is not None and seq.shape[1] - 1 <= switch < seq.shape[1]:
+            # the next forward covers position `switch` (length switch + 1): re-prefill all
+            past, step_input = None, seq
+    return torch.cat(new) if new else torch.empty(0, dtype=torch.long, device=device)

@@ -1,0 +1,80 @@
+"""Plots people would rather look at than read. matplotlib loads here only, lazily."""
+from __future__ import annotations
+
+from collections import defaultdict
+from pathlib import Path
+
+from .io import atomic_savefig
+
+
+def _plt():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def plot_ppl_vs_length(rows: list[dict], path: str | Path, title: str = "", native: int | None = None) -> Path:
+    """One line per method: perplexity (log scale) against context length (log2 scale).
+    rows: dicts with keys method, length, ppl."""
+    plt = _plt()
+    series = defaultdict(list)
+    for r in rows:
+        series[r["method"]].append((r["length"], r["ppl"]))
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    for method, pts in series.items():
+        pts.sort()
+        ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", label=method)
+    if native:
+        ax.axvline(native, color="grey", linestyle=":", linewidth=1, label=f"native context ({native})")
+    ax.set_xscale("log", base=2)
+    ax.set_yscale("log")
+    ax.set_xlabel("context length (tokens)")
+    ax.set_ylabel("perplexity")
+    ax.set_title(title or "Perplexity vs context length")
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    out = atomic_savefig(fig, path, dpi=120)
+    plt.close(fig)
+    return out
+
+
+def plot_passkey_heatmap(trials: list[dict], path: str | Path, depth_bins: int = 5, title: str = "") -> Path:
+    """Accuracy per (depth bin, length), one panel per method. trials: dicts with
+    method, length, depth, correct."""
+    import numpy as np
+
+    plt = _plt()
+    methods = list(dict.fromkeys(t["method"] for t in trials))
+    lengths = sorted({t["length"] for t in trials})
+    fig, axes = plt.subplots(1, len(methods), figsize=(2.2 + 1.1 * len(lengths) * len(methods), 3.6), squeeze=False)
+    for ax, method in zip(axes[0], methods):
+        hits = np.zeros((depth_bins, len(lengths)))
+        counts = np.zeros_like(hits)
+        for t in trials:
+            if t["method"] != method:
+                continue
+            b = min(int(t["depth"] * depth_bins), depth_bins - 1)
+            j = lengths.index(t["length"])
+            counts[b, j] += 1
+            hits[b, j] += t["correct"]
+        acc = np.where(counts > 0, hits / np.maximum(counts, 1), np.nan)
+        im = ax.imshow(acc, vmin=0, vmax=1, cmap="RdYlGn", aspect="auto", origin="upper")
+        for b in range(depth_bins):
+            for j in range(len(lengths)):
+                if counts[b, j]:
+                    ax.text(j, b, f"{acc[b, j]:.0%}", ha="center", va="center", fontsize=7)
+        ax.set_xticks(range(len(lengths)), [str(n) for n in lengths], rotation=45)
+        ax.set_yticks(range(depth_bins), [f"{b / depth_bins:.1f}-{(b + 1) / depth_bins:.1f}" for b in range(depth_bins)])
+        ax.set_xlabel("context length (tokens)")
+        ax.set_title(method)
+    axes[0][0].set_ylabel("needle depth")
+    fig.colorbar(im, ax=axes[0].tolist(), label="accuracy")
+    if title:
+        fig.suptitle(title)
+    out = atomic_savefig(fig, path, dpi=120)
+    plt.close(fig)
+    return out
