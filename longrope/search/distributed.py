@@ -1,0 +1,102 @@
+"""Scoring a generation across processes started by torchrun.
+
+Every rank holds a model replica and runs the same search loop with the same seed. The
+candidates of a generation are dealt round-robin to the ranks (candidate i to rank
+i % world_size), each rank scores its share, and all ranks gather every score, so their
+populations and random generators stay identical; rank 0 alone writes files. Because a
+generation's rejection thresholds are fixed before it starts, a candidate scores the
+same on any rank: the result equals a single-process run with the same seed.
+
+    torchrun --nproc-per-node 8 -m longrope search --model M ...            # one node, 8 GPUs
+    torchrun --nnodes 2 --node-rank R --nproc-per-node 8 \\
+        --rdzv-backend c10d --rdzv-endpoint HOST:29500 -m longrope search ...  # two nodes
+
+The backend is NCCL when CUDA is available (rank r uses cuda:LOCAL_RANK), else gloo.
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from .evolution import Evaluation, Objective, RejectRule, score_candidate
+
+
+@dataclass(frozen=True)
+class Dist:
+    rank: int = 0
+    world_size: int = 1
+    local_rank: int = 0
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+
+def init_distributed() -> Dist:
+    """Join the process group torchrun describes in the environment (no-op when alone)."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world <= 1:
+        return Dist()
+    import torch
+    import torch.distributed as dist
+
+    local = int(os.environ.get("LOCAL_RANK", "0"))
+    if not dist.is_initialized():
+        backend = "nccl" if torch.cuda.is_available() else "gloo"
+        if backend == "nccl":
+            torch.cuda.set_device(local)
+        dist.init_process_group(backend=backend)
+    return Dist(dist.get_rank(), dist.get_world_size(), local)
+
+
+def close_distributed() -> None:
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
+
+
+def broadcast(obj: Any, d: Dist) -> Any:
+    """Rank 0's `obj` on every rank (pickled; small objects such as a search state)."""
+    if d.world_size == 1:
+        return obj
+    import torch.distributed as dist
+
+    box = [obj]
+    dist.broadcast_object_list(box, src=0)
+    return box[0]
+
+
+def all_ok(ok: bool, d: Dist) -> bool:
+    """True on every rank iff `ok` on every rank (so all ranks stop together on an error)."""
+    if d.world_size == 1:
+        return ok
+    import torch.distributed as dist
+
+    flags: list[Any] = [None] * d.world_size
+    dist.all_gather_object(flags, bool(ok))
+    return all(flags)
+
+
+def distributed_evaluator(d: Dist):
+    """An `evaluate_batch` for `run_search` that splits candidates across ranks."""
+
+    def evaluate_batch(objective: Objective, factors: list[np.ndarray], starts: list[int], num_docs: int,
+                       rule: RejectRule | None) -> list[Evaluation]:
+        mine = {i: score_candidate(objective, factors[i], starts[i], num_docs, rule)
+                for i in range(d.rank, len(factors), d.world_size)}
+        if d.world_size == 1:
+            return [mine[i] for i in range(len(factors))]
+        import torch.distributed as dist
+
+        gathered: list[Any] = [None] * d.world_size
+        dist.all_gather_object(gathered, mine)
+        merged: dict[int, Evaluation] = {}
+        for part in gathered:
+            merged.update(part)
+        return [merged[i] for i in range(len(factors))]
+
+    return evaluate_batch

@@ -1,0 +1,346 @@
+"""LongRoPE's evolutionary search (arXiv 2402.13753, Algorithm 1) as one explicit loop.
+
+    population = seed_population()              # PI, NTK, YaRN + mutations of them
+    score(population)
+    for generation in 1..T:
+        parents  = top_k(population)
+        mutants  = N1 mutations of random parents
+        children = N2 crossovers of random parent pairs
+        score(mutants + children)               # never a vector scored before
+        population = parents + mutants + children
+        checkpoint()                            # everything needed to resume exactly
+
+The objective is an argument: `objective(factors [d/2] float64, start_token) -> iterable of
+per-document mean NLLs`. A real model yields one document at a time, so early rejection
+can stop scoring a candidate that cannot enter the top-k (see `RejectRule`); a synthetic
+objective returns a list and the loop runs in milliseconds. Scoring a batch is delegated
+to an `evaluate_batch` function (serial here, split across ranks in `distributed.py`).
+
+Determinism: one numpy Generator drives every random choice, its state is saved with the
+population after each generation, and the rejection thresholds of a generation are fixed
+before it starts, so a candidate's score never depends on which process scored it or on
+the order of scoring. A resumed run therefore repeats an uninterrupted one exactly.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Iterable, Sequence
+
+import numpy as np
+
+from ..errors import UsageError
+from ..io import atomic_write_json, atomic_write_text
+from .genes import Genome, SearchSpace
+
+Objective = Callable[[np.ndarray, int], Iterable[float]]
+STATE_FILE = "state.json"
+HISTORY_FILE = "history.jsonl"
+
+
+@dataclass(frozen=True)
+class SearchConfig:
+    """Hyper-parameters of Algorithm 1; defaults are the paper's (section 4.1)."""
+
+    population: int = 64  # P
+    parents: int = 32  # top-k kept each generation
+    mutations: int = 16  # N1
+    crossovers: int = 16  # N2
+    mutation_prob: float = 0.3  # p, per gene
+    iterations: int = 40  # T
+    seed: int = 0
+    early_reject: bool = True
+    reject_slack: float = 0.0  # nats a candidate may beat the best-ever loss of a document by
+
+    def __post_init__(self):
+        if self.population < 1 or self.parents < 1:
+            raise UsageError("population and parents must be positive")
+        if self.population < self.parents:
+            raise UsageError(f"--population {self.population} is smaller than --parents {self.parents}")
+        if self.mutations < 0 or self.crossovers < 0 or self.mutations + self.crossovers < 1:
+            raise UsageError("need at least one mutation or crossover per generation")
+        if not 0 < self.mutation_prob <= 1:
+            raise UsageError(f"--mutation-prob must be in (0, 1], got {self.mutation_prob}")
+        if self.iterations < 0:
+            raise UsageError("--iterations must be >= 0")
+
+
+@dataclass
+class Evaluation:
+    """What scoring one candidate gave: mean token NLL of each document scored, in order."""
+
+    doc_losses: list[float]
+    num_docs: int  # K documents in the fitness set
+    rejected: bool = False  # stopped early: cannot enter the top-k
+
+    @property
+    def loss(self) -> float:
+        """Mean NLL over all documents; +inf for a rejected candidate (never selected)."""
+        return math.inf if self.rejected else sum(self.doc_losses) / len(self.doc_losses)
+
+    @property
+    def perplexity(self) -> float:
+        """exp(mean NLL) over the documents scored (partial when rejected)."""
+        return math.exp(sum(self.doc_losses) / len(self.doc_losses))
+
+
+@dataclass(frozen=True)
+class RejectRule:
+    """Early rejection, fixed for one generation before any of its candidates is scored.
+
+    A candidate enters the top-k only if its mean loss beats `threshold` (the worst
+    parent's). After m of K documents we bound its final mean from below by assuming each
+    remaining document j scores `optimistic[j]`: the best loss any earlier candidate got
+    on j, minus a slack. Documents differ in difficulty far more than candidates differ on
+    one document, so a per-document bound is tight where a bound on the mean is not.
+    Reject once (sum of m losses + sum of remaining optimistic) / K >= threshold.
+    """
+
+    threshold: float
+    optimistic: tuple[float, ...]
+
+    def rejects(self, losses: Sequence[float]) -> bool:
+        m, K = len(losses), len(self.optimistic)
+        if m >= K:
+            return False
+        return (sum(losses) + sum(self.optimistic[m:])) / K >= self.threshold
+
+
+def score_candidate(objective: Objective, factors: np.ndarray, start_token: int, num_docs: int,
+                    rule: RejectRule | None) -> Evaluation:
+    """Score one candidate document by document, stopping when `rule` rejects it."""
+    losses: list[float] = []
+    for loss in objective(factors, start_token):
+        losses.append(float(loss))
+        if rule is not None and rule.rejects(losses):
+            return Evaluation(losses, num_docs, rejected=True)
+    if len(losses) != num_docs:
+        raise ValueError(f"objective gave {len(losses)} document losses, expected {num_docs}")
+    return Evaluation(losses, num_docs)
+
+
+EvaluateBatch = Callable[[Objective, list[np.ndarray], list[int], int, "RejectRule | None"], list[Evaluation]]
+
+
+def evaluate_serial(objective: Objective, factors: list[np.ndarray], starts: list[int], num_docs: int,
+                    rule: RejectRule | None) -> list[Evaluation]:
+    return [score_candidate(objective, f, s, num_docs, rule) for f, s in zip(factors, starts)]
+
+
+@dataclass
+class Record:
+    """One line of history.jsonl: a scored candidate."""
+
+    generation: int
+    genome: Genome
+    evaluation: Evaluation
+
+    def to_dict(self, space: SearchSpace | None = None) -> dict[str, Any]:
+        d = {"generation": self.generation, **self.genome.to_dict(),
+             "doc_losses": self.evaluation.doc_losses, "docs_scored": len(self.evaluation.doc_losses),
+             "num_docs": self.evaluation.num_docs, "rejected": self.evaluation.rejected,
+             "perplexity": self.evaluation.perplexity}
+        if space is not None:
+            d["factors"] = [round(float(x), 6) for x in space.factors(self.genome)]
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "Record":
+        ev = Evaluation([float(x) for x in d["doc_losses"]], int(d["num_docs"]), bool(d["rejected"]))
+        return cls(int(d["generation"]), Genome.from_dict(d), ev)
+
+
+@dataclass
+class SearchState:
+    """Everything needed to continue a search exactly where it stopped."""
+
+    config: dict[str, Any]  # SearchConfig + search space + objective description
+    generation: int  # generations completed; 0 = the initial population is scored
+    population: list[int]  # indices into history of the current population
+    history: list[Record]
+    rng_state: dict[str, Any]
+
+    @property
+    def best(self) -> Record:
+        return min((self.history[i] for i in self.population), key=lambda r: r.evaluation.loss)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"config": self.config, "generation": self.generation, "population": self.population,
+                "history": [r.to_dict() for r in self.history], "rng_state": self.rng_state}
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "SearchState":
+        return cls(d["config"], int(d["generation"]), [int(i) for i in d["population"]],
+                   [Record.from_dict(r) for r in d["history"]], d["rng_state"])
+
+    def save(self, out_dir: str | Path) -> None:
+        atomic_write_json(Path(out_dir) / STATE_FILE, self.to_dict())
+
+    @classmethod
+    def load(cls, out_dir: str | Path) -> "SearchState":
+        import json
+
+        path = Path(out_dir) / STATE_FILE
+        if not path.is_file():
+            raise UsageError(f"nothing to resume: {path} does not exist")
+        try:
+            return cls.from_dict(json.loads(path.read_text()))
+        except (json.JSONDecodeError, KeyError, TypeError, ValueError) as e:
+            raise UsageError(f"{path} is not a search state: {e}") from None
+
+
+def write_history(out_dir: str | Path, state: SearchState, space: SearchSpace) -> None:
+    lines = [__import__("json").dumps(r.to_dict(space)) for r in state.history]
+    atomic_write_text(Path(out_dir) / HISTORY_FILE, "\n".join(lines) + ("\n" if lines else ""))
+
+
+def check_same_config(saved: dict[str, Any], current: dict[str, Any]) -> None:
+    """Resuming with other settings would not reproduce the run: refuse, naming the keys."""
+    keys = sorted(k for k in set(saved) | set(current) if saved.get(k) != current.get(k))
+    if keys:
+        diffs = ", ".join(f"{k}: saved {saved.get(k)!r} vs now {current.get(k)!r}" for k in keys)
+        raise UsageError(f"cannot resume with a different configuration ({diffs})")
+
+
+# -- the algorithm ---------------------------------------------------------------------------
+def _new_genome(make: Callable[[], Genome | None], seen: set, tries: int = 100) -> Genome | None:
+    """Draw with `make` until a genome never scored (nor drawn in this batch) comes out."""
+    for _ in range(tries):
+        g = make()
+        if g is not None and g.key not in seen:
+            seen.add(g.key)
+            return g
+    return None  # the neighbourhood is exhausted (only in tiny search spaces)
+
+
+def seed_population(space: SearchSpace, seeds: Sequence[np.ndarray], size: int, p: float,
+                    rng: np.random.Generator, start_token: int | None = None) -> list[Genome]:
+    """The seed vectors snapped onto the grid (PI, NTK, YaRN in the paper), then mutations
+    of randomly chosen seeds until the population has `size` members."""
+    seen: set = set()
+    population = []
+    for lam in seeds:
+        g = space.from_factors(lam, start_token)
+        if g.key not in seen and len(population) < size:
+            seen.add(g.key)
+            population.append(g)
+    base = list(population)
+    while len(population) < size:
+        g = _new_genome(lambda: space.mutate(base[int(rng.integers(len(base)))], rng, p), seen)
+        if g is None:
+            break
+        population.append(g)
+    return population
+
+
+def _reject_rule(state: SearchState, parents: list[int], num_docs: int, slack: float) -> RejectRule:
+    worst_parent = max(state.history[i].evaluation.loss for i in parents)
+    best = [math.inf] * num_docs
+    for r in state.history:
+        for j, loss in enumerate(r.evaluation.doc_losses):
+            best[j] = min(best[j], loss)
+    return RejectRule(worst_parent, tuple(b - slack for b in best))
+
+
+def _score(state: SearchState, genomes: list[Genome], generation: int, space: SearchSpace, objective: Objective,
+           num_docs: int, rule: RejectRule | None, evaluate_batch: EvaluateBatch) -> list[int]:
+    evals = evaluate_batch(objective, [space.factors(g) for g in genomes], [g.start_token for g in genomes],
+                           num_docs, rule)
+    first = len(state.history)
+    state.history.extend(Record(generation, g, e) for g, e in zip(genomes, evals))
+    return list(range(first, len(state.history)))
+
+
+def top_k(state: SearchState, indices: list[int], k: int) -> list[int]:
+    """The k lowest-loss candidates; ties go to the one scored first (stable and exact)."""
+    return sorted(indices, key=lambda i: (state.history[i].evaluation.loss, i))[:k]
+
+
+def run_search(
+    space: SearchSpace,
+    config: SearchConfig,
+    objective: Objective,
+    num_docs: int,
+    seeds: Sequence[np.ndarray],
+    state: SearchState | None = None,
+    describe: dict[str, Any] | None = None,
+    evaluate_batch: EvaluateBatch = evaluate_serial,
+    on_generation: Callable[[SearchState], None] | None = None,
+) -> SearchState:
+    """Run (or continue, given `state`) the evolutionary search; returns the final state.
+
+    seeds: factor vectors [d/2] that start the population. describe: extra settings (model,
+    corpus, ...) stored in the state so a resume with other settings is refused.
+    on_generation: called after each generation (checkpoint, progress bar).
+    """
+    full_config = {**asdict(config), **space_config(space), **(describe or {})}
+    if state is None:
+        rng = np.random.default_rng(config.seed)
+        fixed = space.start_tokens[0] if len(space.start_tokens) == 1 else None
+        genomes = seed_population(space, seeds, config.population, config.mutation_prob, rng, fixed)
+        state = SearchState(full_config, 0, [], [], {})
+        # Generation 0 has no parents yet, so nothing to compare against: score everything.
+        state.population = _score(state, genomes, 0, space, objective, num_docs, None, evaluate_batch)
+        state.rng_state = rng.bit_generator.state
+        if on_generation:
+            on_generation(state)
+    else:
+        check_same_config(state.config, full_config)
+    rng = np.random.default_rng()
+    rng.bit_generator.state = state.rng_state
+    seen = {r.genome.key for r in state.history}
+    p = config.mutation_prob
+
+    while state.generation < config.iterations:
+        generation = state.generation + 1
+        parents = top_k(state, state.population, config.parents)
+        parent_genomes = [state.history[i].genome for i in parents]
+
+        def random_parent() -> Genome:
+            return parent_genomes[int(rng.integers(len(parent_genomes)))]
+
+        mutants = []
+        for _ in range(config.mutations):
+            g = _new_genome(lambda: space.mutate(random_parent(), rng, p), seen)
+            if g is not None:
+                mutants.append(g)
+
+        def cross() -> Genome:
+            # up to 20 tries for a valid child, then a mutation instead (REFERENCE 2)
+            for _ in range(20):
+                i, j = rng.choice(len(parent_genomes), size=2, replace=len(parent_genomes) < 2)
+                child = space.crossover(parent_genomes[i], parent_genomes[j], rng)
+                if child is not None and child.key not in seen:
+                    return child
+            return space.mutate(random_parent(), rng, p)
+
+        children = []
+        for _ in range(config.crossovers):
+            g = _new_genome(cross, seen)
+            if g is not None:
+                children.append(g)
+
+        rule = None
+        if config.early_reject and len(parents) >= config.parents:
+            rule = _reject_rule(state, parents, num_docs, config.reject_slack)
+        new = _score(state, mutants + children, generation, space, objective, num_docs, rule, evaluate_batch)
+        state.population = parents + new
+        state.generation = generation
+        state.rng_state = rng.bit_generator.state
+        if on_generation:
+            on_generation(state)
+    return state
+
+
+def space_config(space: SearchSpace) -> dict[str, Any]:
+    return {"half": space.half, "scale": space.scale, "max_factor": space.max_factor, "step": space.step,
+            "start_tokens": list(space.start_tokens), "variant": space.variant,
+            "critical_dim": space.critical_dim}
+
+
+def peer_seeds(spec, scale: float) -> list[np.ndarray]:
+    """PI, NTK and YaRN factor vectors [d/2]: the paper's initial population (section 3.2)."""
+    from ..methods import ntk_factors, pi_factors, yarn_factors
+
+    return [f(spec, scale).numpy() for f in (pi_factors, ntk_factors, yarn_factors)]
