@@ -1,0 +1,151 @@
+"""Flags and steps shared by the subcommands: model, corpus, methods, lengths, output."""
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from ..errors import UsageError
+from ..factors import RopeExtension
+
+
+def add_model_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--model", default="tiny",
+                   help="preset (tiny, smollm2-135m), Hugging Face model directory, or .gguf file (default: tiny)")
+    p.add_argument("--dtype", default="auto", choices=["auto", "fp32", "bf16", "fp16"],
+                   help="compute dtype; auto = bf16 on GPUs and AMX/AVX512-BF16 CPUs, else fp32 (default: auto)")
+    p.add_argument("--device", default=None, help="torch device (default: cuda if available, else cpu)")
+
+
+def add_corpus_args(p: argparse.ArgumentParser, default_split: str = "validation") -> None:
+    p.add_argument("--corpus", default=None,
+                   help="directory of .txt files, a .txt file, or a .jsonl with a 'text' field "
+                        "(default: the Python standard library sources and pydoc topics)")
+    p.add_argument("--split", default=default_split, choices=["search", "validation", "test", "all"],
+                   help=f"which seeded split of the corpus to use (default: {default_split})")
+    p.add_argument("--split-seed", type=int, default=0, help="seed of the corpus split (default: 0)")
+    p.add_argument("--docs", type=int, default=8, help="number of documents per length (default: 8)")
+
+
+def add_method_args(p: argparse.ArgumentParser, default: str = "none,pi,ntk,yarn") -> None:
+    p.add_argument("--methods", default=default,
+                   help=f"comma-separated peer methods: none, pi, ntk, dynamic-ntk, yarn, llama3 (default: {default})")
+    p.add_argument("--factors", action="append", default=[], metavar="F.json",
+                   help="a factors file (longrope search output, or an HF config with longrope factors); "
+                        "may be repeated; each is evaluated as one more method")
+    p.add_argument("--target-length", type=int, default=None,
+                   help="context every peer method is configured for, in tokens (default: the largest length)")
+
+
+def parse_int_list(text: str, flag: str) -> list[int]:
+    try:
+        values = [int(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        raise UsageError(f"{flag} must be comma-separated integers, got {text!r}") from None
+    if not values or any(v < 2 for v in values):
+        raise UsageError(f"{flag} needs at least one value >= 2, got {text!r}")
+    return sorted(set(values))
+
+
+def load_factors_file(path: str) -> RopeExtension:
+    """Our factors JSON, or (where the export module is present) an HF config carrying longrope."""
+    try:
+        from ..export.hf import load_factors
+    except ImportError:
+        return RopeExtension.load(path)
+    return load_factors(path)
+
+
+@dataclass
+class Variant:
+    """One line of a comparison: a label and the extension to install (None = original RoPE)."""
+
+    label: str
+    extension: RopeExtension | None
+
+
+def method_variants(args, spec, target_length: int) -> list[Variant]:
+    from ..methods import build_extension, get_method
+
+    variants = []
+    names = [m.strip() for m in args.methods.split(",") if m.strip()] if args.methods else []
+    for name in names:
+        get_method(name)  # unknown names fail before any work
+        if name == "none":
+            variants.append(Variant("none", None))
+        elif target_length <= spec.original_max_position_embeddings:
+            raise UsageError(
+                f"target length {target_length} must exceed the model's native context "
+                f"{spec.original_max_position_embeddings} for method {name!r}"
+            )
+        else:
+            variants.append(Variant(name, build_extension(name, spec, target_length)))
+    for path in args.factors:
+        ext = load_factors_file(path)
+        p = Path(path)
+        label = ext.metadata.get("label") or (p.parent.name if p.name in ("factors.json", "config.json") else p.stem)
+        variants.append(Variant(str(label or ext.method), ext))
+    if not variants:
+        raise UsageError("nothing to evaluate: give --methods and/or --factors")
+    labels = [v.label for v in variants]
+    if len(set(labels)) != len(labels):
+        raise UsageError(f"duplicate method labels {labels}; rename factors files")
+    return variants
+
+
+def evaluation_documents(args, tokenizer, min_length: int):
+    """Token documents of the chosen split with at least `min_length` tokens, at most --docs."""
+    from ..data import documents_of_length, load_corpus, split_corpus, tokenize_corpus
+
+    docs = load_corpus(args.corpus)
+    if args.split != "all":
+        docs = split_corpus(docs, seed=args.split_seed)[args.split]
+    token_docs = tokenize_corpus(tokenizer, docs)
+    if args.docs < 1:
+        raise UsageError("--docs must be >= 1")
+    return documents_of_length(token_docs, min_length, args.docs)
+
+
+def run_info(args, extra: dict[str, Any] | None = None) -> dict[str, Any]:
+    """What every result file records about the run."""
+    import torch
+    import transformers
+
+    from .. import __version__
+
+    return {
+        "command": args.command,
+        "args": {k: v for k, v in vars(args).items() if k not in ("func", "command")},
+        "versions": {"longrope": __version__, "torch": torch.__version__, "transformers": transformers.__version__,
+                     "python": platform.python_version()},
+        "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        **(extra or {}),
+    }
+
+
+def print_table(rows: list[dict], row_key: str, col_key: str, value_key: str, fmt: str = "{:.2f}") -> str:
+    """rows -> a plain text table (rows = methods, columns = lengths); returned and printed."""
+    row_labels = list(dict.fromkeys(r[row_key] for r in rows))
+    cols = sorted({r[col_key] for r in rows})
+    cell = {(r[row_key], r[col_key]): r[value_key] for r in rows}
+    w = max(8, *(len(str(x)) for x in row_labels))
+    lines = [f"{row_key:<{w}} " + " ".join(f"{c:>9}" for c in cols)]
+    for label in row_labels:
+        vals = [cell.get((label, c)) for c in cols]
+        lines.append(f"{label:<{w}} " + " ".join(f"{fmt.format(v) if v is not None else '-':>9}" for v in vals))
+    text = "\n".join(lines)
+    print(text)
+    return text
+
+
+def read_previous(path: Path) -> dict | None:
+    if not path.is_file():
+        return None
+    try:
+        return json.loads(path.read_text())
+    except json.JSONDecodeError:
+        return None

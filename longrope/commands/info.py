@@ -1,0 +1,53 @@
+"""`longrope info`: the RoPE facts of a model."""
+from __future__ import annotations
+
+import json
+
+from .common import add_model_args
+
+
+def register(sub) -> None:
+    p = sub.add_parser("info", help="print a model's RoPE facts (architecture, head dim, base, context, rope type)")
+    add_model_args(p)
+    p.add_argument("--json", action="store_true", help="print as JSON")
+    p.set_defaults(func=run)
+
+
+def describe(model) -> dict:
+    from ..model import rope_type_of, rotary_spec
+
+    cfg = model.config
+    spec = rotary_spec(model)
+    head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads
+    facts = {
+        "architecture": (cfg.architectures or [type(model).__name__])[0],
+        "model_type": cfg.model_type,
+        "layers": cfg.num_hidden_layers,
+        "head_dim": head_dim,
+        "rotary_dim": spec.dim,
+        "rope_theta": spec.base,
+        "original_context": spec.original_max_position_embeddings,
+        "max_position_embeddings": cfg.max_position_embeddings,
+        "rope_type": rope_type_of(cfg),
+        "parameters": sum(p.numel() for p in model.parameters()),
+    }
+    try:
+        from ..export.hf import describe_rope_config
+    except ImportError:
+        return facts
+    facts.update(describe_rope_config(cfg) or {})
+    return facts
+
+
+def run(args) -> int:
+    from ..model import load_model
+
+    loaded = load_model(args.model, "fp32", "cpu")
+    facts = describe(loaded.model)
+    if args.json:
+        print(json.dumps(facts, indent=2))
+    else:
+        w = max(len(k) for k in facts)
+        for k, v in facts.items():
+            print(f"{k:<{w}}  {v}")
+    return 0
