@@ -112,7 +112,7 @@ class SearchSpace:
 
     def factors(self, g: Genome) -> np.ndarray:
         """The d/2 rescale factors lambda (float64) that genome `g` stands for."""
-        lam = np.asarray(g.units, dtype=np.float64) * self.step
+        lam = np.round(np.asarray(g.units, dtype=np.float64) * self.step, 9)  # 1.23, not 1.2300000000000002
         if self.variant == "piecewise":
             alpha, beta = g.band
             lam[:alpha] = 1.0

@@ -1,0 +1,65 @@
+"""Figures of a search: perplexity per generation, and the found factor curve vs its peers."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+
+from ..io import atomic_savefig
+from .evolution import SearchState
+
+
+def _plt():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def plot_progress(state: SearchState, path: str | Path, title: str = "") -> Path:
+    """Best and median perplexity of the population after each generation (log scale).
+    Rejected candidates count with the perplexity of the documents they were scored on."""
+    plt = _plt()
+    gens, best, median = [], [], []
+    for g in range(state.generation + 1):
+        # the population after generation g: the top-k of everything scored up to g
+        scored = [r for r in state.history if r.generation <= g]
+        ppl = sorted(r.evaluation.perplexity for r in scored if r.generation == g)
+        if not ppl:
+            continue
+        gens.append(g)
+        best.append(min(r.evaluation.perplexity for r in scored if not r.evaluation.rejected))
+        median.append(float(np.median(ppl)))
+    fig, ax = plt.subplots(figsize=(6, 4))
+    ax.plot(gens, best, marker="o", ms=3, label="best so far")
+    ax.plot(gens, median, marker=".", ms=3, alpha=0.7, label="median of new candidates")
+    ax.set_yscale("log")
+    ax.set_xlabel("generation")
+    ax.set_ylabel("perplexity")
+    ax.set_title(title or "LongRoPE evolutionary search")
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    out = atomic_savefig(fig, path, dpi=120)
+    plt.close(fig)
+    return out
+
+
+def plot_factors(curves: dict[str, Sequence[float]], path: str | Path, title: str = "") -> Path:
+    """Rescale factor lambda_i against pair index i, one line per method."""
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for name, lam in curves.items():
+        ax.plot(range(len(lam)), lam, lw=2.2 if name == "searched" else 1.2, label=name)
+    ax.set_xlabel("pair index i (higher = lower frequency)")
+    ax.set_ylabel("rescale factor lambda_i")
+    ax.set_title(title or "rescale factors")
+    ax.grid(True, alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    out = atomic_savefig(fig, path, dpi=120)
+    plt.close(fig)
+    return out
