@@ -95,6 +95,9 @@ class SearchSpace:
             lo, hi = np.full(n, one), np.full(n, self.to_units(self.scale, "down"))
         else:  # critical: dims >= cd need lambda >= s (LongRoPE2, section 3.1)
             lo, hi = np.full(n, s), np.full(n, top)
+        if np.any(lo > hi):
+            raise UsageError(f"no grid point of step {self.step} lies in the factor range [{lo[0] * self.step:g}, "
+                             f"{hi[0] * self.step:g}]; use a smaller --step or a larger --max-factor")
         object.__setattr__(self, "lo", lo.astype(np.int64))
         object.__setattr__(self, "hi", hi.astype(np.int64))
 
