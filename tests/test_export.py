@@ -91,6 +91,10 @@ def test_hf_config_dict_from_5x_style_config():
     assert d["rope_scaling"]["rope_type"] == "longrope" and d["torch_dtype"] == "bfloat16"
     p = to_rope_parameters(ext, 500000.0, 0.5)
     assert p["rope_theta"] == 500000.0 and p["partial_rotary_factor"] == 0.5 and p["long_factor"] == list(ext.long_factor)
+    phi3 = hf_config_dict({"model_type": "phi3", "rope_theta": 1e4}, ext)["rope_scaling"]
+    assert sorted(phi3) == ["long_factor", "short_factor", "type"]  # default attention factor: Phi-3's form
+    phi3 = hf_config_dict({"model_type": "phi3", "rope_theta": 1e4}, ext.with_(attention_factor=1.0))["rope_scaling"]
+    assert phi3["attention_factor"] == 1.0  # only the full form can say it (4.x Phi3Config then refuses, loudly)
     with pytest.raises(UsageError, match="per layer type"):
         hf_config_dict({"rope_parameters": {"full_attention": {"rope_theta": 1e4}, "sliding_attention": {}}}, ext)
 
@@ -207,10 +211,14 @@ def test_exported_dir_layout_and_config(exported):
         assert (out / "model.safetensors").is_file() and (out / SIDECAR).is_file()
         config = json.loads((out / "config.json").read_text())
         rs = config["rope_scaling"]
-        assert rs["rope_type"] == "longrope" and rs["long_factor"] == list(ext.long_factor)
-        assert rs["short_factor"] == list(ext.short_factor) and rs["factor"] == TARGET / L
-        assert rs["original_max_position_embeddings"] == config["original_max_position_embeddings"] == L
-        assert rs["attention_factor"] == pytest.approx(attention_factor(ext))
+        assert rs["long_factor"] == list(ext.long_factor) and rs["short_factor"] == list(ext.short_factor)
+        assert config["original_max_position_embeddings"] == L
+        if arch == "phi3":  # Phi-3's own three keys: the only form transformers 4.x's Phi3Config accepts
+            assert rs == {"type": "longrope", "short_factor": rs["short_factor"], "long_factor": rs["long_factor"]}
+        else:
+            assert rs["rope_type"] == "longrope" and rs["factor"] == TARGET / L
+            assert rs["original_max_position_embeddings"] == L
+            assert rs["attention_factor"] == pytest.approx(attention_factor(ext))
         assert config["max_position_embeddings"] == TARGET and "rope_parameters" not in config
         assert vllm_mismatches(config, ext, attention_factor(ext)) == []
         assert load_factors(out).long_factor == ext.long_factor  # --factors accepts an exported dir

@@ -40,6 +40,9 @@ from .vllm import default_mscale
 ROPE_TYPE = "longrope"
 LONGROPE_TYPES = ("longrope", "su")  # "su" is the name early Phi-3 configs used
 SIDECAR = "longrope_export.json"
+# transformers 4.x Phi3Config (and Phi-4-multimodal's) rejects a rope_scaling with other keys
+# than exactly `type`, `short_factor`, `long_factor` (4.57 `_rope_scaling_validation`).
+PHI3_STYLE = ("phi3", "phi4_multimodal")
 
 
 # -- what can be exported ------------------------------------------------------------------------
@@ -126,8 +129,23 @@ def _single_rope_params(params: Any, source: str) -> dict:
     return params
 
 
+def phi3_rope_scaling(ext: RopeExtension) -> dict[str, Any] | None:
+    """Phi-3's own three-key form, when it means the same as ours: all runtimes then take L from the
+    top-level original_max_position_embeddings and the default attention factor from L'/L.
+    None when the attention factor is not that default (only the full form can say it)."""
+    default = longrope_attention_factor(ext.scale, ext.original_max_position_embeddings)
+    if not math.isclose(attention_factor(ext), default, rel_tol=1e-12):
+        return None
+    short = ext.short_factor if ext.short_factor is not None else ext.long_factor
+    return {"type": ROPE_TYPE, "short_factor": list(short), "long_factor": list(ext.long_factor)}
+
+
 def hf_config_dict(config: dict[str, Any], ext: RopeExtension) -> dict[str, Any]:
-    """A model's config dict (4.x or 5.x style) rewritten to carry `ext` in the portable form."""
+    """A model's config dict (4.x or 5.x style) rewritten to carry `ext` in the portable form.
+
+    Phi-3-style models get Phi-3's three-key rope_scaling where it is exact (4.x accepts
+    nothing else); otherwise the full form, which 4.x's Phi3Config refuses to load (loudly).
+    """
     d = dict(config)
     params = _single_rope_params(d.pop("rope_parameters", None), "config")
     d.pop("rope_scaling", None)  # replaced, like longrope's runtime replaces the model's RoPE
@@ -138,7 +156,8 @@ def hf_config_dict(config: dict[str, Any], ext: RopeExtension) -> dict[str, Any]
     partial = params.get("partial_rotary_factor", d.get("partial_rotary_factor"))
     if partial is not None:
         d["partial_rotary_factor"] = float(partial)
-    d["rope_scaling"] = to_rope_scaling(ext)
+    phi3 = phi3_rope_scaling(ext) if d.get("model_type") in PHI3_STYLE else None
+    d["rope_scaling"] = phi3 or to_rope_scaling(ext)
     d["max_position_embeddings"] = ext.max_position_embeddings
     d["original_max_position_embeddings"] = ext.original_max_position_embeddings
     if d.get("dtype") and not d.get("torch_dtype"):
@@ -367,7 +386,11 @@ def export_hf(
         else:
             _save_loaded(source, tmp)
             config = json.loads((tmp / "config.json").read_text())
-        atomic_write_json(tmp / "config.json", hf_config_dict(config, ext))
+        config = hf_config_dict(config, ext)
+        if config.get("model_type") in PHI3_STYLE and "attention_factor" in config["rope_scaling"]:
+            notes.append("Phi-3 config with a non-default attention factor: transformers 4.x's Phi3Config "
+                         "refuses to load it (it accepts only type/short_factor/long_factor); 5.x and vLLM read it")
+        atomic_write_json(tmp / "config.json", config)
         checks = {"rotary_max_rel_diff": check_rotary(tmp, ext, spec)}
         atomic_write_json(tmp / SIDECAR, {
             "format": "hf",

@@ -4,7 +4,8 @@ vLLM's `get_rope` (model_executor/layers/rotary_embedding) builds a
 `Phi3LongRoPEScaledRotaryEmbedding` for `rope_type == "longrope"` from:
 
 - `rope_scaling["short_factor"]`, `rope_scaling["long_factor"]`,
-  `rope_scaling["original_max_position_embeddings"]` (L) and `max_position_embeddings` (L');
+  `rope_scaling["original_max_position_embeddings"]` (L; its Llama-family model code fills
+  it from the top-level key, as Phi-3 configs have it) and `max_position_embeddings` (L');
 - optional `rope_scaling["short_mscale"]` / `["long_mscale"]`, the factors cos and sin are
   multiplied by. vLLM ignores `attention_factor`; without the mscale keys it uses
   sqrt(1 + ln(L'/L) / ln(L)), the LongRoPE default (REFERENCE section 7).
@@ -48,7 +49,9 @@ def vllm_rope(config: dict[str, Any], max_model_len: int | None = None) -> VllmR
     rope = config.get("rope_scaling") or config.get("rope_parameters") or {}
     if (rope.get("rope_type") or rope.get("type")) not in ("longrope", "su"):
         raise ValueError("config has no longrope rope_scaling")
-    L = int(rope["original_max_position_embeddings"])
+    # vLLM's Llama-family models copy a top-level original_max_position_embeddings into
+    # rope_scaling (Phi-3 configs keep it there), so either place works
+    L = int(rope.get("original_max_position_embeddings") or config["original_max_position_embeddings"])
     max_pos = int(config["max_position_embeddings"])
     max_model_len = int(max_model_len or max_pos)
     uses_long = max_model_len > L
