@@ -38,7 +38,7 @@ def run(args) -> int:
         result = export_hf(args.model, ext, args.out, force=args.force, drop_start_token=args.drop_start_token)
         where = result.path
         hints = [
-            f"transformers: AutoModelForCausalLM.from_pretrained('{where}')  (4.43+ and 5.x)",
+            f"transformers: AutoModelForCausalLM.from_pretrained('{where}')  (>= 4.51; Phi-3 from 4.43)",
             f"vLLM: {serve_hint(str(where), result.extension)}  "
             f"(long factors for every request; --max-model-len <= {ext.original_max_position_embeddings} uses the short ones)",
         ]
