@@ -295,3 +295,24 @@ def test_drop_start_token_and_force(exported, tmp_path, capsys):
     assert (out / "config.json").read_text() == before
     assert main(argv + ["--force"]) == 0
     assert sorted(p.name for p in tmp_path.iterdir()) == ["bad.json", "out", "start.json"]
+
+
+def test_export_of_a_model_that_must_be_loaded(exported, tmp_path):
+    """Sources that cannot be copied (.bin weights here, .gguf files) are loaded and re-saved."""
+    from transformers import AutoModelForCausalLM
+
+    root, cases = exported
+    model, ext, _ = cases["qwen2"]
+    src = tmp_path / "bin-src"
+    src.mkdir()
+    (src / "config.json").write_text((root / "qwen2-src" / "config.json").read_text())
+    torch.save(model.state_dict(), src / "pytorch_model.bin")
+    ext.save(tmp_path / "f.json")
+    assert main(["export", "--model", str(src), "--factors", str(tmp_path / "f.json"), "--out", str(tmp_path / "out")]) == 0
+    assert (tmp_path / "out" / "model.safetensors").is_file()
+    assert not (tmp_path / "out" / "tokenizer.json").exists()  # the source had none
+    plain = AutoModelForCausalLM.from_pretrained(tmp_path / "out", attn_implementation="sdpa").eval()
+    ids = torch.randint(0, 97, (1, LONG_T), generator=torch.Generator().manual_seed(LONG_T))
+    with torch.inference_mode():
+        theirs = plain(input_ids=ids).logits
+    assert float((theirs - our_logits(model, ext, LONG_T)).abs().max()) < 1e-4

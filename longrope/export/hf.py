@@ -412,7 +412,10 @@ def _save_loaded(source, out_dir: Path) -> None:
         model = AutoModelForCausalLM.from_pretrained(str(source.path), dtype="auto", **kwargs)
     except (OSError, ValueError, KeyError) as e:
         raise UsageError(f"cannot load model from {source.path}: {str(e).splitlines()[0]}") from None
-    model.save_pretrained(str(out_dir), safe_serialization=True)
+    model.save_pretrained(str(out_dir))  # safetensors (the only format of transformers 5.x)
+    tokenizer_files = ("tokenizer.json", "tokenizer.model", "vocab.json", "tokenizer_config.json")
+    if source.gguf_file is None and not any((source.path / f).is_file() for f in tokenizer_files):
+        return  # nothing to carry over (transformers 5.x would invent an empty tokenizer)
     try:
         AutoTokenizer.from_pretrained(str(source.path), **kwargs).save_pretrained(str(out_dir))
     except (OSError, ValueError, KeyError) as e:

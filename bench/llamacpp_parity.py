@@ -1,0 +1,138 @@
+"""Does llama.cpp run an exported GGUF the way longrope's runtime runs the extension?
+
+Takes the smollm2-135m preset (its original Q4_1 GGUF for llama.cpp, the dequantized HF
+directory for longrope), extends it from its native 8192 tokens to 16384 with YaRN-shaped
+LongRoPE factors, exports the GGUF (`longrope.export.gguf`) and, on one document longer
+than the native context, compares:
+
+- the perplexity of the last `--scored` tokens (llama-cpp-python, token by token after a
+  batched prefix, vs one forward pass of longrope's runtime);
+- a greedy continuation of `--generate` tokens;
+- both against the same model without the extension (the factors must matter).
+
+    python bench/llamacpp_parity.py [--tokens 8448] [--scored 128] [--generate 16] [--out results.json]
+
+Needs `llama_cpp` (pip install llama-cpp-python, which compiles llama.cpp from source).
+The GGUF is Q4_1 and llama.cpp quantizes activations in its matmuls, so perplexities agree
+to about a percent, not to float precision.
+"""
+from __future__ import annotations
+
+import argparse
+import math
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from longrope.export.gguf import export_gguf  # noqa: E402
+from longrope.factors import RopeExtension  # noqa: E402
+from longrope.io import atomic_write_json  # noqa: E402
+from longrope.methods import build_extension  # noqa: E402
+from longrope.model import install_rope, load_model  # noqa: E402
+from longrope.presets import smollm2_gguf_path, smollm2_model_dir  # noqa: E402
+
+
+def document_tokens(tokenizer, n: int) -> list[int]:
+    """At least n tokens of Python standard-library source, in a fixed order."""
+    import os
+
+    text, ids = "", []
+    for path in sorted(Path(os.__file__).parent.glob("*.py")):
+        text += path.read_text(errors="ignore")
+        if len(text) > 6 * n:
+            ids = tokenizer(text, add_special_tokens=False)["input_ids"]
+            if len(ids) >= n:
+                return ids[:n]
+    raise RuntimeError("not enough text")
+
+
+@torch.inference_mode()
+def ours(model, ids: list[int], scored: int, generate: int) -> tuple[float, list[int]]:
+    """Mean NLL of the last `scored` tokens and a greedy continuation, longrope's runtime."""
+    x = torch.tensor([ids])
+    hidden = model.model(input_ids=x).last_hidden_state[0, -scored - 1:-1]  # [scored, C]
+    logits = model.lm_head(hidden).float()
+    nll = torch.nn.functional.cross_entropy(logits, x[0, -scored:]).item()
+    out = model.generate(x, max_new_tokens=generate, do_sample=False, min_new_tokens=generate)
+    return nll, out[0, len(ids):].tolist()
+
+
+def llama_cpp_run(gguf_path: Path, ids: list[int], scored: int, generate: int, n_ctx: int) -> tuple[float, list[int]]:
+    """The same with llama-cpp-python: prefix in batches, then one token at a time."""
+    import llama_cpp
+
+    llm = llama_cpp.Llama(model_path=str(gguf_path), n_ctx=n_ctx, n_batch=512, n_threads=2, verbose=False)
+    n_vocab = llm.n_vocab()
+
+    def last_logits() -> np.ndarray:
+        return np.ctypeslib.as_array(llama_cpp.llama_get_logits_ith(llm.ctx, -1), shape=(n_vocab,)).astype(np.float64)
+
+    def nll_of(logits: np.ndarray, target: int) -> float:
+        m = logits.max()
+        return float(m + math.log(np.exp(logits - m).sum()) - logits[target])
+
+    llm.eval(ids[: len(ids) - scored])
+    total = 0.0
+    for t in ids[len(ids) - scored:]:
+        total += nll_of(last_logits(), t)
+        llm.eval([t])
+    continuation = []
+    for _ in range(generate):
+        nxt = int(last_logits().argmax())
+        continuation.append(nxt)
+        llm.eval([nxt])
+    return total / scored, continuation
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--tokens", type=int, default=8448, help="document length, above the native 8192 (default 8448)")
+    p.add_argument("--scored", type=int, default=128, help="tokens at the end whose perplexity is compared")
+    p.add_argument("--generate", type=int, default=16, help="greedy tokens compared")
+    p.add_argument("--out", default=None, help="write the results as JSON here")
+    args = p.parse_args()
+
+    gguf_src, hf_dir = smollm2_gguf_path(), smollm2_model_dir()
+    loaded = load_model(str(hf_dir), "fp32", "cpu")
+    spec = loaded.spec
+    L, target = spec.original_max_position_embeddings, 2 * spec.original_max_position_embeddings
+    ext = RopeExtension("longrope", build_extension("yarn", spec, target).long_factor, L, target,
+                        metadata={"label": "yarn-shaped longrope factors"})
+    work = Path(tempfile.mkdtemp(prefix="longrope-llamacpp-"))
+    exported = export_gguf(str(gguf_src), ext, work / "gguf").path
+    ids = document_tokens(loaded.tokenizer, args.tokens)
+    print(f"native {L}, target {target}, document {len(ids)} tokens, scoring the last {args.scored}", flush=True)
+
+    rows = {}
+    for label, extension, gguf_path in (("longrope", ext, exported), ("unscaled", None, gguf_src)):
+        t0 = time.time()
+        install_rope(loaded.model, extension)
+        nll_ours, gen_ours = ours(loaded.model, ids, args.scored, args.generate)
+        t1 = time.time()
+        nll_cpp, gen_cpp = llama_cpp_run(gguf_path, ids, args.scored, args.generate, n_ctx=target)
+        t2 = time.time()
+        same = sum(a == b for a, b in zip(gen_ours, gen_cpp))
+        first_diff = next((i for i, (a, b) in enumerate(zip(gen_ours, gen_cpp)) if a != b), None)
+        rows[label] = {"ppl_longrope_runtime": math.exp(nll_ours), "ppl_llama_cpp": math.exp(nll_cpp),
+                       "greedy_equal_tokens": same, "greedy_first_difference": first_diff,
+                       "greedy_longrope_runtime": loaded.tokenizer.decode(gen_ours),
+                       "greedy_llama_cpp": loaded.tokenizer.decode(gen_cpp),
+                       "seconds": {"longrope": round(t1 - t0, 1), "llama_cpp": round(t2 - t1, 1)}}
+        r = rows[label]
+        print(f"{label:<9} ppl ours {r['ppl_longrope_runtime']:.3f}  llama.cpp {r['ppl_llama_cpp']:.3f}  "
+              f"greedy {same}/{args.generate} equal  ({r['seconds']})", flush=True)
+        print(f"          ours:      {r['greedy_longrope_runtime']!r}\n          llama.cpp: {r['greedy_llama_cpp']!r}")
+    if args.out:
+        atomic_write_json(args.out, {"native": L, "target": target, "tokens": len(ids), "scored": args.scored,
+                                     "extension": ext.to_dict(), "rows": rows})
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
