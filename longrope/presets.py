@@ -66,6 +66,8 @@ def _build_once(name: str, build: Callable[[Path], None]) -> Path:
     with file_lock(cache_dir() / f"{name}.lock"):
         if _is_model_dir(final):  # another process built it while we waited
             return final
+        for stale in cache_dir().glob(f".{name}.*"):  # left by a killed build; we hold the lock
+            shutil.rmtree(stale, ignore_errors=True)
         tmp = Path(tempfile.mkdtemp(prefix=f".{name}.", dir=cache_dir()))
         try:
             build(tmp / name)  # build creates this folder
@@ -133,8 +135,15 @@ def smollm2_model_dir() -> Path:
         gguf = smollm2_gguf_path()
         print(f"longrope: converting {gguf.name} into {cache_dir() / 'smollm2-135m'} (first use only)", file=sys.stderr)
         # fp32 keeps the dequantized Q4_1 weights exactly; loaders cast to bf16 where fast.
-        model = AutoModelForCausalLM.from_pretrained(str(gguf.parent), gguf_file=gguf.name, dtype=torch.float32)
+        loaded = AutoModelForCausalLM.from_pretrained(str(gguf.parent), gguf_file=gguf.name, dtype=torch.float32)
         tokenizer = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
+        # The weights are already plain dequantized tensors, but transformers still marks
+        # the model as GGUF-quantized and refuses to save it: copy them into a clean model.
+        config = loaded.config
+        if hasattr(config, "quantization_config"):
+            del config.quantization_config
+        model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+        model.load_state_dict(loaded.state_dict(), strict=True)
         model.save_pretrained(tmp)
         tokenizer.save_pretrained(tmp)
 
