@@ -405,13 +405,23 @@ def export_hf(
 
 def _save_loaded(source, out_dir: Path) -> None:
     """Load a model that cannot be copied (GGUF, .bin) in its own dtype; save it as safetensors."""
+    import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     kwargs = {"gguf_file": source.gguf_file} if source.gguf_file else {}
+    # GGUF weights are dequantized on load; fp32 holds them exactly
+    dtype = torch.float32 if source.gguf_file else "auto"
     try:
-        model = AutoModelForCausalLM.from_pretrained(str(source.path), dtype="auto", **kwargs)
+        model = AutoModelForCausalLM.from_pretrained(str(source.path), dtype=dtype, **kwargs)
     except (OSError, ValueError, KeyError) as e:
         raise UsageError(f"cannot load model from {source.path}: {str(e).splitlines()[0]}") from None
+    if source.gguf_file:  # the tensors are plain, but transformers still marks the model GGUF-quantized
+        config = model.config  # and refuses to save it: copy them into a clean model (as presets does)
+        if hasattr(config, "quantization_config"):
+            del config.quantization_config
+        clean = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+        clean.load_state_dict(model.state_dict(), strict=True)
+        model = clean
     model.save_pretrained(str(out_dir))  # safetensors (the only format of transformers 5.x)
     tokenizer_files = ("tokenizer.json", "tokenizer.model", "vocab.json", "tokenizer_config.json")
     if source.gguf_file is None and not any((source.path / f).is_file() for f in tokenizer_files):
