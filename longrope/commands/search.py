@@ -82,11 +82,10 @@ def _on_main(d, fn):
 def search(args: argparse.Namespace, d) -> int:
     import torch
 
-    from ..data import documents_of_length, load_corpus, split_corpus, tokenize_corpus
     from ..io import check_writable_dir
     from ..model import load_model, resolve_dtype
     from ..search.evolution import STATE_FILE, SearchConfig, SearchState, peer_seeds, run_search
-    from ..search.fitness import PerplexityObjective
+    from ..search.fitness import PerplexityObjective, search_documents
     from ..search.genes import START_TOKENS, SearchSpace, critical_dimension
 
     # -- check the cheap things before loading anything ---------------------------------------
@@ -119,9 +118,7 @@ def search(args: argparse.Namespace, d) -> int:
     scale = N / L
 
     # -- K search documents of the target length (the split eval-ppl holds out) ----------------
-    docs = split_corpus(load_corpus(args.corpus), args.split_seed)["search"]
-    token_docs = tokenize_corpus(lm.tokenizer, docs)
-    fitness_docs = documents_of_length(token_docs, N, args.docs)
+    fitness_docs = search_documents(lm.tokenizer, args.corpus, N, args.docs, args.split_seed)
     if d.is_main and len(fitness_docs) < args.docs:
         print(f"note: only {len(fitness_docs)} search documents reach {N} tokens (asked for {args.docs})",
               file=sys.stderr)

@@ -17,6 +17,15 @@ from ..factors import RopeExtension
 from ..rope import RotarySpec
 
 
+def search_documents(tokenizer, corpus: str | None, length: int, count: int, split_seed: int = 0) -> list[torch.Tensor]:
+    """K documents of the corpus' "search" split with at least `length` tokens, each cut to
+    [length] (the validation and test splits stay held out for eval-ppl)."""
+    from ..data import documents_of_length, load_corpus, split_corpus, tokenize_corpus
+
+    docs = split_corpus(load_corpus(corpus), split_seed)["search"]
+    return documents_of_length(tokenize_corpus(tokenizer, docs), length, count)
+
+
 class PerplexityObjective:
     """objective(factors [d/2], start_token) -> yields the mean token NLL of each document.
 

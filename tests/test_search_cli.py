@@ -1,0 +1,131 @@
+"""`longrope search` end to end on a tiny random Llama: outputs, bad input, Ctrl-C + resume,
+and torchrun with 2 gloo processes against one process."""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from longrope.cli import main
+from longrope.factors import RopeExtension
+from longrope.search.genes import START_TOKENS
+
+from search_fixtures import make_corpus, make_tiny_model_dir
+
+ROOT = Path(__file__).resolve().parents[1]
+BUDGET = ["--population", "6", "--parents", "3", "--mutations", "2", "--crossovers", "2", "--iterations", "2",
+          "--docs", "2", "--dtype", "fp32"]
+
+
+@pytest.fixture(scope="module")
+def assets(tmp_path_factory):
+    root = tmp_path_factory.mktemp("search_assets")
+    model = make_tiny_model_dir(root / "model", native=32)
+    corpus = make_corpus(root / "corpus.jsonl", n_docs=12, chars=200)
+    return model, corpus
+
+
+def search_args(assets, out, target=64, extra=()):
+    model, corpus = assets
+    return ["search", "--model", str(model), "--corpus", str(corpus), "--target-length", str(target),
+            "--out", str(out), *BUDGET, *extra]
+
+
+def test_search_writes_factors_history_and_plots(assets, tmp_path):
+    out = tmp_path / "run"
+    assert main(search_args(assets, out)) == 0
+    ext = RopeExtension.load(out / "factors.json")
+    assert ext.method == "longrope" and ext.max_position_embeddings == 64
+    assert ext.original_max_position_embeddings == 32 and ext.half_dim == 8
+    ext.check_monotone()
+    assert 1.0 <= min(ext.long_factor) and max(ext.long_factor) <= 1.25 * 2.0
+    assert ext.start_token in START_TOKENS
+    history = [json.loads(line) for line in (out / "history.jsonl").read_text().splitlines()]
+    assert len(history) == 6 + 2 * 4 == ext.metadata["candidates"]
+    assert {"generation", "units", "start_token", "perplexity", "docs_scored", "factors"} <= set(history[0])
+    best = min(h["perplexity"] for h in history if not h["rejected"])
+    assert ext.metadata["search_perplexity"] == pytest.approx(best)
+    assert (out / "search.png").stat().st_size > 0 and (out / "factors.png").stat().st_size > 0
+
+    # the found factors install into the model like any other extension
+    from longrope.model import install_rope, load_model
+
+    lm = load_model(str(assets[0]), dtype="fp32", device="cpu")
+    install_rope(lm.model, ext)
+
+
+def test_fixed_start_token_and_variants(assets, tmp_path):
+    assert main(search_args(assets, tmp_path / "a", extra=["--start-token", "0", "--variant", "critical"])) == 0
+    history = [json.loads(x) for x in (tmp_path / "a" / "history.jsonl").read_text().splitlines()]
+    assert {h["start_token"] for h in history} == {0}
+    assert main(search_args(assets, tmp_path / "b", extra=["--variant", "piecewise"])) == 0
+
+
+@pytest.mark.parametrize("case", ["short_target", "population", "corpus", "unwritable"])
+def test_bad_input_is_one_line_exit_2_and_writes_nothing(assets, tmp_path, capsys, case):
+    out = tmp_path / "out"
+    if case == "short_target":
+        args = search_args(assets, out, target=32)
+    elif case == "population":
+        args = search_args(assets, out) + ["--population", "2", "--parents", "3"]
+    elif case == "corpus":
+        args = search_args(assets, out, target=4096)
+    else:
+        (tmp_path / "file").write_text("x")
+        out = tmp_path / "file" / "out"
+        args = search_args(assets, out)
+    assert main(args) == 2
+    err = [line for line in capsys.readouterr().err.splitlines() if line.strip() and "Loading weights" not in line]
+    assert len(err) == 1 and err[0].startswith("longrope search: error:"), err
+    assert not out.exists() or not any(out.iterdir())
+
+
+def test_resume_needs_a_state_and_a_new_run_refuses_an_old_one(assets, tmp_path, capsys):
+    out = tmp_path / "run"
+    assert main(search_args(assets, out, extra=["--resume"])) == 2
+    assert main(search_args(assets, out)) == 0
+    assert main(search_args(assets, out)) == 2  # would overwrite a finished search
+    assert main(search_args(assets, out, extra=["--resume", "--mutation-prob", "0.5"])) == 2
+    assert "different configuration" in capsys.readouterr().err
+
+
+def test_ctrl_c_saves_and_resume_finishes_like_an_uninterrupted_run(assets, tmp_path, monkeypatch):
+    from longrope.search import fitness
+
+    whole, broken = tmp_path / "whole", tmp_path / "broken"
+    assert main(search_args(assets, whole)) == 0
+
+    real_call = fitness.PerplexityObjective.__call__
+    calls = {"n": 0}
+
+    def interrupted(self, factors, start_token):
+        calls["n"] += 1
+        if calls["n"] == 9:  # in the middle of generation 1
+            raise KeyboardInterrupt
+        return real_call(self, factors, start_token)
+
+    monkeypatch.setattr(fitness.PerplexityObjective, "__call__", interrupted)
+    assert main(search_args(assets, broken)) == 130
+    assert json.loads((broken / "state.json").read_text())["generation"] == 0
+    monkeypatch.setattr(fitness.PerplexityObjective, "__call__", real_call)
+    assert main(search_args(assets, broken, extra=["--resume"])) == 0
+    assert (broken / "history.jsonl").read_text() == (whole / "history.jsonl").read_text()
+    assert (broken / "factors.json").read_text() == (whole / "factors.json").read_text()
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(shutil.which("torchrun") is None, reason="torchrun not installed")
+def test_torchrun_two_processes_equal_one(assets, tmp_path):
+    env = {**os.environ, "OMP_NUM_THREADS": "1",
+           "PYTHONPATH": f"{ROOT}{os.pathsep}{ROOT / 'tests'}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}
+    one, two = tmp_path / "one", tmp_path / "two"
+    subprocess.run([sys.executable, "-m", "longrope", *search_args(assets, one)], check=True, env=env)
+    subprocess.run(["torchrun", "--standalone", "--nproc-per-node", "2", "-m", "longrope",
+                    *search_args(assets, two)], check=True, env=env)
+    assert (two / "history.jsonl").read_text() == (one / "history.jsonl").read_text()
+    assert (two / "factors.json").read_text() == (one / "factors.json").read_text()
