@@ -18,11 +18,24 @@ from pathlib import Path
 from ..errors import UsageError
 
 
+EPILOG = """\
+parallel search: every process holds a model replica and scores a share of each generation;
+the result equals a single-process run with the same seed (on the same kind of device and
+the same number of threads per process, so that every candidate gets bit-identical scores).
+  one node, 8 GPUs:  torchrun --standalone --nproc-per-node 8 -m longrope search --model M ...
+  two nodes:         torchrun --nnodes 2 --node-rank R --nproc-per-node 8 --rdzv-backend c10d \\
+                         --rdzv-endpoint HOST:29500 -m longrope search --model M ...
+  (run the same command on each node with R = 0, 1; HOST is node 0; --out on node 0 is written)
+CPU: torchrun --standalone --nproc-per-node 2 ... uses gloo and one thread per process.
+"""
+
+
 def register(subparsers) -> None:
     p = subparsers.add_parser(
         "search", help="evolutionary search for LongRoPE rescale factors (paper Algorithm 1)",
         description="Search per-dimension RoPE rescale factors and the start token for a target context "
-        "length, with perplexity on long documents as the fitness. Defaults are the paper's.")
+        "length, with perplexity on long documents as the fitness. Defaults are the paper's.",
+        epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", required=True, help="preset name, HF model directory or .gguf file")
     p.add_argument("--corpus", default=None, help="stdlib (default), a folder of .txt, a .txt or a .jsonl file")
     p.add_argument("--target-length", type=int, required=True, help="target context L' in tokens")

@@ -5,9 +5,11 @@ candidates of a generation are dealt round-robin to the ranks (candidate i to ra
 i % world_size), each rank scores its share, and all ranks gather every score, so their
 populations and random generators stay identical; rank 0 alone writes files. Because a
 generation's rejection thresholds are fixed before it starts, a candidate scores the
-same on any rank: the result equals a single-process run with the same seed.
+same on any rank: the result equals a single-process run with the same seed, given
+bit-identical scores (same kind of device, same threads per process: torchrun sets
+OMP_NUM_THREADS=1).
 
-    torchrun --nproc-per-node 8 -m longrope search --model M ...            # one node, 8 GPUs
+    torchrun --standalone --nproc-per-node 8 -m longrope search --model M ...  # one node, 8 GPUs
     torchrun --nnodes 2 --node-rank R --nproc-per-node 8 \\
         --rdzv-backend c10d --rdzv-endpoint HOST:29500 -m longrope search ...  # two nodes
 

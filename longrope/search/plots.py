@@ -21,21 +21,25 @@ def _plt():
 
 def plot_progress(state: SearchState, path: str | Path, title: str = "") -> Path:
     """Best and median perplexity of the population after each generation (log scale).
-    Rejected candidates count with the perplexity of the documents they were scored on."""
+
+    The population of generation g is the top-k of everything scored before g plus the
+    candidates of g (Algorithm 1); rejected candidates have no full score and are left out.
+    """
     plt = _plt()
+    k = int(state.config.get("parents", 32))
     gens, best, median = [], [], []
     for g in range(state.generation + 1):
-        # the population after generation g: the top-k of everything scored up to g
-        scored = [r for r in state.history if r.generation <= g]
-        ppl = sorted(r.evaluation.perplexity for r in scored if r.generation == g)
-        if not ppl:
+        before = sorted(r.evaluation.loss for r in state.history if r.generation < g and not r.evaluation.rejected)
+        new = [r.evaluation.loss for r in state.history if r.generation == g and not r.evaluation.rejected]
+        population = before[:k] + new
+        if not population:
             continue
         gens.append(g)
-        best.append(min(r.evaluation.perplexity for r in scored if not r.evaluation.rejected))
-        median.append(float(np.median(ppl)))
+        best.append(float(np.exp(min(population))))
+        median.append(float(np.exp(np.median(population))))
     fig, ax = plt.subplots(figsize=(6, 4))
-    ax.plot(gens, best, marker="o", ms=3, label="best so far")
-    ax.plot(gens, median, marker=".", ms=3, alpha=0.7, label="median of new candidates")
+    ax.plot(gens, best, marker="o", ms=3, label="best")
+    ax.plot(gens, median, marker=".", ms=3, alpha=0.7, label="median of the population")
     ax.set_yscale("log")
     ax.set_xlabel("generation")
     ax.set_ylabel("perplexity")
