@@ -128,19 +128,23 @@ def worker(args) -> None:
 def parallel(args) -> dict:
     forwarded = [a for a in sys.argv[1:] if a != "--worker"] + ["--worker"]
     env = {**os.environ, "PYTHONPATH": f"{ROOT}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}
+    cores = os.cpu_count() or 2
     runs = {}
-    for n in (1, 2):
-        threads = str(max(1, (os.cpu_count() or 2) // n))  # the cores shared out evenly
+    # the default single process (all cores as threads), one process with one thread, and
+    # two processes with the cores shared out (torchrun's default of one thread each here)
+    for name, n, threads in (("one", 1, cores), ("one_1thread", 1, 1), ("two", 2, max(1, cores // 2))):
         cmd = ([sys.executable, __file__] if n == 1 else
                ["torchrun", "--standalone", "--nproc-per-node", str(n), __file__]) + forwarded
-        out = subprocess.run(cmd, env={**env, "OMP_NUM_THREADS": threads}, capture_output=True, text=True)
+        out = subprocess.run(cmd, env={**env, "OMP_NUM_THREADS": str(threads)}, capture_output=True, text=True)
         line = [x for x in out.stdout.splitlines() if x.startswith("RESULT ")]
         if out.returncode != 0 or not line:
-            raise RuntimeError(f"{n}-process run failed:\n{out.stderr[-3000:]}")
-        runs[n] = json.loads(line[0][len("RESULT "):])
-    same = runs[1].pop("history") == runs[2].pop("history")
-    return {"one": runs[1], "two": runs[2], "speedup": runs[1]["seconds_per_generation"]
-            / runs[2]["seconds_per_generation"], "same_history": same}
+            raise RuntimeError(f"{name} run failed:\n{out.stderr[-3000:]}")
+        runs[name] = json.loads(line[0][len("RESULT "):])
+    histories = {name: r.pop("history") for name, r in runs.items()}
+    return {**runs, "speedup": runs["one"]["seconds_per_generation"] / runs["two"]["seconds_per_generation"],
+            "speedup_vs_1thread": runs["one_1thread"]["seconds_per_generation"]
+            / runs["two"]["seconds_per_generation"],
+            "same_history_as_1thread": histories["two"] == histories["one_1thread"]}
 
 
 def main():
@@ -184,10 +188,12 @@ def main():
     del lm, objective
     if not args.skip_parallel:
         result["parallel"] = par = parallel(args)
-        print(f"(c) seconds per generation: 1 process x {par['one']['threads']} threads "
-              f"{par['one']['seconds_per_generation']:.2f}, 2 processes x {par['two']['threads']} thread "
-              f"{par['two']['seconds_per_generation']:.2f}: speed-up {par['speedup']:.2f}x; "
-              f"identical history: {par['same_history']}")
+        print(f"(c) seconds per generation (no early rejection): 1 process x {par['one']['threads']} threads "
+              f"{par['one']['seconds_per_generation']:.2f}, 1 process x 1 thread "
+              f"{par['one_1thread']['seconds_per_generation']:.2f}, 2 processes x {par['two']['threads']} thread "
+              f"{par['two']['seconds_per_generation']:.2f}: speed-up {par['speedup']:.2f}x "
+              f"({par['speedup_vs_1thread']:.2f}x vs 1 thread); same history as 1 process x 1 thread: "
+              f"{par['same_history_as_1thread']}")
     atomic_write_json(args.out, result)
     print(f"wrote {args.out}")
 
