@@ -16,6 +16,7 @@ import sys
 from pathlib import Path
 
 from ..errors import UsageError
+from .common import add_model_args
 
 
 EPILOG = """\
@@ -36,7 +37,7 @@ def register(subparsers) -> None:
         description="Search per-dimension RoPE rescale factors and the start token for a target context "
         "length, with perplexity on long documents as the fitness. Defaults are the paper's.",
         epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--model", required=True, help="preset name, HF model directory or .gguf file")
+    add_model_args(p)
     p.add_argument("--corpus", default=None, help="stdlib (default), a folder of .txt, a .txt or a .jsonl file")
     p.add_argument("--target-length", type=int, required=True, help="target context L' in tokens")
     p.add_argument("--out", required=True, help="output folder (state.json, factors.json, history.jsonl, plots)")
@@ -60,7 +61,6 @@ def register(subparsers) -> None:
                    help="score every candidate on all documents")
     p.add_argument("--seed", type=int, default=0, help="random seed of the search (default 0)")
     p.add_argument("--split-seed", type=int, default=0, help="seed of the search/validation/test split (0)")
-    p.add_argument("--dtype", default="auto", help="auto (bf16 where fast), bf16, fp16 or fp32")
     p.add_argument("--chunk-size", type=int, default=1024, help="tokens per LM-head chunk in the loss")
     p.add_argument("--resume", action="store_true", help="continue the search saved in --out")
     p.set_defaults(func=run)
@@ -122,7 +122,7 @@ def search(args: argparse.Namespace, d) -> int:
     _on_main(d, prepare_out)
 
     # -- the model, loaded once; candidates only swap its RoPE factors -------------------------
-    device = f"cuda:{d.local_rank}" if torch.cuda.is_available() else "cpu"
+    device = args.device or (f"cuda:{d.local_rank}" if torch.cuda.is_available() else "cpu")
     lm = load_model(args.model, dtype=args.dtype, device=device)
     spec = lm.spec
     L, N = spec.original_max_position_embeddings, args.target_length
