@@ -195,9 +195,16 @@ class LoadedModel:
 
 def load_model(name_or_path: str, dtype: str = "auto", device: str | None = None) -> LoadedModel:
     """Load a model by preset name, HF model directory or .gguf file, in eval mode with SDPA."""
+    import os
+
+    # --model is a preset, directory or file: never reach for a model hub
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
     from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers.utils import logging as hf_logging
 
     from .presets import resolve_model
+
+    hf_logging.disable_progress_bar()  # our commands show their own progress
 
     device = device or default_device()
     source = resolve_model(name_or_path)

@@ -33,3 +33,47 @@ def tiny_model(arch: str, seed: int = 0, **overrides):
 @pytest.fixture
 def make_tiny_model():
     return tiny_model
+
+
+def tiny_tokenizer(vocab_size: int = 300):
+    """A byte-level BPE tokenizer trained in a blink on a stdlib module's text."""
+    import inspect
+    import json as _json
+
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=["<s>", "</s>"],
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
+    tok.train_from_iterator([inspect.getsource(_json)], trainer)
+    return PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<s>", eos_token="</s>")
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory):
+    """A saved random tiny Llama (native context 32) with a tokenizer: a --model directory."""
+    path = tmp_path_factory.mktemp("tiny-llama")
+    tok = tiny_tokenizer()
+    model = tiny_model("llama", vocab_size=len(tok), bos_token_id=0, eos_token_id=1)
+    model.save_pretrained(path)
+    tok.save_pretrained(path)
+    return path
+
+
+@pytest.fixture(scope="session")
+def tiny_corpus(tmp_path_factory):
+    """A .jsonl corpus of a few long stdlib sources."""
+    import inspect
+    import json as _json
+
+    import argparse, textwrap, typing, dataclasses, enum, pathlib  # noqa: E401
+
+    path = tmp_path_factory.mktemp("corpus") / "docs.jsonl"
+    mods = [argparse, textwrap, typing, dataclasses, enum, pathlib]
+    with open(path, "w") as f:
+        for m in mods:
+            f.write(_json.dumps({"text": inspect.getsource(m), "name": m.__name__}) + "\n")
+    return path

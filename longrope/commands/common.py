@@ -68,13 +68,28 @@ class Variant:
     extension: RopeExtension | None
 
 
-def method_variants(args, spec, target_length: int) -> list[Variant]:
-    from ..methods import build_extension, get_method
+def method_names(args) -> list[str]:
+    """The --methods list, checked (cheap: call before loading a model)."""
+    from ..methods import get_method
 
-    variants = []
     names = [m.strip() for m in args.methods.split(",") if m.strip()] if args.methods else []
     for name in names:
-        get_method(name)  # unknown names fail before any work
+        get_method(name)
+    if not names and not args.factors:
+        raise UsageError("nothing to evaluate: give --methods and/or --factors")
+    return names
+
+
+def factor_files(args) -> list[tuple[str, RopeExtension]]:
+    """The --factors files, loaded and validated (cheap: call before loading a model)."""
+    return [(path, load_factors_file(path)) for path in args.factors]
+
+
+def method_variants(args, spec, target_length: int) -> list[Variant]:
+    from ..methods import build_extension
+
+    variants = []
+    for name in method_names(args):
         if name == "none":
             variants.append(Variant("none", None))
         elif target_length <= spec.original_max_position_embeddings:
@@ -84,13 +99,10 @@ def method_variants(args, spec, target_length: int) -> list[Variant]:
             )
         else:
             variants.append(Variant(name, build_extension(name, spec, target_length)))
-    for path in args.factors:
-        ext = load_factors_file(path)
+    for path, ext in factor_files(args):
         p = Path(path)
         label = ext.metadata.get("label") or (p.parent.name if p.name in ("factors.json", "config.json") else p.stem)
         variants.append(Variant(str(label or ext.method), ext))
-    if not variants:
-        raise UsageError("nothing to evaluate: give --methods and/or --factors")
     labels = [v.label for v in variants]
     if len(set(labels)) != len(labels):
         raise UsageError(f"duplicate method labels {labels}; rename factors files")

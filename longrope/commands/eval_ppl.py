@@ -10,6 +10,8 @@ from pathlib import Path
 from ..errors import UsageError
 from ..io import atomic_write_json, atomic_write_text, check_writable_dir
 from .common import (
+    factor_files,
+    method_names,
     add_corpus_args,
     add_method_args,
     add_model_args,
@@ -58,9 +60,11 @@ def run(args) -> int:
     if args.stride is not None and args.stride < 1:
         raise UsageError("--stride must be >= 1")
     torch.manual_seed(args.seed)
+    method_names(args), factor_files(args)  # fail on bad input before loading anything
+    given_lengths = parse_int_list(args.lengths, "--lengths") if args.lengths else None
     loaded = load_model(args.model, args.dtype, args.device)
     L = loaded.spec.original_max_position_embeddings
-    lengths = parse_int_list(args.lengths, "--lengths") if args.lengths else [L, 2 * L, 4 * L, 8 * L]
+    lengths = given_lengths or [L, 2 * L, 4 * L, 8 * L]
     target = args.target_length or max(lengths)
     variants = method_variants(args, loaded.spec, target)
     longest = max(lengths)

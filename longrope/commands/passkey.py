@@ -6,7 +6,16 @@ from dataclasses import asdict
 
 from ..errors import UsageError
 from ..io import atomic_write_json, check_writable_dir
-from .common import add_method_args, add_model_args, method_variants, parse_int_list, print_table, run_info
+from .common import (
+    add_method_args,
+    add_model_args,
+    factor_files,
+    method_names,
+    method_variants,
+    parse_int_list,
+    print_table,
+    run_info,
+)
 
 
 def register(sub) -> None:
@@ -39,9 +48,11 @@ def run(args) -> int:
     if args.trials < 1:
         raise UsageError("--trials must be >= 1")
     out = check_writable_dir(args.out)
+    method_names(args), factor_files(args)  # fail on bad input before loading anything
+    given_lengths = parse_int_list(args.lengths, "--lengths") if args.lengths else None
     loaded = load_model(args.model, args.dtype, args.device)
     L = loaded.spec.original_max_position_embeddings
-    lengths = parse_int_list(args.lengths, "--lengths") if args.lengths else [L, 2 * L, 4 * L, 8 * L]
+    lengths = given_lengths or [L, 2 * L, 4 * L, 8 * L]
     variants = method_variants(args, loaded.spec, args.target_length or max(lengths))
     trials, rows = [], []
     bar = tqdm(total=len(variants) * len(lengths) * args.trials, desc="passkey", unit="trial")

@@ -1,0 +1,84 @@
+"""Bad input: one line on stderr, exit status 2, no output written."""
+import json
+import subprocess
+import sys
+
+import pytest
+
+from longrope.cli import main
+
+
+def run_cli(*args):
+    return subprocess.run([sys.executable, "-m", "longrope", *args], capture_output=True, text=True, timeout=120)
+
+
+def test_help_lists_subcommands():
+    r = run_cli("--help")
+    assert r.returncode == 0
+    for name in ("info", "eval-ppl", "passkey"):
+        assert name in r.stdout
+
+
+@pytest.mark.parametrize(
+    "argv,msg",
+    [
+        (["info", "--model", "/nonexistent/model"], "model not found"),
+        (["eval-ppl", "--model", "/nonexistent.gguf"], "GGUF file not found"),
+        (["eval-ppl", "--lengths", "abc"], "--lengths must be comma-separated integers"),
+        (["passkey", "--trials", "0"], "--trials must be >= 1"),
+    ],
+)
+def test_bad_input_exits_2_with_one_line(argv, msg, capsys, tmp_path):
+    argv = [*argv, "--out", str(tmp_path / "out")] if argv[0] != "info" else argv
+    code = main(argv)
+    err = capsys.readouterr().err.strip()
+    assert code == 2
+    assert msg in err and "\n" not in err
+
+
+def test_unknown_method_and_bad_factors_file(tiny_model_dir, tmp_path, capsys):
+    bad = tmp_path / "bad.json"
+    bad.write_text(json.dumps({"method": "longrope", "long_factor": [1, 2]}))
+    for argv, msg in (
+        (["--methods", "none,warp"], "unknown method 'warp'"),
+        (["--methods", "", "--factors", str(bad)], "missing key"),
+    ):
+        code = main(["eval-ppl", "--model", str(tiny_model_dir), "--out", str(tmp_path / "o"), *argv])
+        err = capsys.readouterr().err.strip()
+        assert code == 2 and msg in err and "\n" not in err, err
+    assert not (tmp_path / "o" / "results.json").exists()
+
+
+def test_eval_ppl_end_to_end_and_resume(tiny_model_dir, tiny_corpus, tmp_path, capsys):
+    out = tmp_path / "eval"
+    argv = ["eval-ppl", "--model", str(tiny_model_dir), "--corpus", str(tiny_corpus), "--split", "all",
+            "--docs", "2", "--lengths", "32,64", "--methods", "none,pi,yarn", "--dtype", "fp32", "--out", str(out)]
+    assert main(argv) == 0
+    res = json.loads((out / "results.json").read_text())
+    assert {(r["method"], r["length"]) for r in res["rows"]} == {(m, n) for m in ("none", "pi", "yarn") for n in (32, 64)}
+    assert all(r["ppl"] > 1 for r in res["rows"])
+    assert (out / "results.csv").read_text().startswith("method,length,ppl")
+    assert (out / "ppl_vs_length.png").stat().st_size > 1000
+    # none at native length equals the untouched model's; PI differs there (it is set for 64)
+    ppl = {(r["method"], r["length"]): r["ppl"] for r in res["rows"]}
+    assert ppl[("pi", 32)] != ppl[("none", 32)]
+    # a rerun reuses the finished cells
+    assert main(argv) == 0
+    res2 = json.loads((out / "results.json").read_text())
+    assert [r["ppl"] for r in res2["rows"]] == [r["ppl"] for r in res["rows"]]
+
+
+def test_too_long_length_names_the_longest(tiny_model_dir, tiny_corpus, tmp_path, capsys):
+    code = main(["eval-ppl", "--model", str(tiny_model_dir), "--corpus", str(tiny_corpus), "--split", "all",
+                 "--lengths", "10000000", "--out", str(tmp_path / "o")])
+    err = capsys.readouterr().err
+    assert code == 2 and "longest" in err
+
+
+def test_passkey_end_to_end(tiny_model_dir, tmp_path):
+    out = tmp_path / "pk"
+    assert main(["passkey", "--model", str(tiny_model_dir), "--lengths", "256", "--trials", "2",
+                 "--methods", "none,pi", "--dtype", "fp32", "--out", str(out)]) == 0
+    res = json.loads((out / "passkey.json").read_text())
+    assert len(res["trials"]) == 4 and all(t["prompt_tokens"] <= 246 for t in res["trials"])
+    assert (out / "passkey.png").stat().st_size > 1000
