@@ -17,6 +17,8 @@ COMMAND_MODULES = [
     "longrope.commands.eval_ppl",
     "longrope.commands.passkey",
     "longrope.commands.search",
+    "longrope.commands.finetune",
+    "longrope.commands.extend",
     "longrope.commands.export",
 ]
 
