@@ -185,6 +185,11 @@ def default_device() -> str:
     return "cuda" if torch.cuda.is_available() else "cpu"
 
 
+# A model directory written by `longrope finetune` / `extend` carries its extension in this file
+# as well as in config.json: the file also keeps the start token n_hat, which HF configs cannot.
+FACTORS_FILE = "longrope_factors.json"
+
+
 @dataclass
 class LoadedModel:
     model: nn.Module
@@ -220,4 +225,6 @@ def load_model(name_or_path: str, dtype: str = "auto", device: str | None = None
     model.to(device).eval()
     if not _rotary_slots(model):
         raise UsageError(f"{type(model).__name__} ({name_or_path}) does not use rotary embeddings")
+    if (source.path / FACTORS_FILE).is_file():  # our fine-tuned model: load it with its factors
+        install_rope(model, RopeExtension.load(source.path / FACTORS_FILE))
     return LoadedModel(model=model, tokenizer=tokenizer, name=str(name_or_path), spec=rotary_spec(model))

@@ -1,0 +1,468 @@
+"""Fine-tuning a model at the extended length with its rescaled RoPE (LongRoPE section 3.3).
+
+Reads top to bottom, nanoGPT style, on `accelerate` (one CPU process, or DDP / FSDP /
+DeepSpeed on several GPUs through `accelerate launch --config_file ...`):
+
+    model  = load_model(M) with the extension installed (the one seam, `install_rope`)
+    stream = BOS doc EOS BOS doc EOS ... over the training splits        (paper: RedPajama
+    rows   = consecutive N+1-token chunks of the stream, seeded order     cut into 128k chunks
+    for step in steps:                                                    with BOS/EOS)
+        lr = warm-up, then linear / cosine decay (paper: 2e-5, linear)
+        grad_accum micro-batches -> loss.backward()      (bf16 autocast where supported)
+        clip gradients -> AdamW step
+        every save_every steps: checkpoint (model, optimizer, RNG, loss log)
+    save an HF model directory whose config carries the factors
+
+Micro-batch m is a pure function of (seed, m, rank), so `--resume` needs no data-loader
+state: it loads the last checkpoint and repeats the uninterrupted run's loss sequence.
+
+Mixed context window training (LongRoPE2, arXiv 2502.20082, section 3.3): a share of the
+micro-batches are short sequences of the native length trained with the original RoPE,
+the rest long sequences with the rescaled RoPE; the model then keeps `short_factor` = 1.
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+import random
+import shutil
+import sys
+import tempfile
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+from ..errors import UsageError
+from ..factors import RopeExtension
+from ..io import atomic_write_json
+
+CHECKPOINTS = "checkpoints"
+STATE_FILE = "trainer_state.json"  # inside each checkpoint folder
+RECORD_FILE = "finetune.json"  # written last: its presence means the run is complete
+TRAIN_SPLITS = ("search", "validation")  # as the tiny preset's pretraining; "test" stays held out
+SCHEDULES = ("constant", "linear", "cosine")
+PRECISIONS = ("auto", "no", "bf16", "fp16")
+
+
+@dataclass
+class FinetuneConfig:
+    """Settings of one fine-tuning run (the `longrope finetune` flags and a recipe's `finetune`)."""
+
+    length: int  # N: tokens per training sequence
+    steps: int  # optimizer steps
+    batch_size: int = 1  # sequences per micro-batch and process
+    grad_accum: int = 1  # micro-batches per optimizer step
+    lr: float = 2e-5  # peak learning rate (paper: 2e-5 for LLaMA2)
+    schedule: str = "linear"  # decay after warm-up: constant, linear or cosine
+    warmup_steps: int = 0
+    min_lr_ratio: float = 0.0  # decay floor, as a share of lr
+    weight_decay: float = 0.0
+    grad_clip: float = 1.0  # max global gradient norm; 0 = off
+    gradient_checkpointing: bool = False  # recompute activations in backward (memory for time)
+    mixed_precision: str = "auto"  # auto (bf16 where fast), no, bf16, fp16
+    mixed_context: float = 0.0  # LongRoPE2: share of micro-batches that are short, original RoPE
+    passkey_fraction: float = 0.0  # share of rows that are passkey prompts (0: corpus only)
+    save_every: int = 0  # checkpoint every this many steps (0: only when stopped early / at the end)
+    keep_checkpoints: bool = False  # keep checkpoints/ after the final model is written
+    seed: int = 0
+    corpus: str | None = None  # None: the default corpus
+    split_seed: int = 0
+
+    def validate(self) -> None:
+        """UsageError on the first bad setting (cheap: call before loading anything)."""
+        positive = {"length": self.length, "steps": self.steps, "batch_size": self.batch_size,
+                    "grad_accum": self.grad_accum}
+        for name, value in positive.items():
+            if not isinstance(value, int) or value < 1:
+                raise UsageError(f"{name} must be a positive integer, got {value!r}")
+        if self.length < 2:
+            raise UsageError(f"length must be at least 2 tokens, got {self.length}")
+        if not self.lr > 0:
+            raise UsageError(f"lr must be positive, got {self.lr}")
+        if self.schedule not in SCHEDULES:
+            raise UsageError(f"unknown schedule {self.schedule!r}; choose {', '.join(SCHEDULES)}")
+        if self.mixed_precision not in PRECISIONS:
+            raise UsageError(f"unknown mixed precision {self.mixed_precision!r}; choose {', '.join(PRECISIONS)}")
+        if not 0 <= self.warmup_steps <= self.steps:
+            raise UsageError(f"warmup_steps must be in [0, steps={self.steps}], got {self.warmup_steps}")
+        for name in ("min_lr_ratio", "passkey_fraction"):
+            if not 0 <= getattr(self, name) <= 1:
+                raise UsageError(f"{name} must be in [0, 1], got {getattr(self, name)}")
+        if not 0 <= self.mixed_context < 1:
+            raise UsageError(f"mixed_context must be in [0, 1), got {self.mixed_context}")
+        if self.grad_clip < 0 or self.weight_decay < 0 or self.save_every < 0:
+            raise UsageError("grad_clip, weight_decay and save_every must be >= 0")
+
+
+def check_covers(ext: RopeExtension | None, length: int, native: int | None = None) -> None:
+    """Fine-tuning past the length the factors were made for would train positions they do not
+    cover: refuse it (UsageError)."""
+    limit = ext.max_position_embeddings if ext is not None else native
+    if limit is not None and length > limit:
+        what = f"the factors cover {limit} tokens" if ext is not None else f"the native context is {limit}"
+        raise UsageError(f"fine-tuning length {length} exceeds what the model can position: {what}")
+
+
+def lr_at(step: int, cfg: FinetuneConfig) -> float:
+    """Linear warm-up to lr over warmup_steps, then constant, linear or cosine decay to min_lr."""
+    if step < cfg.warmup_steps:
+        return cfg.lr * (step + 1) / cfg.warmup_steps
+    floor = cfg.lr * cfg.min_lr_ratio
+    progress = (step - cfg.warmup_steps) / max(1, cfg.steps - cfg.warmup_steps)
+    if cfg.schedule == "constant":
+        return cfg.lr
+    if cfg.schedule == "linear":
+        return floor + (cfg.lr - floor) * (1 - progress)
+    return floor + 0.5 * (cfg.lr - floor) * (1 + math.cos(math.pi * progress))
+
+
+# -- data ----------------------------------------------------------------------------------------
+def packed_stream(tokenizer, corpus: str | None, split_seed: int = 0) -> torch.Tensor:
+    """The training documents as one stream BOS doc EOS BOS doc EOS ..., [T_total] int64.
+
+    Training splits: "search" + "validation" of the seeded split (the tiny preset's own
+    pretraining data); "test" stays held out for the figures.
+    """
+    from ..data import load_corpus, split_corpus, tokenize_corpus
+
+    splits = split_corpus(load_corpus(corpus), split_seed)
+    docs = [d for s in TRAIN_SPLITS for d in splits[s]]
+    token_docs = tokenize_corpus(tokenizer, docs, add_bos=False)
+    bos, eos = tokenizer.bos_token_id, tokenizer.eos_token_id
+    pieces = []
+    for t in token_docs:
+        pieces += [torch.tensor([bos] if bos is not None else [], dtype=torch.long), t.ids,
+                   torch.tensor([eos] if eos is not None else [], dtype=torch.long)]
+    return torch.cat(pieces) if pieces else torch.zeros(0, dtype=torch.long)
+
+
+class PackedBatches:
+    """Micro-batches cut from the packed stream; micro-batch m depends only on (seed, m, rank).
+
+    Long rows are consecutive (length+1)-token chunks of the stream (x = chunk[:-1],
+    y = chunk[1:]) in a seeded order that is reshuffled each epoch. With mixed context
+    window training a micro-batch is short with probability `mixed_context`: then it holds
+    batch_size * (length // native) rows of the native length, the same number of tokens.
+    A row is replaced by a passkey prompt (REFERENCE 6) of random length and depth with
+    probability `passkey_fraction`; its padding is ignored by the loss (-100).
+    """
+
+    def __init__(self, stream: torch.Tensor, tokenizer, cfg: FinetuneConfig, native: int,
+                 rank: int = 0, world: int = 1):
+        self.stream, self.tok, self.cfg, self.native = stream, tokenizer, cfg, native
+        self.rank, self.world = rank, world
+        self._perms: dict[tuple[int, int], torch.Tensor] = {}
+        for T in {cfg.length} | ({native} if cfg.mixed_context > 0 else set()):
+            if (len(stream) - 1) // T < 1:
+                raise UsageError(f"the training documents hold only {len(stream)} tokens; need more than {T + 1}")
+
+    def is_long(self, m: int) -> bool:
+        """Whether micro-batch m uses the long length and rescaled RoPE (same on every rank)."""
+        if self.cfg.mixed_context <= 0:
+            return True
+        return random.Random(f"{self.cfg.seed}:mix:{m}").random() >= self.cfg.mixed_context
+
+    def _chunk(self, T: int, r: int) -> torch.Tensor:
+        n = (len(self.stream) - 1) // T  # chunks of T+1 tokens, stride T
+        epoch, i = divmod(r, n)
+        key = (T, epoch)
+        if key not in self._perms:
+            self._perms = {k: v for k, v in self._perms.items() if k[0] != T}  # one epoch per length
+            self._perms[key] = torch.randperm(n, generator=torch.Generator().manual_seed(self.cfg.seed * 7919 + epoch))
+        start = int(self._perms[key][i]) * T
+        return self.stream[start : start + T + 1]
+
+    def _passkey_row(self, T: int, rng: random.Random) -> tuple[torch.Tensor, torch.Tensor]:
+        from ..evaluate.passkey import MAX_KEY, build_prompt
+
+        key = rng.randint(1, MAX_KEY)
+        answer = self.tok(f" {key}", add_special_tokens=False).input_ids + [self.tok.eos_token_id]
+        budget = T + 1 - len(answer)
+        target = rng.randint(min(budget, max(budget // 4, 1)), budget)
+        try:
+            ids = build_prompt(self.tok, target, rng.random(), key).input_ids[0].tolist() + answer
+        except ValueError:  # the window is too short for any prompt: a corpus row instead
+            return None
+        ids = ids[: T + 1]
+        pad = self.tok.pad_token_id if self.tok.pad_token_id is not None else self.tok.eos_token_id
+        row = torch.tensor(ids + [pad] * (T + 1 - len(ids)))
+        y = row[1:].clone()
+        y[len(ids) - 1 :] = -100
+        return row[:-1], y
+
+    def micro_batch(self, m: int) -> tuple[torch.Tensor, torch.Tensor, bool]:
+        """x, y: [B, T] int64 (y = -100 where ignored), and whether it is a long micro-batch."""
+        long = self.is_long(m)
+        T = self.cfg.length if long else self.native
+        B = self.cfg.batch_size if long else self.cfg.batch_size * max(1, self.cfg.length // self.native)
+        xs, ys = [], []
+        for j in range(B):
+            r = (m * self.world + self.rank) * B + j  # global row index: disjoint across ranks
+            rng = random.Random(f"{self.cfg.seed}:row:{m}:{self.rank}:{j}")
+            row = None
+            if self.cfg.passkey_fraction > 0 and rng.random() < self.cfg.passkey_fraction:
+                row = self._passkey_row(T, rng)
+            if row is None:
+                chunk = self._chunk(T, r)
+                row = chunk[:-1], chunk[1:]
+            xs.append(row[0])
+            ys.append(row[1])
+        return torch.stack(xs), torch.stack(ys), long
+
+
+# -- checkpoints -----------------------------------------------------------------------------------
+def _checkpoints(out: Path) -> list[Path]:
+    folder = out / CHECKPOINTS
+    if not folder.is_dir():
+        return []
+    done = [p for p in folder.glob("step-*") if (p / STATE_FILE).is_file()]
+    return sorted(done, key=lambda p: int(p.name.split("-")[1]))
+
+
+def is_complete(out: str | os.PathLike) -> bool:
+    return (Path(out) / RECORD_FILE).is_file()
+
+
+def _check_same(saved: dict[str, Any], current: dict[str, Any], where: Path) -> None:
+    keys = sorted(k for k in set(saved) | set(current) if saved.get(k) != current.get(k))
+    if keys:
+        raise UsageError(f"cannot resume {where} with different settings ({', '.join(keys)} changed)")
+
+
+def _new_accelerator(cfg: FinetuneConfig):
+    from accelerate import Accelerator
+    from accelerate.state import AcceleratorState, GradientState
+
+    from ..model import cpu_has_fast_bf16
+
+    precision = cfg.mixed_precision
+    if precision == "auto":
+        if torch.cuda.is_available():
+            precision = "bf16" if torch.cuda.is_bf16_supported() else "fp16"
+        else:
+            precision = "bf16" if cpu_has_fast_bf16() else "no"
+    # a second run in the same process (a recipe, tests) may use other settings: forget the
+    # previous run's accelerator state, keeping the process group (PartialState) as it is
+    AcceleratorState._reset_state(reset_partial_state=False)
+    GradientState._reset_state()
+    return Accelerator(mixed_precision=precision, gradient_accumulation_steps=cfg.grad_accum)
+
+
+def _optimizer(model, cfg: FinetuneConfig) -> torch.optim.AdamW:
+    decay = [p for p in model.parameters() if p.requires_grad and p.dim() >= 2]
+    no_decay = [p for p in model.parameters() if p.requires_grad and p.dim() < 2]
+    groups = [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    return torch.optim.AdamW(groups, lr=cfg.lr, betas=(0.9, 0.95), eps=1e-8)
+
+
+@dataclass
+class FinetuneResult:
+    out: Path
+    losses: list[float] = field(default_factory=list)  # mean loss of each optimizer step
+    skipped: bool = False  # the run was already complete
+
+
+def prepare_out(out: Path, resume: bool) -> None:
+    """Refuse to mix runs: a fresh run needs an empty --out, --resume needs a checkpoint."""
+    from ..io import check_writable_dir
+
+    if out.exists() and not out.is_dir():
+        raise UsageError(f"--out {out} exists and is not a directory")
+    if resume:
+        return
+    if out.is_dir() and any(out.iterdir()):
+        raise UsageError(f"--out {out} is not empty; pass --resume to continue the run there, or choose another")
+    check_writable_dir(out.parent)
+
+
+def finetune(
+    model: str,
+    extension: RopeExtension | None,
+    out: str | os.PathLike,
+    cfg: FinetuneConfig,
+    resume: bool = False,
+    stop_after: int | None = None,
+    progress: bool = True,
+) -> FinetuneResult:
+    """Fine-tune `model` with `extension` installed and write an HF directory to `out`.
+
+    resume: continue from the last checkpoint in `out` (a complete run is left as it is).
+    stop_after: stop (with a checkpoint) once this many steps are done, as if interrupted.
+    Returns the per-step losses of this call (all of them when the run completes).
+    """
+    from tqdm import tqdm
+
+    from ..model import install_rope, load_model
+
+    cfg.validate()
+    out = Path(out).expanduser()
+    if resume and is_complete(out):
+        return FinetuneResult(out, json.loads((out / RECORD_FILE).read_text())["losses"], skipped=True)
+    prepare_out(out, resume)
+    accelerator = _new_accelerator(cfg)
+    main = accelerator.is_main_process
+    log = (lambda msg: print(msg, file=sys.stderr)) if progress and main else (lambda msg: None)
+
+    # -- model: fp32 master weights, the extension installed through the one seam ---------------
+    lm = load_model(model, dtype="fp32", device="cpu")
+    native = lm.spec.original_max_position_embeddings
+    check_covers(extension, cfg.length, None if extension is not None else native)
+    torch.manual_seed(cfg.seed)
+    net = lm.model
+    rope = install_rope(net, extension)  # also validates d/2 and the native context
+    net.config.use_cache = False
+    if cfg.gradient_checkpointing:
+        net.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    net.train()
+    opt = _optimizer(net, cfg)
+    net, opt = accelerator.prepare(net, opt)
+
+    stream = packed_stream(lm.tokenizer, cfg.corpus, cfg.split_seed)
+    batches = PackedBatches(stream, lm.tokenizer, cfg, native, accelerator.process_index, accelerator.num_processes)
+    describe = {"config": asdict(cfg), "model": str(model), "processes": accelerator.num_processes,
+                "mixed_precision": str(accelerator.mixed_precision),
+                "extension": None if extension is None else extension.to_dict()}
+
+    # -- resume -----------------------------------------------------------------------------------
+    start, losses, curve = 0, [], []
+    checkpoints = _checkpoints(out)
+    if resume:
+        if not checkpoints:
+            raise UsageError(f"nothing to resume: {out / CHECKPOINTS} holds no checkpoint")
+        state = json.loads((checkpoints[-1] / STATE_FILE).read_text())
+        _check_same(state["describe"], describe, out)
+        accelerator.load_state(str(checkpoints[-1]))
+        start, losses, curve = state["step"], state["losses"], state["curve"]
+        log(f"resuming {out} at step {start}/{cfg.steps}")
+
+    def checkpoint(step: int) -> None:
+        """accelerate's state (model, optimizer, RNG; sharded under FSDP/DeepSpeed) plus our log,
+        written to a temporary folder and renamed: a checkpoint is complete or absent."""
+        final = out / CHECKPOINTS / f"step-{step:06d}"
+        tmp = out / CHECKPOINTS / f".tmp-step-{step:06d}"
+        if main:
+            shutil.rmtree(tmp, ignore_errors=True)
+        accelerator.wait_for_everyone()
+        accelerator.save_state(str(tmp))
+        accelerator.wait_for_everyone()
+        if main:
+            atomic_write_json(tmp / STATE_FILE, {"step": step, "losses": losses, "curve": curve, "describe": describe})
+            shutil.rmtree(final, ignore_errors=True)
+            os.replace(tmp, final)
+            for old in _checkpoints(out)[:-1]:  # keep the newest only
+                shutil.rmtree(old, ignore_errors=True)
+        accelerator.wait_for_everyone()
+
+    # -- the loop ---------------------------------------------------------------------------------
+    t0 = time.time()
+    end = cfg.steps if stop_after is None else min(cfg.steps, stop_after)
+    bar = tqdm(range(start, end), initial=start, total=cfg.steps, desc="finetune", disable=not (progress and main),
+               dynamic_ncols=True)
+    for step in bar:
+        lr = lr_at(step, cfg)
+        for group in opt.param_groups:
+            group["lr"] = lr
+        step_loss = torch.zeros((), device=accelerator.device)
+        for a in range(cfg.grad_accum):
+            x, y, long = batches.micro_batch(step * cfg.grad_accum + a)  # [B, T]
+            # LongRoPE2 mixed context window: short micro-batches see the original RoPE
+            rope.set_extension(extension if long else None)
+            x, y = x.to(accelerator.device), y.to(accelerator.device)
+            with accelerator.accumulate(net):
+                with accelerator.autocast():
+                    logits = net(input_ids=x).logits  # [B, T, V]
+                loss = F.cross_entropy(logits.float().flatten(0, 1), y.flatten(), ignore_index=-100)
+                accelerator.backward(loss)  # divided by grad_accum inside accumulate
+                if accelerator.sync_gradients and cfg.grad_clip > 0:
+                    accelerator.clip_grad_norm_(net.parameters(), cfg.grad_clip)
+                opt.step()  # a no-op until the last micro-batch of the step
+                opt.zero_grad(set_to_none=True)
+            step_loss += loss.detach() / cfg.grad_accum
+        loss_value = float(accelerator.reduce(step_loss, reduction="mean"))  # one host sync per step
+        losses.append(loss_value)
+        curve.append({"step": step, "loss": loss_value, "lr": lr})
+        bar.set_postfix(loss=f"{loss_value:.3f}", lr=f"{lr:.1e}")
+        done = step + 1
+        if cfg.save_every and done % cfg.save_every == 0 and done < cfg.steps:
+            checkpoint(done)
+    bar.close()
+    rope.set_extension(extension)
+    if end < cfg.steps:  # stopped early on purpose: leave a checkpoint to resume from
+        if not _checkpoints(out) or int(_checkpoints(out)[-1].name.split("-")[1]) != end:
+            checkpoint(end)
+        return FinetuneResult(out, losses[start:])
+    log(f"finetune: {cfg.steps} steps, loss {losses[0]:.3f} -> {losses[-1]:.3f} in {time.time() - t0:.0f}s")
+
+    # -- the model directory ----------------------------------------------------------------------
+    accelerator.wait_for_everyone()
+    state_dict = accelerator.get_state_dict(net)  # gathered from FSDP / DeepSpeed shards
+    if main:
+        saved_ext = extension
+        if extension is not None and cfg.mixed_context > 0:
+            # LongRoPE2: short sequences were trained with the original RoPE
+            saved_ext = extension.with_(short_factor=[1.0] * extension.half_dim)
+        record = {**describe, "steps": cfg.steps, "losses": losses, "curve": curve,
+                  "seconds_this_call": round(time.time() - t0, 1), "resumed_from": start or None,
+                  "tokens_per_step": cfg.batch_size * cfg.grad_accum * cfg.length * accelerator.num_processes}
+        write_model_dir(accelerator.unwrap_model(net), lm.tokenizer, saved_ext, out, record, state_dict)
+        if not cfg.keep_checkpoints:
+            shutil.rmtree(out / CHECKPOINTS, ignore_errors=True)
+    accelerator.wait_for_everyone()
+    return FinetuneResult(out, losses)
+
+
+def write_model_dir(model, tokenizer, extension: RopeExtension | None, out: Path, record: dict[str, Any],
+                    state_dict: dict | None = None) -> None:
+    """Write an HF model directory into `out`: weights, tokenizer, a config.json carrying the
+    factors (transformers' longrope keys), our factors file (it also keeps the start token,
+    which HF configs cannot express) and `record` as finetune.json, written last.
+
+    Files go to a temporary folder first and are renamed into `out` one by one, config.json
+    and finetune.json last, so a half-written directory never looks complete.
+    """
+    from ..export.hf import check_exportable, hf_config_dict
+    from ..model import FACTORS_FILE
+
+    out.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=".model.", dir=out))
+    try:
+        model.config.use_cache = True
+        model.save_pretrained(tmp, state_dict=state_dict)
+        tokenizer.save_pretrained(tmp)
+        notes = []
+        if extension is not None:
+            portable, notes = check_exportable(extension, drop_start_token=True)
+            config = json.loads((tmp / "config.json").read_text())
+            atomic_write_json(tmp / "config.json", hf_config_dict(config, portable))
+            extension.save(tmp / FACTORS_FILE)
+        atomic_write_json(tmp / RECORD_FILE, {**record, "notes": notes})
+        _plot_losses(record.get("curve", []), tmp / "loss.png")
+        last = ("config.json", RECORD_FILE)
+        names = sorted(p.name for p in tmp.iterdir() if p.name not in last) + list(last)
+        for name in names:
+            os.replace(tmp / name, out / name)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _plot_losses(curve: list[dict], path: Path) -> None:
+    if not curve:
+        return
+    from ..plots import _plt
+    from ..io import atomic_savefig
+
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(6, 3.5))
+    ax.plot([c["step"] for c in curve], [c["loss"] for c in curve], lw=1.2)
+    ax.set_xlabel("step")
+    ax.set_ylabel("training loss")
+    ax.set_title("fine-tuning loss")
+    ax.grid(True, alpha=0.3)
+    fig.tight_layout()
+    atomic_savefig(fig, path, dpi=110)
+    plt.close(fig)

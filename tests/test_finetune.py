@@ -1,0 +1,139 @@
+"""Fine-tuning at the extended length: loss goes down, the output loads with its factors,
+resume repeats an uninterrupted run exactly, mixed context window, bad input."""
+import json
+
+import pytest
+import torch
+
+from longrope.cli import main
+from longrope.factors import RopeExtension
+from longrope.train.finetune import FinetuneConfig, PackedBatches, finetune, lr_at
+
+
+def pi_extension(length: int, native: int = 32, half: int = 8, start_token: int = 0) -> RopeExtension:
+    s = length / native
+    return RopeExtension(method="pi", long_factor=[s] * half, original_max_position_embeddings=native,
+                         max_position_embeddings=length, start_token=start_token, attention_factor=1.0)
+
+
+def small_config(**overrides) -> FinetuneConfig:
+    base = dict(length=64, steps=6, batch_size=2, grad_accum=2, lr=3e-3, warmup_steps=1,
+                mixed_precision="no", split_seed=0)
+    return FinetuneConfig(**{**base, **overrides})
+
+
+def test_schedule_warmup_then_decay():
+    cfg = FinetuneConfig(length=8, steps=10, lr=1.0, warmup_steps=2, schedule="linear")
+    lrs = [lr_at(s, cfg) for s in range(10)]
+    assert lrs[:2] == [0.5, 1.0] and lrs[2] == 1.0 and all(a > b for a, b in zip(lrs[2:], lrs[3:]))
+    cos = FinetuneConfig(length=8, steps=10, lr=1.0, warmup_steps=0, schedule="cosine", min_lr_ratio=0.1)
+    assert lr_at(0, cos) == pytest.approx(1.0) and lr_at(10, cos) == pytest.approx(0.1)
+
+
+def test_packed_batches_deterministic_and_bos_eos(tiny_model_dir, tiny_corpus):
+    from transformers import AutoTokenizer
+
+    from longrope.train.finetune import packed_stream
+
+    tok = AutoTokenizer.from_pretrained(str(tiny_model_dir))
+    stream = packed_stream(tok, str(tiny_corpus))
+    assert (stream == tok.bos_token_id).sum() == (stream == tok.eos_token_id).sum() > 0
+    cfg = small_config(mixed_context=0.5, passkey_fraction=0.3)
+    a, b = PackedBatches(stream, tok, cfg, native=32), PackedBatches(stream, tok, cfg, native=32)
+    kinds = set()
+    for m in (5, 0, 3, 5, 1, 2, 4, 6, 7, 8):
+        xa, ya, la = a.micro_batch(m)
+        xb, yb, lb = b.micro_batch(m)
+        assert torch.equal(xa, xb) and torch.equal(ya, yb) and la == lb
+        kinds.add(la)
+        assert xa.shape == ((2, 64) if la else (4, 32))  # same tokens per micro-batch either way
+    assert kinds == {True, False}
+
+
+def test_finetune_reduces_loss_and_writes_loadable_dir(tiny_model_dir, tiny_corpus, tmp_path):
+    from longrope.model import FACTORS_FILE, ScaledRotaryEmbedding, load_model
+
+    ext = pi_extension(64, start_token=4)
+    out = tmp_path / "ft"
+    result = finetune(str(tiny_model_dir), ext, out, small_config(steps=8, corpus=str(tiny_corpus)), progress=False)
+    assert result.losses[-1] < result.losses[0]
+    record = json.loads((out / "finetune.json").read_text())
+    assert record["losses"] == result.losses and "start token" in " ".join(record["notes"])
+    config = json.loads((out / "config.json").read_text())
+    assert config["rope_scaling"]["rope_type"] == "longrope"
+    assert config["max_position_embeddings"] == 64 and config["original_max_position_embeddings"] == 32
+    assert not (out / "checkpoints").exists()
+    # our loader installs the factors file, start token included
+    lm = load_model(str(out), dtype="fp32", device="cpu")
+    rope = next(m for m in lm.model.modules() if isinstance(m, ScaledRotaryEmbedding))
+    assert rope.extension == RopeExtension.load(out / FACTORS_FILE) and rope.extension.start_token == 4
+    assert lm.spec.original_max_position_embeddings == 32
+    # plain transformers reads the same factors from config.json
+    from transformers import AutoModelForCausalLM
+
+    plain = AutoModelForCausalLM.from_pretrained(str(out))
+    assert plain.config.max_position_embeddings == 64
+
+
+def test_resume_repeats_the_uninterrupted_run(tiny_model_dir, tiny_corpus, tmp_path):
+    from safetensors.torch import load_file
+
+    ext = pi_extension(64)
+    cfg = small_config(steps=6, save_every=2, corpus=str(tiny_corpus), passkey_fraction=0.25)
+    full = finetune(str(tiny_model_dir), ext, tmp_path / "full", cfg, progress=False)
+    part = finetune(str(tiny_model_dir), ext, tmp_path / "part", cfg, stop_after=3, progress=False)
+    assert (tmp_path / "part" / "checkpoints" / "step-000003").is_dir()
+    assert not (tmp_path / "part" / "finetune.json").exists()
+    rest = finetune(str(tiny_model_dir), ext, tmp_path / "part", cfg, resume=True, progress=False)
+    assert part.losses + rest.losses[3:] == full.losses
+    assert rest.losses == full.losses
+    a = load_file(str(tmp_path / "full" / "model.safetensors"))
+    b = load_file(str(tmp_path / "part" / "model.safetensors"))
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    # a complete run is left alone
+    again = finetune(str(tiny_model_dir), ext, tmp_path / "part", cfg, resume=True, progress=False)
+    assert again.skipped and again.losses == full.losses
+
+
+def test_mixed_context_window(tiny_model_dir, tiny_corpus, tmp_path):
+    """LongRoPE2: short micro-batches train with the original RoPE; the model keeps short_factor = 1."""
+    from longrope.model import FACTORS_FILE
+
+    ext = pi_extension(64)
+    cfg = small_config(steps=4, mixed_context=0.5, corpus=str(tiny_corpus))
+    mixed = finetune(str(tiny_model_dir), ext, tmp_path / "mixed", cfg, progress=False)
+    plain = finetune(str(tiny_model_dir), ext, tmp_path / "plain", small_config(steps=4, corpus=str(tiny_corpus)),
+                     progress=False)
+    assert mixed.losses != plain.losses
+    saved = RopeExtension.load(tmp_path / "mixed" / FACTORS_FILE)
+    assert saved.short_factor == (1.0,) * 8 and saved.long_factor == ext.long_factor
+
+
+@pytest.mark.parametrize("argv,msg", [
+    (["--length", "128"], "exceeds"),  # the factors cover 64 tokens
+    (["--length", "64", "--steps", "0"], "steps must be a positive integer"),
+    (["--length", "64", "--mixed-context", "1.5"], "mixed_context"),
+    (["--length", "64", "--warmup-steps", "9"], "warmup_steps"),
+])
+def test_bad_input_one_line_exit_2_nothing_written(argv, msg, tiny_model_dir, tmp_path, capsys):
+    factors = tmp_path / "f.json"
+    pi_extension(64).save(factors)
+    out = tmp_path / "out"
+    args = ["finetune", "--model", str(tiny_model_dir), "--factors", str(factors), "--out", str(out), "--steps", "2"]
+    code = main(args + argv)
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and msg in err and "\n" not in err, err
+    assert not out.exists()
+
+
+def test_cli_finetune_end_to_end(tiny_model_dir, tiny_corpus, tmp_path, capsys):
+    factors = tmp_path / "f.json"
+    pi_extension(64).save(factors)
+    out = tmp_path / "out"
+    argv = ["finetune", "--model", str(tiny_model_dir), "--factors", str(factors), "--out", str(out),
+            "--length", "64", "--steps", "2", "--corpus", str(tiny_corpus), "--mixed-precision", "no"]
+    assert main(argv) == 0
+    assert (out / "finetune.json").is_file() and (out / "longrope_factors.json").is_file()
+    assert main(argv) == 2  # not empty without --resume
+    assert "--resume" in capsys.readouterr().err
+    assert main(argv + ["--resume"]) == 0
