@@ -1,0 +1,41 @@
+"""`longrope extend`: the whole progressive recipe (search -> fine-tune -> search again ->
+short-context readjustment -> final model and report), each stage resumable.
+
+    longrope extend --recipe recipes/tiny-64x.yaml --out runs/tiny-64x
+"""
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+from ..errors import UsageError
+
+
+def register(subparsers) -> None:
+    p = subparsers.add_parser(
+        "extend", help="progressive extension recipe: search, fine-tune, search again, readjust, report",
+        description="Run the stages of a recipe YAML (see recipes/) into --out. Complete stages are skipped, "
+        "an interrupted search or fine-tuning resumes where it stopped; a stage completed with other settings "
+        "is refused. Writes OUT/final (HF model directory) and OUT/report (report.json, report.md, report.png).",
+        formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--recipe", required=True, help="recipe YAML file")
+    p.add_argument("--out", required=True, help="output folder (one subfolder per stage)")
+    p.set_defaults(func=run)
+
+
+def run(args) -> int:
+    from ..io import check_writable_dir
+    from ..recipe import load_recipe
+    from ..train.extend import check_recipe_against_model, model_spec, run_recipe
+
+    recipe = load_recipe(args.recipe)  # every check that needs no model, before anything is written
+    out = Path(args.out)
+    if out.exists() and not out.is_dir():
+        raise UsageError(f"--out {out} exists and is not a directory")
+    check_recipe_against_model(recipe, model_spec(recipe.model))
+    check_writable_dir(out.parent if not out.exists() else out)
+    summary = run_recipe(recipe, out)
+    print(json.dumps(summary.get("report", {}), indent=2))
+    print(f"final model: {summary['final']}")
+    return 0

@@ -1,0 +1,257 @@
+"""The progressive extension recipe of `longrope extend`, as typed dataclasses (LongRoPE section 3.3).
+
+A recipe is a YAML file: a few top-level settings and the stages, in this order:
+
+    model: tiny                  # preset, HF directory or .gguf
+    corpus: stdlib               # training, search and evaluation documents (seeded split)
+    stages:
+      search:   {target_length: 1024, ...}    # 1. search factors for the stage-1 target
+      finetune: {length: 1024, steps: 200, ...}   # 2. fine-tune with them
+      search2:  {target_length: 8192, ...}    # 3. search again on the fine-tuned model;
+                                              #    final factor = stage-1 x stage-2, element-wise
+      readjust: {...}                         # 4. short_factor: search at the native length
+      evaluate: {lengths: [...], ...}         # 5. report: ppl and passkey for every stage
+
+`search` and `finetune` are required, the others optional. Parsing checks everything that
+can be checked without a model and raises UsageError with one line naming the problem.
+"""
+from __future__ import annotations
+
+import typing
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+from .errors import UsageError
+from .train.finetune import FinetuneConfig
+
+STAGES = ("search", "finetune", "search2", "readjust", "evaluate")
+REQUIRED_STAGES = ("search", "finetune")
+
+
+@dataclass
+class SearchSettings:
+    """Hyper-parameters of one evolutionary search (paper defaults, REFERENCE 2)."""
+
+    docs: int = 5  # K search documents
+    population: int = 64
+    parents: int = 32
+    mutations: int = 16
+    crossovers: int = 16
+    mutation_prob: float = 0.3
+    iterations: int = 40
+    step: float = 0.01  # grid step of lambda
+    max_factor: float | None = None  # upper bound of lambda (None: 1.25*s; readjust: stage 1's bound)
+    seed: int = 0
+    early_reject: bool = True
+    chunk_size: int = 1024
+
+
+@dataclass
+class SearchStage(SearchSettings):
+    """`search` (on the original model) and `search2` (on the fine-tuned one, a factor on top)."""
+
+    target_length: int = 0  # required: L' of this stage
+    start_tokens: list[int] | None = None  # n_hat candidates (None: the paper's; search2 keeps stage 1's)
+    variant: str = "longrope"  # longrope, piecewise or critical (longrope.search.genes)
+    attention_factor: float | None = None  # None: search: the longrope default; search2: the fine-tuned one
+
+
+@dataclass
+class ReadjustStage(SearchSettings):
+    """Short-context readjustment: search `short_factor` at the native length (paper section 3.3)."""
+
+    docs: int = 8
+
+
+@dataclass
+class EvaluateStage:
+    """The report: perplexity and passkey at each length for every stage and baseline."""
+
+    lengths: list[int] | None = None  # None: 1x, 2x, 4x, ... up to the final target
+    docs: int = 4  # held-out documents per length (truncated, one pass each)
+    split: str = "test"  # the split neither pretraining of the tiny preset nor fine-tuning saw
+    passkey_trials: int = 10
+    baselines: list[str] = field(default_factory=lambda: ["pi", "yarn"])  # fine-tuned with the same budget
+    chunk_size: int = 1024
+
+
+@dataclass
+class Recipe:
+    model: str
+    search: SearchStage
+    finetune: FinetuneConfig
+    corpus: str | None = None
+    split_seed: int = 0
+    dtype: str = "auto"  # searches and evaluation; fine-tuning keeps fp32 weights + autocast
+    search2: SearchStage | None = None
+    readjust: ReadjustStage | None = None
+    evaluate: EvaluateStage | None = None
+
+    @property
+    def final_target(self) -> int:
+        return (self.search2 or self.search).target_length
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+# -- parsing -----------------------------------------------------------------------------------------
+_FINETUNE_FROM_TOP = ("corpus", "split_seed")  # set once for the whole recipe
+
+
+def _check_value(value: Any, hint: Any, where: str) -> Any:
+    """`value` converted to the annotated type, or UsageError."""
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if origin in (typing.Union, getattr(__import__("types"), "UnionType", None)):
+        if value is None and type(None) in args:
+            return None
+        inner = [a for a in args if a is not type(None)]
+        return _check_value(value, inner[0], where)
+    if origin is list:
+        if not isinstance(value, list):
+            raise UsageError(f"recipe: {where} must be a list, got {value!r}")
+        return [_check_value(v, args[0], f"{where}[{i}]") for i, v in enumerate(value)]
+    if hint is bool:
+        if not isinstance(value, bool):
+            raise UsageError(f"recipe: {where} must be true or false, got {value!r}")
+        return value
+    if hint is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise UsageError(f"recipe: {where} must be an integer, got {value!r}")
+        return value
+    if hint is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise UsageError(f"recipe: {where} must be a number, got {value!r}")
+        return float(value)
+    if hint is str:
+        if not isinstance(value, str):
+            raise UsageError(f"recipe: {where} must be a string, got {value!r}")
+        return value
+    raise TypeError(f"unsupported annotation {hint!r}")
+
+
+def _build(cls, data: Any, where: str, exclude: tuple[str, ...] = ()):
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise UsageError(f"recipe: {where} must be a mapping of settings, got {type(data).__name__}")
+    hints = typing.get_type_hints(cls)
+    allowed = [f.name for f in fields(cls) if f.name not in exclude]
+    unknown = [k for k in data if k not in allowed]
+    if unknown:
+        raise UsageError(f"recipe: unknown key(s) {', '.join(map(str, unknown))} in {where}; "
+                         f"allowed: {', '.join(allowed)}")
+    values = {k: _check_value(v, hints[k], f"{where}.{k}") for k, v in data.items()}
+    try:
+        return cls(**values)
+    except TypeError as e:  # a required key is missing
+        missing = [f.name for f in fields(cls) if f.name not in values and f.name in allowed
+                   and f.default is f.default_factory is __import__("dataclasses").MISSING]
+        raise UsageError(f"recipe: {where} needs {', '.join(missing) or str(e)}") from None
+
+
+def _check_search(stage: SearchStage, where: str) -> None:
+    if stage.target_length < 2:
+        raise UsageError(f"recipe: {where}.target_length is required (tokens, > the native context)")
+    for name in ("docs", "population", "parents", "chunk_size"):
+        if getattr(stage, name) < 1:
+            raise UsageError(f"recipe: {where}.{name} must be >= 1")
+    if stage.iterations < 0 or stage.mutations < 0 or stage.crossovers < 0:
+        raise UsageError(f"recipe: {where}: iterations, mutations and crossovers must be >= 0")
+
+
+def parse_recipe(data: Any, source: str = "recipe") -> Recipe:
+    """A Recipe from the parsed YAML; UsageError (one line) on anything malformed."""
+    if not isinstance(data, dict):
+        raise UsageError(f"{source}: expected a mapping with 'model' and 'stages'")
+    top = {"model", "corpus", "split_seed", "dtype", "stages"}
+    unknown = [k for k in data if k not in top]
+    if unknown:
+        raise UsageError(f"recipe: unknown top-level key(s) {', '.join(map(str, unknown))}; "
+                         f"allowed: {', '.join(sorted(top))}")
+    model = _check_value(data.get("model"), str, "model") if data.get("model") is not None else None
+    if not model:
+        raise UsageError("recipe: 'model' is required (a preset, HF directory or .gguf)")
+    corpus = _check_value(data.get("corpus"), str | None, "corpus")
+    split_seed = _check_value(data.get("split_seed", 0), int, "split_seed")
+    dtype = _check_value(data.get("dtype", "auto"), str, "dtype")
+    if dtype not in ("auto", "fp32", "bf16", "fp16"):
+        raise UsageError(f"recipe: dtype must be auto, fp32, bf16 or fp16, got {dtype!r}")
+
+    stages = data.get("stages")
+    if not isinstance(stages, dict) or not stages:
+        raise UsageError("recipe: 'stages' must be a mapping of stage name -> settings")
+    names = list(stages)
+    for name in names:
+        if name not in STAGES:
+            raise UsageError(f"recipe: unknown stage {name!r}; stages are {', '.join(STAGES)} (in this order)")
+    for prev, cur in zip(names, names[1:]):
+        if STAGES.index(cur) < STAGES.index(prev):
+            raise UsageError(f"recipe: stages out of order: {cur!r} must come before {prev!r} "
+                             f"(order: {', '.join(STAGES)})")
+    for name in REQUIRED_STAGES:
+        if name not in stages:
+            raise UsageError(f"recipe: stage {name!r} is required")
+
+    search = _build(SearchStage, stages["search"], "search")
+    _check_search(search, "search")
+    ft_data = stages["finetune"]
+    if isinstance(ft_data, dict):
+        for k in _FINETUNE_FROM_TOP:
+            if k in ft_data:
+                raise UsageError(f"recipe: finetune.{k} is set once for the whole recipe, at the top level")
+    finetune = _build(FinetuneConfig, ft_data, "finetune", exclude=_FINETUNE_FROM_TOP)
+    finetune.corpus, finetune.split_seed = corpus, split_seed
+    try:
+        finetune.validate()
+    except UsageError as e:
+        raise UsageError(f"recipe: finetune: {e}") from None
+    if finetune.length > search.target_length:
+        raise UsageError(f"recipe: finetune.length {finetune.length} exceeds what the stage-1 factors cover "
+                         f"(search.target_length {search.target_length})")
+
+    search2 = None
+    if "search2" in stages:
+        search2 = _build(SearchStage, stages["search2"], "search2")
+        _check_search(search2, "search2")
+        if search2.target_length <= search.target_length:
+            raise UsageError(f"recipe: final target search2.target_length {search2.target_length} must exceed "
+                             f"the stage-1 target {search.target_length}")
+        if search2.variant != "longrope":
+            raise UsageError("recipe: search2.variant must be longrope (it searches a factor on top of stage 1)")
+    readjust = _build(ReadjustStage, stages["readjust"], "readjust") if "readjust" in stages else None
+    evaluate = _build(EvaluateStage, stages["evaluate"], "evaluate") if "evaluate" in stages else None
+    if evaluate is not None:
+        if evaluate.docs < 1 or evaluate.passkey_trials < 0:
+            raise UsageError("recipe: evaluate.docs must be >= 1 and evaluate.passkey_trials >= 0")
+        if evaluate.lengths is not None and (not evaluate.lengths or min(evaluate.lengths) < 2):
+            raise UsageError("recipe: evaluate.lengths must be a non-empty list of lengths >= 2")
+        if evaluate.split not in ("search", "validation", "test", "all"):
+            raise UsageError(f"recipe: evaluate.split must be search, validation, test or all")
+        from .methods import get_method
+
+        for name in evaluate.baselines:
+            try:
+                get_method(name)
+            except UsageError as e:
+                raise UsageError(f"recipe: evaluate.baselines: {e}") from None
+    return Recipe(model=model, corpus=corpus, split_seed=split_seed, dtype=dtype, search=search,
+                  finetune=finetune, search2=search2, readjust=readjust, evaluate=evaluate)
+
+
+def load_recipe(path: str | Path) -> Recipe:
+    """Read and validate a recipe YAML file (UsageError with one line on any problem)."""
+    import yaml
+
+    path = Path(path).expanduser()
+    if not path.is_file():
+        raise UsageError(f"recipe not found: {path}")
+    try:
+        data = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as e:
+        first = " ".join(str(e).split())
+        raise UsageError(f"recipe {path} is not valid YAML: {first}") from None
+    except UnicodeDecodeError:
+        raise UsageError(f"recipe {path} is not UTF-8 text") from None
+    return parse_recipe(data, str(path))

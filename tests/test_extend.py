@@ -1,0 +1,156 @@
+"""`longrope extend`: recipe validation (one line, exit 2, nothing written), the stages end to
+end on a tiny random model, skipping complete stages, the shipped recipe parses."""
+import copy
+import json
+from pathlib import Path
+
+import pytest
+import yaml
+
+from longrope.cli import main
+from longrope.recipe import load_recipe, parse_recipe
+
+ROOT = Path(__file__).resolve().parent.parent
+SMALL_SEARCH = dict(docs=1, population=4, parents=2, mutations=1, crossovers=1, iterations=1, step=0.05)
+
+
+def small_recipe(model: str, corpus: str) -> dict:
+    """Native context 32 -> 64 (stage 1, fine-tuned) -> 128 (final), everything minimal."""
+    return {
+        "model": model,
+        "corpus": corpus,
+        "dtype": "fp32",
+        "stages": {
+            "search": {"target_length": 64, "start_tokens": [0, 2], **SMALL_SEARCH},
+            "finetune": {"length": 64, "steps": 2, "batch_size": 1, "lr": 1e-3, "mixed_precision": "no"},
+            "search2": {"target_length": 128, **SMALL_SEARCH},
+            "readjust": {**SMALL_SEARCH, "docs": 2},
+            "evaluate": {"lengths": [32, 64, 128], "docs": 1, "passkey_trials": 0, "baselines": ["pi"],
+                         "split": "all"},
+        },
+    }
+
+
+def write(tmp_path: Path, data: dict, name: str = "recipe.yaml") -> Path:
+    path = tmp_path / name
+    path.write_text(yaml.safe_dump(data, sort_keys=False))
+    return path
+
+
+def _mutate(data: dict, how: str) -> dict:
+    d = copy.deepcopy(data)
+    st = d["stages"]
+    if how == "unknown-stage":
+        st["distill"] = {}
+    elif how == "unknown-key":
+        st["finetune"]["learning_rate"] = 1e-4
+    elif how == "unknown-top":
+        d["gpus"] = 8
+    elif how == "out-of-order":
+        d["stages"] = {"finetune": st["finetune"], "search": st["search"]}
+    elif how == "final-below-stage1":
+        st["search2"]["target_length"] = 48
+    elif how == "ft-above-factors":
+        st["finetune"]["length"] = 96
+    elif how == "missing-search":
+        del st["search"]
+    elif how == "bad-type":
+        st["finetune"]["steps"] = "many"
+    elif how == "bad-baseline":
+        st["evaluate"]["baselines"] = ["pi", "warp"]
+    return d
+
+
+@pytest.mark.parametrize("how,msg", [
+    ("unknown-stage", "unknown stage 'distill'"),
+    ("unknown-key", "unknown key(s) learning_rate in finetune"),
+    ("unknown-top", "unknown top-level key(s) gpus"),
+    ("out-of-order", "stages out of order"),
+    ("final-below-stage1", "must exceed the stage-1 target"),
+    ("ft-above-factors", "exceeds what the stage-1 factors cover"),
+    ("missing-search", "stage 'search' is required"),
+    ("bad-type", "finetune.steps must be an integer"),
+    ("bad-baseline", "unknown method 'warp'"),
+])
+def test_bad_recipe_one_line_exit_2_nothing_written(how, msg, tmp_path, capsys):
+    data = _mutate(small_recipe("tiny", "stdlib"), how)
+    out = tmp_path / "out"
+    code = main(["extend", "--recipe", str(write(tmp_path, data)), "--out", str(out)])
+    err = capsys.readouterr().err.strip()
+    assert code == 2, err
+    assert msg in err and "\n" not in err, err
+    assert not out.exists()
+
+
+def test_bad_yaml_and_missing_file(tmp_path, capsys):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("stages: [unclosed\n")
+    for path, msg in ((bad, "not valid YAML"), (tmp_path / "none.yaml", "recipe not found")):
+        assert main(["extend", "--recipe", str(path), "--out", str(tmp_path / "o")]) == 2
+        err = capsys.readouterr().err.strip()
+        assert msg in err and "\n" not in err
+    assert not (tmp_path / "o").exists()
+
+
+def test_target_not_above_native_needs_the_model(tiny_model_dir, tiny_corpus, tmp_path, capsys):
+    data = small_recipe(str(tiny_model_dir), str(tiny_corpus))
+    data["stages"]["search"]["target_length"] = 32  # the native context of the fixture model
+    data["stages"]["finetune"]["length"] = 32
+    code = main(["extend", "--recipe", str(write(tmp_path, data)), "--out", str(tmp_path / "o")])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and "must exceed the model's native context 32" in err
+    assert not (tmp_path / "o").exists()
+
+
+def test_shipped_recipe_parses():
+    recipe = load_recipe(ROOT / "recipes" / "tiny-64x.yaml")
+    assert recipe.model == "tiny" and recipe.final_target == 64 * 128
+    assert recipe.finetune.length <= recipe.search.target_length
+
+
+def test_extend_end_to_end_then_skips_complete_stages(tiny_model_dir, tiny_corpus, tmp_path, capsys):
+    from longrope.factors import RopeExtension
+    from longrope.model import FACTORS_FILE, load_model
+
+    data = small_recipe(str(tiny_model_dir), str(tiny_corpus))
+    recipe_path = write(tmp_path, data)
+    out = tmp_path / "run"
+    assert main(["extend", "--recipe", str(recipe_path), "--out", str(out)]) == 0
+    capsys.readouterr()
+    final = RopeExtension.load(out / "final" / FACTORS_FILE)
+    s1 = RopeExtension.load(out / "1-search" / "factors.json")
+    s2 = json.loads((out / "3-search2" / "stage.json").read_text())["extension"]
+    # final long factor = stage-1 factor x stage-2 factor, element-wise
+    lam2 = s2["metadata"]["stage2_factor"]
+    assert final.long_factor == pytest.approx([a * b for a, b in zip(s1.long_factor, lam2)])
+    assert final.short_factor is not None and final.max_position_embeddings == 128
+    assert final.start_token == s1.start_token
+    config = json.loads((out / "final" / "config.json").read_text())
+    rs = config["rope_scaling"]
+    assert rs["long_factor"] == pytest.approx(list(final.long_factor))
+    assert rs["short_factor"] == pytest.approx(list(final.short_factor))
+    assert config["original_max_position_embeddings"] == 32 and config["max_position_embeddings"] == 128
+    assert "attention_factor" in rs
+    lm = load_model(str(out / "final"), dtype="fp32", device="cpu")
+    assert lm.spec.original_max_position_embeddings == 32
+    report = json.loads((out / "report" / "report.json").read_text())
+    got = {(c["variant"], c["length"]) for c in report["cells"] if c["kind"] == "ppl"}
+    for variant in ("original", "stage1", "final", "pi-ft"):
+        assert {(variant, n) for n in (32, 64, 128)} <= got
+    assert ("final-no-readjust", 32) in got
+    assert (out / "report" / "report.png").stat().st_size > 1000
+    assert (out / "baselines" / "pi" / "finetune.json").is_file()
+
+    # a rerun skips every stage and changes nothing
+    mtimes = {p: p.stat().st_mtime_ns for p in out.rglob("stage.json")}
+    assert main(["extend", "--recipe", str(recipe_path), "--out", str(out)]) == 0
+    err = capsys.readouterr().err
+    for stage in ("search", "finetune", "search2", "readjust", "final"):
+        assert f"{stage}: complete" in err, err
+    assert mtimes == {p: p.stat().st_mtime_ns for p in out.rglob("stage.json")}
+
+    # a completed stage with other settings is refused, not silently mixed
+    data["stages"]["search2"]["seed"] = 7
+    assert main(["extend", "--recipe", str(write(tmp_path, data, "changed.yaml")), "--out", str(out)]) == 2
+    last = capsys.readouterr().err.strip().splitlines()[-1]  # skipped stages log before it
+    assert last.startswith("longrope extend: error:") and "different settings (seed)" in last
