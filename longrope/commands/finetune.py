@@ -8,6 +8,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 from pathlib import Path
 
 from ..errors import UsageError
@@ -18,6 +19,7 @@ distributed: the loop runs on `accelerate`; pick the engine with an accelerate c
   DDP, 8 GPUs:   accelerate launch --multi_gpu --num_processes 8 -m longrope finetune ...
   FSDP:          accelerate launch --config_file fsdp.yaml -m longrope finetune ...
   DeepSpeed:     accelerate launch --config_file ds_zero3.yaml -m longrope finetune ...
+  CPU, 2 processes (gloo): torchrun --standalone --nproc-per-node 2 -m longrope finetune ...
 The global batch is batch-size x grad-accum x processes sequences of --length tokens.
 Checkpoints are accelerate states (sharded under FSDP/DeepSpeed); --resume reloads the last.
 """
@@ -97,6 +99,8 @@ def run(args) -> int:
     out = Path(args.out)
     prepare_out(out, args.resume)
     result = finetune(args.model, ext, out, cfg, resume=args.resume)
+    if int(os.environ.get("RANK", "0")) != 0:  # one report per run, not per process
+        return 0
     if result.skipped:
         print(f"{out} is already complete ({len(result.losses)} steps); nothing to do")
     else:

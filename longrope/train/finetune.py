@@ -250,7 +250,9 @@ def _new_accelerator(cfg: FinetuneConfig):
     # previous run's accelerator state, keeping the process group (PartialState) as it is
     AcceleratorState._reset_state(reset_partial_state=False)
     GradientState._reset_state()
-    return Accelerator(mixed_precision=precision, gradient_accumulation_steps=cfg.grad_accum)
+    # cpu=True lets several CPU processes (torchrun) train together over gloo (MULTI_CPU)
+    return Accelerator(mixed_precision=precision, gradient_accumulation_steps=cfg.grad_accum,
+                       cpu=not torch.cuda.is_available())
 
 
 def _optimizer(model, cfg: FinetuneConfig) -> torch.optim.AdamW:
