@@ -141,8 +141,9 @@ class Batches:
 
     A corpus row is BOS + a random window of the concatenated training documents (each
     document itself BOS-prefixed). A passkey row is BOS + a standard passkey prompt
-    (REFERENCE 6) with as many filler blocks as fit, the needle at a random depth, then
-    the answer and EOS; the rest is padding that the loss ignores.
+    (REFERENCE 6) with a random number of filler blocks (up to as many as fit), the
+    needle at a random depth, then the answer and EOS; the rest is padding that the
+    loss ignores.
     """
 
     def __init__(self, stream: torch.Tensor, tokenizer, cfg: PretrainConfig, seed: int):
@@ -394,6 +395,7 @@ def pretrain_tiny(
             "threads": torch.get_num_threads(),
         }
         atomic_write_json(tmp / "training.json", record)
+        os.chmod(tmp, 0o755)  # mkdtemp makes it private; the published folder is an ordinary one
         _publish(tmp, out_dir)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
