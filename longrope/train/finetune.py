@@ -276,6 +276,8 @@ def prepare_out(out: Path, resume: bool) -> None:
     if out.exists() and not out.is_dir():
         raise UsageError(f"--out {out} exists and is not a directory")
     if resume:
+        if not is_complete(out) and not _checkpoints(out):
+            raise UsageError(f"nothing to resume: {out / CHECKPOINTS} holds no checkpoint")
         return
     if out.is_dir() and any(out.iterdir()):
         raise UsageError(f"--out {out} is not empty; pass --resume to continue the run there, or choose another")
