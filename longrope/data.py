@@ -162,7 +162,7 @@ def _tokenizer_fingerprint(tokenizer) -> str:
 def _cache_key(tokenizer, docs: list[Document], add_bos: bool) -> str:
     h = hashlib.sha256()
     h.update(_tokenizer_fingerprint(tokenizer).encode())
-    h.update(f"\0bos={add_bos}:{tokenizer.bos_token_id}\0".encode())
+    h.update(f"\0bos={add_bos and adds_bos(tokenizer)}:{tokenizer.bos_token_id}\0".encode())
     for d in docs:
         h.update(d.name.encode())
         h.update(b"\0")
@@ -170,12 +170,21 @@ def _cache_key(tokenizer, docs: list[Document], add_bos: bool) -> str:
     return h.hexdigest()[:32]
 
 
-def tokenize_corpus(tokenizer, docs: list[Document], add_bos: bool = True, cache: bool = True) -> list[TokenDoc]:
-    """Token ids of whole documents, each [T] int64, BOS first when the tokenizer has one.
+def adds_bos(tokenizer) -> bool:
+    """Whether the tokenizer puts BOS in front of an encoded text by itself (Llama does,
+    GPT-2-style tokenizers such as SmolLM2's do not)."""
+    bos = tokenizer.bos_token_id
+    ids = tokenizer("a").input_ids
+    return bos is not None and len(ids) > 0 and ids[0] == bos
 
-    The tokenizer's own special tokens are not added (we add BOS ourselves, so models
-    whose tokenizer never adds it still see a consistent first token). Results are
-    cached under `<cache>/tokens/` keyed by the tokenizer and the documents' text.
+
+def tokenize_corpus(tokenizer, docs: list[Document], add_bos: bool = True, cache: bool = True) -> list[TokenDoc]:
+    """Token ids of whole documents, each [T] int64.
+
+    With add_bos, a document starts with BOS exactly when the tokenizer's own
+    convention does (`adds_bos`), so documents look like the prompts the model is
+    otherwise given; no other special tokens are added. Results are cached under
+    `<cache>/tokens/` keyed by the tokenizer and the documents' text.
     """
     from .presets import cache_dir
 
@@ -188,7 +197,7 @@ def tokenize_corpus(tokenizer, docs: list[Document], add_bos: bool = True, cache
             pass
     texts = [d.text for d in docs]
     encoded = tokenizer(texts, add_special_tokens=False)["input_ids"]
-    bos = [tokenizer.bos_token_id] if add_bos and tokenizer.bos_token_id is not None else []
+    bos = [tokenizer.bos_token_id] if add_bos and adds_bos(tokenizer) else []
     out = [TokenDoc(d.name, torch.tensor(bos + ids, dtype=torch.long)) for d, ids in zip(docs, encoded)]
     if path is not None:
         import io

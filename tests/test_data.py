@@ -133,3 +133,21 @@ def test_tokenize_corpus_adds_bos_and_caches(tmp_path):
     summary = corpus_summary(first)
     assert summary.documents == 2 and summary.tokens == sum(len(t.ids) for t in first)
     assert summary.longest_tokens == max(len(t.ids) for t in first) and str(summary).startswith("2 documents")
+
+
+def test_bos_only_where_the_tokenizer_adds_it_itself():
+    """SmolLM2-style tokenizers have a BOS token but never add it: neither do we."""
+    from tokenizers import Tokenizer
+    from transformers import PreTrainedTokenizerFast
+
+    from longrope.data import adds_bos
+    from longrope.pretrain import train_tokenizer
+
+    docs = [Document("a", "x = 1\n" * 50)]
+    llama_style = train_tokenizer([docs[0].text], vocab_size=300)
+    backend = Tokenizer.from_str(llama_style.backend_tokenizer.to_str())
+    backend.post_processor = None
+    gpt2_style = PreTrainedTokenizerFast(tokenizer_object=backend, bos_token="<s>", eos_token="</s>")
+    assert adds_bos(llama_style) and not adds_bos(gpt2_style)
+    with_bos, without = tokenize_corpus(llama_style, docs)[0], tokenize_corpus(gpt2_style, docs)[0]
+    assert with_bos.ids[0] == llama_style.bos_token_id and torch.equal(with_bos.ids[1:], without.ids)
