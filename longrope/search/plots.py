@@ -20,7 +20,7 @@ def _plt():
 
 
 def plot_progress(state: SearchState, path: str | Path, title: str = "") -> Path:
-    """Best and median perplexity of the population after each generation (log scale).
+    """Best and median perplexity of the population after each generation.
 
     The population of generation g is the top-k of everything scored before g plus the
     candidates of g (Algorithm 1); rejected candidates have no full score and are left out.
@@ -40,7 +40,8 @@ def plot_progress(state: SearchState, path: str | Path, title: str = "") -> Path
     fig, ax = plt.subplots(figsize=(6, 4))
     ax.plot(gens, best, marker="o", ms=3, label="best")
     ax.plot(gens, median, marker=".", ms=3, alpha=0.7, label="median of the population")
-    ax.set_yscale("log")
+    if max(median) > 3 * min(best):  # log scale only when the range is wide
+        ax.set_yscale("log")
     ax.set_xlabel("generation")
     ax.set_ylabel("perplexity")
     ax.set_title(title or "LongRoPE evolutionary search")
