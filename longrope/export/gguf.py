@@ -13,6 +13,10 @@ llama.cpp's longrope (src/llama-model.cpp, `get_rope_factors`; ggml `rope_ext`) 
   (ext_factor = 0), so the value written is our attention factor m itself;
 - `{arch}.context_length` = L' (the trained context, n_ctx_train).
 
+Checked with llama-cpp-python 0.3.36 on the smollm2-135m GGUF (bench/llamacpp_parity.py):
+the `llama` loader picks the tensors up, and perplexity moves with the attention factor as
+longrope's does (so attn_factor is applied to cos and sin, not on top of another mscale).
+
 We do not write `rope.scaling.factor`: llama.cpp would turn it into a frequency scale on
 top of the factors. llama.cpp chooses long vs short ONCE from the configured context size
 (`-c` / `n_ctx`), not per sequence: run with a context above L to get the long factors.
