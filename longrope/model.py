@@ -198,8 +198,11 @@ class LoadedModel:
     spec: RotarySpec
 
 
-def load_model(name_or_path: str, dtype: str = "auto", device: str | None = None) -> LoadedModel:
-    """Load a model by preset name, HF model directory or .gguf file, in eval mode with SDPA."""
+def load_model(
+    name_or_path: str, dtype: str = "auto", device: str | None = None, need_tokenizer: bool = True
+) -> LoadedModel:
+    """Load a model by preset name, HF model directory or .gguf file, in eval mode with SDPA.
+    With need_tokenizer=False a directory without a tokenizer loads with tokenizer None."""
     import os
 
     # --model is a preset, directory or file: never reach for a model hub
@@ -217,11 +220,19 @@ def load_model(name_or_path: str, dtype: str = "auto", device: str | None = None
     if source.gguf_file is not None:
         kwargs["gguf_file"] = source.gguf_file
     tok_kwargs = {"gguf_file": source.gguf_file} if source.gguf_file else {}
+    def fail(e: Exception, what: str = "model"):
+        raise UsageError(f"cannot load {what} of {name_or_path!r}: {str(e).splitlines()[0]}") from None
+
     try:
         model = AutoModelForCausalLM.from_pretrained(str(source.path), **kwargs)
-        tokenizer = AutoTokenizer.from_pretrained(str(source.path), **tok_kwargs)
     except (OSError, ValueError, KeyError) as e:
-        raise UsageError(f"cannot load model {name_or_path!r}: {str(e).splitlines()[0]}") from None
+        fail(e)
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(str(source.path), **tok_kwargs)
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        if need_tokenizer:
+            fail(e, "tokenizer")
+        tokenizer = None
     model.to(device).eval()
     if not _rotary_slots(model):
         raise UsageError(f"{type(model).__name__} ({name_or_path}) does not use rotary embeddings")

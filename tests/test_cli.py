@@ -82,3 +82,10 @@ def test_passkey_end_to_end(tiny_model_dir, tmp_path):
     res = json.loads((out / "passkey.json").read_text())
     assert len(res["trials"]) == 4 and all(t["prompt_tokens"] <= 246 for t in res["trials"])
     assert (out / "passkey.png").stat().st_size > 1000
+
+
+def test_info_on_a_directory_without_tokenizer(tmp_path, make_tiny_model, capsys):
+    make_tiny_model("qwen2").save_pretrained(tmp_path / "m")
+    assert main(["info", "--model", str(tmp_path / "m"), "--json"]) == 0
+    facts = json.loads(capsys.readouterr().out)
+    assert facts["rotary_dim"] == 16 and facts["original_context"] == 32 and facts["rope_type"] == "default"

@@ -42,7 +42,7 @@ def describe(model) -> dict:
 def run(args) -> int:
     from ..model import load_model
 
-    loaded = load_model(args.model, "fp32", "cpu")
+    loaded = load_model(args.model, "fp32", "cpu", need_tokenizer=False)
     facts = describe(loaded.model)
     if args.json:
         print(json.dumps(facts, indent=2))
