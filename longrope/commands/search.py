@@ -58,7 +58,9 @@ def register(subparsers) -> None:
     p.add_argument("--critical-dim", type=int, default=None,
                    help="cd for --variant critical (default: ceil(d/2 * log_b(L / 2pi)))")
     p.add_argument("--no-early-reject", dest="early_reject", action="store_false",
-                   help="score every candidate on all documents")
+                   help="score every candidate on all documents (default: stop scoring a candidate once its "
+                   "losses so far, plus the best loss ever seen on each remaining document, cannot beat the "
+                   "worst of the top-k)")
     p.add_argument("--seed", type=int, default=0, help="random seed of the search (default 0)")
     p.add_argument("--split-seed", type=int, default=0, help="seed of the search/validation/test split (0)")
     p.add_argument("--chunk-size", type=int, default=1024, help="tokens per LM-head chunk in the loss")

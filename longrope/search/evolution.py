@@ -23,6 +23,7 @@ the order of scoring. A resumed run therefore repeats an uninterrupted one exact
 """
 from __future__ import annotations
 
+import json
 import math
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -179,8 +180,6 @@ class SearchState:
 
     @classmethod
     def load(cls, out_dir: str | Path) -> "SearchState":
-        import json
-
         path = Path(out_dir) / STATE_FILE
         if not path.is_file():
             raise UsageError(f"nothing to resume: {path} does not exist")
@@ -191,7 +190,8 @@ class SearchState:
 
 
 def write_history(out_dir: str | Path, state: SearchState, space: SearchSpace) -> None:
-    lines = [__import__("json").dumps(r.to_dict(space)) for r in state.history]
+    """history.jsonl: one scored candidate per line (generation, genes, factors, losses, ppl)."""
+    lines = [json.dumps(r.to_dict(space)) for r in state.history]
     atomic_write_text(Path(out_dir) / HISTORY_FILE, "\n".join(lines) + ("\n" if lines else ""))
 
 
