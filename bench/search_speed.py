@@ -10,6 +10,13 @@
     python bench/search_speed.py --model tiny --skip-parallel     # (a) and (b) only
 
 Results print as a table and are written to --out as JSON.
+
+Figures on a shared 2-core AMX CPU, `tiny` (native 128) at 1024 tokens, 5 documents,
+P=16 k=8 N1=N2=4, 4 generations, bf16: (a) 23.4 vs 27.7 evaluations/min without/with
+early rejection (150 of 160 documents scored, same best candidate, ppl 55.16); (b) a switch
+costs 1.5 ms against 497 ms for one forward pass (0.3%); (c) 18.7 s per generation in one
+single-threaded process, 12.1 s in two (1.55x), and identical histories. Timings vary with
+the load other jobs put on the machine; the documents-scored counts do not.
 """
 from __future__ import annotations
 
