@@ -279,6 +279,25 @@ def _lengths(recipe: Recipe, native: int) -> list[int]:
     return out
 
 
+def variant_identity(model: str, ext: RopeExtension | None, out: Path) -> dict[str, Any]:
+    """What a variant's figures depend on: its model (relative to `out` when inside it), the
+    extension installed, and for our model directories their factors file and training record.
+    A rerun, or a recipe changing only later stages, reuses the cells of unchanged variants."""
+    import json
+
+    from ..model import FACTORS_FILE
+
+    p = Path(model)
+    inside = p.is_dir() and p.resolve().is_relative_to(out.resolve())
+    ident: dict[str, Any] = {"model": str(p.resolve().relative_to(out.resolve())) if inside else model,
+                             "extension": None if ext is None else ext.to_dict()}
+    if (p / FACTORS_FILE).is_file():
+        ident["factors_file"] = json.loads((p / FACTORS_FILE).read_text())
+    if (p / "finetune.json").is_file():
+        ident["finetune_losses"] = json.loads((p / "finetune.json").read_text())["losses"]
+    return ident
+
+
 def stage_evaluate(recipe: Recipe, out: Path, spec, variants: list[tuple[str, str, RopeExtension | None, int]],
                    ) -> dict[str, Any]:
     """Perplexity (held-out documents, truncated, one pass) and passkey accuracy at each length.
@@ -299,15 +318,17 @@ def stage_evaluate(recipe: Recipe, out: Path, spec, variants: list[tuple[str, st
     where.mkdir(parents=True, exist_ok=True)
     L = spec.original_max_position_embeddings
     lengths = _lengths(recipe, L)
-    settings = {**asdict(ev), "lengths": lengths, "variants": [[v[0], v[1], None if v[2] is None else v[2].to_dict(),
-                                                               v[3]] for v in variants],
+    settings = {**{k: v for k, v in asdict(ev).items() if k != "baselines"}, "lengths": lengths,
                 "corpus": recipe.corpus, "split_seed": recipe.split_seed, "dtype": recipe.dtype}
+
+    ids = {label: variant_identity(model, ext, out) for label, model, ext, _ in variants}
     path = where / "report.json"
     cells: dict[tuple, dict] = {}
     if path.is_file():
         previous = json.loads(path.read_text())
         if previous.get("settings") == settings:
-            cells = {(c["variant"], c["kind"], c["length"]): c for c in previous["cells"]}
+            cells = {(c["variant"], c["kind"], c["length"]): c for c in previous["cells"]
+                     if c.get("identity") == ids.get(c["variant"])}
 
     def save(extra: dict | None = None) -> dict:
         report = {"settings": settings, "cells": list(cells.values()), **(extra or {})}
@@ -339,7 +360,8 @@ def stage_evaluate(recipe: Recipe, out: Path, spec, variants: list[tuple[str, st
                 for doc in docs:
                     nll, count = document_nll(lm.model, doc[:n], ev.chunk_size)
                     nlls.append(nll / count)
-                cells[(label, "ppl", n)] = {"variant": label, "kind": "ppl", "length": n, "value": perplexity(nlls),
+                cells[(label, "ppl", n)] = {"variant": label, "identity": ids[label], "kind": "ppl", "length": n,
+                                            "value": perplexity(nlls),
                                             "doc_nlls": nlls, "seconds": round(time.time() - t0, 1)}
                 save()
                 bar.update(1)
@@ -352,7 +374,8 @@ def stage_evaluate(recipe: Recipe, out: Path, spec, variants: list[tuple[str, st
                 except ValueError:  # the prompt does not fit this length
                     trials = []
                 acc = sum(t.correct for t in trials) / len(trials) if trials else None
-                cells[(label, "passkey", n)] = {"variant": label, "kind": "passkey", "length": n, "value": acc,
+                cells[(label, "passkey", n)] = {"variant": label, "identity": ids[label], "kind": "passkey",
+                                                "length": n, "value": acc,
                                                 "trials": [asdict(t) for t in trials],
                                                 "seconds": round(time.time() - t0, 1)}
                 save()
