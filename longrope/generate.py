@@ -10,6 +10,8 @@ force when they were computed.)
 """
 from __future__ import annotations
 
+import inspect
+
 import torch
 from torch import nn
 
@@ -37,14 +39,16 @@ def greedy_generate(
     switch = _switch_length(model)
     new: list[torch.Tensor] = []
     past, step_input = None, seq
+    # transformers 5.x names the KV cache argument `cache`, 4.x `past_key_values`
+    cache_arg = "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
     for _ in range(max_new_tokens):
-        out = model(input_ids=step_input, past_key_values=past, use_cache=True, logits_to_keep=1)
+        out = model(input_ids=step_input, use_cache=True, logits_to_keep=1, **{cache_arg: past})
         token = out.logits[:, -1].argmax(dim=-1, keepdim=True)  # [1, 1]
         new.append(token[0])
         seq = torch.cat([seq, token], dim=1)
         if eos_token_id is not None and int(token) == eos_token_id:
             break
-        past, step_input = out.past_key_values, token
+        past, step_input = getattr(out, cache_arg), token
         if switch is not None and seq.shape[1] - 1 <= switch < seq.shape[1]:
             # the next forward covers position `switch` (length switch + 1): re-prefill all
             past, step_input = None, seq
