@@ -7,14 +7,13 @@ The JSON file has these top-level keys, so other tools can write one:
 """
 from __future__ import annotations
 
-import json
 import math
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any, Sequence
 
 from .errors import UsageError
-from .io import atomic_write_json
+from .io import atomic_write_json, read_json_file
 
 JSON_KEYS = (
     "method",
@@ -155,11 +154,4 @@ class RopeExtension:
 
     @classmethod
     def load(cls, path: str | Path) -> "RopeExtension":
-        path = Path(path)
-        if not path.is_file():
-            raise UsageError(f"factors file not found: {path}")
-        try:
-            d = json.loads(path.read_text())
-        except (json.JSONDecodeError, UnicodeDecodeError) as e:
-            raise UsageError(f"factors file {path} is not valid JSON: {e}") from None
-        return cls.from_dict(d, source=str(path))
+        return cls.from_dict(read_json_file(path, "factors file"), source=str(path))

@@ -57,3 +57,16 @@ def check_writable_dir(path: str | os.PathLike) -> Path:
     except OSError as e:
         raise UsageError(f"output directory {path} is not writable: {e.strerror or e}") from None
     return path
+
+
+def read_json_file(path: str | os.PathLike, what: str = "file") -> Any:
+    """Parse a JSON file; a missing or malformed file is a UsageError naming it."""
+    from .errors import UsageError
+
+    path = Path(path)
+    if not path.is_file():
+        raise UsageError(f"{what} not found: {path}")
+    try:
+        return json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise UsageError(f"{what} {path} is not valid JSON: {e}") from None

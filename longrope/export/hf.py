@@ -31,7 +31,7 @@ from typing import Any
 
 from ..errors import UsageError
 from ..factors import RopeExtension
-from ..io import atomic_write_json
+from ..io import atomic_write_json, read_json_file
 from ..methods import METHODS, attention_factor
 from ..rope import RotarySpec, longrope_attention_factor
 from .staging import check_destination, staged_dir
@@ -247,12 +247,7 @@ def load_factors(path_or_dir: str | Path) -> RopeExtension:
         if not (p / "config.json").is_file():
             raise UsageError(f"{p} is a directory without config.json (expected a factors file or an HF model)")
         p = p / "config.json"
-    if not p.is_file():
-        raise UsageError(f"factors file not found: {p}")
-    try:
-        d = json.loads(p.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise UsageError(f"factors file {p} is not valid JSON: {e}") from None
+    d = read_json_file(p, "factors file")
     if not isinstance(d, dict):
         raise UsageError(f"{p}: expected a JSON object")
     if "method" in d and "long_factor" in d:  # our own format (longrope.factors.JSON_KEYS)
