@@ -25,8 +25,10 @@ def sequence_nll(model: nn.Module, input_ids: torch.Tensor, chunk_size: int = 10
     total = torch.zeros(B, dtype=torch.float32, device=input_ids.device)
     for s in range(0, T - 1, chunk_size):
         logits = head(h[:, s : s + chunk_size]).float()  # [B, c, V]
-        nll = F.cross_entropy(logits.transpose(1, 2), targets[:, s : s + chunk_size], reduction="none")  # [B, c]
-        total += nll.sum(dim=1)
+        c = logits.shape[1]
+        # rows of [B*c, V]: cross_entropy over a transposed [B, V, c] view is several times slower
+        nll = F.cross_entropy(logits.reshape(B * c, -1), targets[:, s : s + c].reshape(B * c), reduction="none")
+        total += nll.view(B, c).sum(dim=1)
     return total
 
 
