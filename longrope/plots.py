@@ -7,7 +7,8 @@ from pathlib import Path
 from .io import atomic_savefig
 
 
-def _plt():
+def pyplot():
+    """matplotlib.pyplot with the file-only Agg backend, imported on first use."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -19,7 +20,7 @@ def _plt():
 def plot_ppl_vs_length(rows: list[dict], path: str | Path, title: str = "", native: int | None = None) -> Path:
     """One line per method: perplexity (log scale) against context length (log2 scale).
     rows: dicts with keys method, length, ppl."""
-    plt = _plt()
+    plt = pyplot()
     series = defaultdict(list)
     for r in rows:
         series[r["method"]].append((r["length"], r["ppl"]))
@@ -47,7 +48,7 @@ def plot_passkey_heatmap(trials: list[dict], path: str | Path, depth_bins: int =
     method, length, depth, correct."""
     import numpy as np
 
-    plt = _plt()
+    plt = pyplot()
     methods = list(dict.fromkeys(t["method"] for t in trials))
     lengths = sorted({t["length"] for t in trials})
     fig, axes = plt.subplots(1, len(methods), figsize=(2.2 + 1.1 * len(lengths) * len(methods), 3.6), squeeze=False)

@@ -7,16 +7,8 @@ from typing import Sequence
 import numpy as np
 
 from ..io import atomic_savefig
+from ..plots import pyplot
 from .evolution import SearchState
-
-
-def _plt():
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
 
 
 def plot_progress(state: SearchState, path: str | Path, title: str = "") -> Path:
@@ -25,7 +17,7 @@ def plot_progress(state: SearchState, path: str | Path, title: str = "") -> Path
     The population of generation g is the top-k of everything scored before g plus the
     candidates of g (Algorithm 1); rejected candidates have no full score and are left out.
     """
-    plt = _plt()
+    plt = pyplot()
     k = int(state.config.get("parents", 32))
     gens, best, median = [], [], []
     for g in range(state.generation + 1):
@@ -55,7 +47,7 @@ def plot_progress(state: SearchState, path: str | Path, title: str = "") -> Path
 
 def plot_factors(curves: dict[str, Sequence[float]], path: str | Path, title: str = "") -> Path:
     """Rescale factor lambda_i against pair index i, one line per method."""
-    plt = _plt()
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(6, 4))
     for name, lam in curves.items():
         ax.plot(range(len(lam)), lam, lw=2.2 if name == "searched" else 1.2, label=name)

@@ -440,9 +440,9 @@ def write_table(cells: dict, lengths: list[int], path: Path) -> None:
 def plot_report(cells: dict, lengths: list[int], native: int, path: Path, title: str = "") -> None:
     """report.png: perplexity (left) and passkey accuracy (right) against length, one line per variant."""
     from ..io import atomic_savefig
-    from ..plots import _plt
+    from ..plots import pyplot
 
-    plt = _plt()
+    plt = pyplot()
     labels = list(dict.fromkeys(k[0] for k in cells))
     fig, (a, b) = plt.subplots(1, 2, figsize=(12, 4.5))
     for label in labels:

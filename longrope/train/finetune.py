@@ -457,10 +457,10 @@ def write_model_dir(model, tokenizer, extension: RopeExtension | None, out: Path
 def _plot_losses(curve: list[dict], path: Path) -> None:
     if not curve:
         return
-    from ..plots import _plt
+    from ..plots import pyplot
     from ..io import atomic_savefig
 
-    plt = _plt()
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(6, 3.5))
     ax.plot([c["step"] for c in curve], [c["loss"] for c in curve], lw=1.2)
     ax.set_xlabel("step")
