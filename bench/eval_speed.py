@@ -26,7 +26,7 @@ import torch
 
 
 def load(model_name: str, dtype: str):
-    from longrope.model import load_model
+    from longrope.models.load import load_model
 
     return load_model(model_name, dtype, "cpu")
 

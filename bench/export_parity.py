@@ -30,7 +30,7 @@ from longrope.export.hf import export_hf  # noqa: E402
 from longrope.factors import RopeExtension  # noqa: E402
 from longrope.io import atomic_write_json  # noqa: E402
 from longrope.methods import build_extension  # noqa: E402
-from longrope.model import install_rope, rotary_spec  # noqa: E402
+from longrope.seam import install_rope, rotary_spec  # noqa: E402
 
 L, TARGET = 32, 128
 LENGTHS = (24, 80)  # one below and one above L

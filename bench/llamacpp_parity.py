@@ -40,8 +40,9 @@ from longrope.export.gguf import export_gguf  # noqa: E402
 from longrope.factors import RopeExtension  # noqa: E402
 from longrope.io import atomic_write_json  # noqa: E402
 from longrope.methods import build_extension  # noqa: E402
-from longrope.model import install_rope, load_model  # noqa: E402
-from longrope.presets import smollm2_gguf_path, smollm2_model_dir  # noqa: E402
+from longrope.models.load import load_model  # noqa: E402
+from longrope.seam import install_rope  # noqa: E402
+from longrope.models.presets import smollm2_gguf_path, smollm2_model_dir  # noqa: E402
 
 
 def document_tokens(tokenizer, n: int) -> list[int]:

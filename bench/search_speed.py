@@ -35,10 +35,11 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from longrope.io import atomic_write_json  # noqa: E402
-from longrope.model import install_rope, load_model  # noqa: E402
+from longrope.models.load import load_model  # noqa: E402
+from longrope.seam import install_rope  # noqa: E402
 from longrope.search.distributed import close_distributed, distributed_evaluator, init_distributed  # noqa: E402
 from longrope.search.evolution import SearchConfig, peer_seeds, run_search  # noqa: E402
-from longrope.search.fitness import PerplexityObjective, search_documents  # noqa: E402
+from longrope.search.fitness import PerplexityObjective, long_factor_candidate, search_documents  # noqa: E402
 from longrope.search.genes import START_TOKENS, SearchSpace  # noqa: E402
 
 
@@ -46,7 +47,7 @@ def setup(args, device="cpu"):
     lm = load_model(args.model, dtype=args.dtype, device=device)
     L, N = lm.spec.original_max_position_embeddings, args.target_length
     docs = search_documents(lm.tokenizer, args.corpus, N, args.docs)
-    objective = PerplexityObjective(lm.model, lm.spec, docs, N)
+    objective = PerplexityObjective(lm.model, docs, long_factor_candidate(lm.spec, N))
     space = SearchSpace(half=lm.spec.half, scale=N / L, max_factor=1.25 * N / L,
                         start_tokens=tuple(t for t in START_TOKENS if t < N))
     config = SearchConfig(population=args.population, parents=args.parents, mutations=args.mutations,
@@ -97,7 +98,7 @@ def switch_cost(args, lm, objective, space) -> dict:
     doc = objective.docs[0][None]
     rng = np.random.default_rng(0)
     genomes = [space.mutate(space.from_factors(s), rng, 0.3) for s in peer_seeds(lm.spec, space.scale)] * 20
-    exts = [objective.extension(space.factors(g), g.start_token) for g in genomes]
+    exts = [objective.make(space.factors(g), g.start_token) for g in genomes]
     pos = torch.arange(args.target_length)[None]
     x = torch.zeros(1, dtype=next(lm.model.parameters()).dtype)
     t0 = time.perf_counter()

@@ -1,13 +1,14 @@
 """Corpora of long documents: loading, a seeded three-way split, tokenizing, truncating.
 
 Documents stay whole: context extension is measured on documents at least as long as
-the target length, each truncated to it and scored in one pass (REFERENCE section 6).
+the target length, each truncated to it and scored in one pass (LongRoPE section 4.1).
 The default corpus needs no download: the Python standard library's own source files
 plus the long English prose of `pydoc_data.topics`, one document per help topic.
 """
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import sysconfig
 from dataclasses import dataclass
@@ -17,6 +18,8 @@ from typing import Any
 import torch
 
 from .errors import UsageError
+from .io import atomic_write_bytes
+from .models.cache import cache_dir
 
 SPLIT_NAMES = ("search", "validation", "test")
 DEFAULT_CORPUS = "stdlib"
@@ -186,8 +189,6 @@ def tokenize_corpus(tokenizer, docs: list[Document], add_bos: bool = True, cache
     otherwise given; no other special tokens are added. Results are cached under
     `<cache>/tokens/` keyed by the tokenizer and the documents' text.
     """
-    from .presets import cache_dir
-
     path = cache_dir() / "tokens" / f"{_cache_key(tokenizer, docs, add_bos)}.pt" if cache else None
     if path is not None and path.is_file():
         try:
@@ -200,10 +201,6 @@ def tokenize_corpus(tokenizer, docs: list[Document], add_bos: bool = True, cache
     bos = [tokenizer.bos_token_id] if add_bos and adds_bos(tokenizer) else []
     out = [TokenDoc(d.name, torch.tensor(bos + ids, dtype=torch.long)) for d, ids in zip(docs, encoded)]
     if path is not None:
-        import io
-
-        from .io import atomic_write_bytes
-
         buf = io.BytesIO()
         torch.save(
             {
@@ -264,8 +261,3 @@ def corpus_summary(token_docs: list[TokenDoc]) -> CorpusSummary:
     lengths = sorted(len(t.ids) for t in token_docs)
     longest = max(token_docs, key=lambda t: (len(t.ids), t.name))
     return CorpusSummary(len(token_docs), sum(lengths), len(longest.ids), longest.name, lengths[len(lengths) // 2])
-
-
-def count_at_least(token_docs: list[TokenDoc], lengths: list[int]) -> dict[int, int]:
-    """How many documents reach each length (to pick evaluation lengths a corpus supports)."""
-    return {n: sum(1 for t in token_docs if len(t.ids) >= n) for n in lengths}

@@ -2,7 +2,7 @@
 
 With separate short and long factors, keys cached while the sequence fitted in the native
 context were rotated with the short factors; once the sequence grows past it the long
-factors are in force, and those cached keys are stale (REFERENCE 1, "known trap").
+factors are in force, and those cached keys are stale.
 `greedy_generate` re-prefills the whole sequence at the step that crosses the boundary,
 so every token is produced exactly as a fresh long-factor forward would produce it.
 (`dynamic-ntk` keeps transformers' `dynamic` behaviour: cached keys keep the scale in
@@ -15,7 +15,7 @@ import inspect
 import torch
 from torch import nn
 
-from .model import ScaledRotaryEmbedding
+from .seam import ScaledRotaryEmbedding
 
 
 def _switch_length(model: nn.Module) -> int | None:

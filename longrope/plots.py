@@ -17,6 +17,14 @@ def pyplot():
     return plt
 
 
+def save_and_close(fig, path: str | Path, dpi: int = 120) -> Path:
+    """Lay out `fig`, save it atomically and free it."""
+    fig.tight_layout()
+    out = atomic_savefig(fig, path, dpi=dpi)
+    pyplot().close(fig)
+    return out
+
+
 def plot_ppl_vs_length(rows: list[dict], path: str | Path, title: str = "", native: int | None = None) -> Path:
     """One line per method: perplexity (log scale) against context length (log2 scale).
     rows: dicts with keys method, length, ppl."""
@@ -37,10 +45,7 @@ def plot_ppl_vs_length(rows: list[dict], path: str | Path, title: str = "", nati
     ax.set_title(title or "Perplexity vs context length")
     ax.grid(True, which="both", alpha=0.3)
     ax.legend()
-    fig.tight_layout()
-    out = atomic_savefig(fig, path, dpi=120)
-    plt.close(fig)
-    return out
+    return save_and_close(fig, path)
 
 
 def plot_passkey_heatmap(trials: list[dict], path: str | Path, depth_bins: int = 5, title: str = "") -> Path:

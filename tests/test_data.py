@@ -117,7 +117,7 @@ def test_documents_of_length_truncates_longest_first():
 
 
 def test_tokenize_corpus_adds_bos_and_caches(tmp_path):
-    from longrope.pretrain import train_tokenizer
+    from longrope.train.pretrain import train_tokenizer
 
     docs = [Document("a", "def f(x):\n    return x + 1\n" * 20), Document("b", "The sky is blue. " * 30)]
     tok = train_tokenizer([d.text for d in docs], vocab_size=300)
@@ -141,7 +141,7 @@ def test_bos_only_where_the_tokenizer_adds_it_itself():
     from transformers import PreTrainedTokenizerFast
 
     from longrope.data import adds_bos
-    from longrope.pretrain import train_tokenizer
+    from longrope.train.pretrain import train_tokenizer
 
     docs = [Document("a", "x = 1\n" * 50)]
     llama_style = train_tokenizer([docs[0].text], vocab_size=300)

@@ -11,8 +11,8 @@ import torch
 
 from longrope.cli import main
 from longrope.errors import UsageError
-from longrope.export.hf import (
-    SIDECAR,
+from longrope.export.hf import SIDECAR
+from longrope.hf_config import (
     describe_rope_config,
     extension_from_hf_config,
     hf_config_dict,
@@ -23,7 +23,7 @@ from longrope.export.hf import (
 from longrope.export.vllm import default_mscale, vllm_mismatches, vllm_rope
 from longrope.factors import RopeExtension
 from longrope.methods import attention_factor, build_extension
-from longrope.model import install_rope, rotary_spec
+from longrope.seam import install_rope, rotary_spec
 from longrope.rope import RotarySpec
 
 ARCHS = {"llama": {}, "qwen2": {}, "phi3": {"partial_rotary_factor": 0.5}}  # phi3: rotary dim 8 of head dim 16

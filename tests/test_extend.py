@@ -8,7 +8,7 @@ import pytest
 import yaml
 
 from longrope.cli import main
-from longrope.recipe import load_recipe, parse_recipe
+from longrope.recipe.config import load_recipe, parse_recipe
 
 ROOT = Path(__file__).resolve().parent.parent
 SMALL_SEARCH = dict(docs=1, population=4, parents=2, mutations=1, crossovers=1, iterations=1, step=0.05)
@@ -110,7 +110,8 @@ def test_shipped_recipe_parses():
 
 def test_extend_end_to_end_then_skips_complete_stages(tiny_model_dir, tiny_corpus, tmp_path, capsys):
     from longrope.factors import RopeExtension
-    from longrope.model import FACTORS_FILE, load_model
+    from longrope.factors import FACTORS_FILE
+    from longrope.models.load import load_model
 
     data = small_recipe(str(tiny_model_dir), str(tiny_corpus))
     recipe_path = write(tmp_path, data)

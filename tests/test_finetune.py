@@ -51,7 +51,9 @@ def test_packed_batches_deterministic_and_bos_eos(tiny_model_dir, tiny_corpus):
 
 
 def test_finetune_reduces_loss_and_writes_loadable_dir(tiny_model_dir, tiny_corpus, tmp_path):
-    from longrope.model import FACTORS_FILE, ScaledRotaryEmbedding, load_model
+    from longrope.factors import FACTORS_FILE
+    from longrope.models.load import load_model
+    from longrope.seam import ScaledRotaryEmbedding
 
     ext = pi_extension(64, start_token=4)
     out = tmp_path / "ft"
@@ -97,7 +99,7 @@ def test_resume_repeats_the_uninterrupted_run(tiny_model_dir, tiny_corpus, tmp_p
 
 def test_mixed_context_window(tiny_model_dir, tiny_corpus, tmp_path):
     """LongRoPE2: short micro-batches train with the original RoPE; the model keeps short_factor = 1."""
-    from longrope.model import FACTORS_FILE
+    from longrope.factors import FACTORS_FILE
 
     ext = pi_extension(64)
     cfg = small_config(steps=4, mixed_context=0.5, corpus=str(tiny_corpus))

@@ -5,7 +5,7 @@ import torch
 
 from longrope.factors import RopeExtension
 from longrope.generate import greedy_generate
-from longrope.model import install_rope
+from longrope.seam import install_rope
 
 NATIVE = 32
 

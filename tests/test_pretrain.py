@@ -6,7 +6,7 @@ import torch
 
 from longrope.data import load_corpus
 from longrope.errors import UsageError
-from longrope.pretrain import Batches, PretrainConfig, lr_at, pretrain_tiny, train_tokenizer
+from longrope.train.pretrain import Batches, PretrainConfig, lr_at, pretrain_tiny, train_tokenizer
 
 
 @pytest.fixture(autouse=True)
@@ -65,7 +65,7 @@ def test_few_step_pretrain_saves_a_loadable_model(tmp_path, small_corpus):
     model = AutoModelForCausalLM.from_pretrained(out).eval()
     tok = AutoTokenizer.from_pretrained(out)
     assert model.config.max_position_embeddings == cfg.block_size
-    from longrope.model import rotary_spec_from_config
+    from longrope.seam import rotary_spec_from_config
 
     spec = rotary_spec_from_config(model.config)
     assert spec.dim == cfg.head_dim and spec.base == cfg.rope_theta and spec.original_max_position_embeddings == 64

@@ -53,7 +53,8 @@ def test_search_writes_factors_history_and_plots(assets, tmp_path):
     assert (out / "search.png").stat().st_size > 0 and (out / "factors.png").stat().st_size > 0
 
     # the found factors install into the model like any other extension
-    from longrope.model import install_rope, load_model
+    from longrope.models.load import load_model
+    from longrope.seam import install_rope
 
     lm = load_model(str(assets[0]), dtype="fp32", device="cpu")
     install_rope(lm.model, ext)

@@ -2,15 +2,21 @@
 from __future__ import annotations
 
 import argparse
-import json
 import platform
 import time
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import torch
+
+from .. import __version__
+from ..data import documents_of_length, load_corpus, select_split, tokenize_corpus
 from ..errors import UsageError
+from ..evaluate.runner import Variant
 from ..factors import RopeExtension
+from ..hf_config import load_factors
+from ..methods import build_extension, get_method
+from ..rope import RotarySpec
 
 
 def add_model_args(p: argparse.ArgumentParser) -> None:
@@ -51,27 +57,8 @@ def parse_int_list(text: str, flag: str) -> list[int]:
     return sorted(set(values))
 
 
-def load_factors_file(path: str) -> RopeExtension:
-    """Our factors JSON, or (where the export module is present) an HF config carrying longrope."""
-    try:
-        from ..export.hf import load_factors
-    except ImportError:
-        return RopeExtension.load(path)
-    return load_factors(path)
-
-
-@dataclass
-class Variant:
-    """One line of a comparison: a label and the extension to install (None = original RoPE)."""
-
-    label: str
-    extension: RopeExtension | None
-
-
 def method_names(args) -> list[str]:
     """The --methods list, checked (cheap: call before loading a model)."""
-    from ..methods import get_method
-
     names = [m.strip() for m in args.methods.split(",") if m.strip()] if args.methods else []
     for name in names:
         get_method(name)
@@ -82,12 +69,17 @@ def method_names(args) -> list[str]:
 
 def factor_files(args) -> list[tuple[str, RopeExtension]]:
     """The --factors files, loaded and validated (cheap: call before loading a model)."""
-    return [(path, load_factors_file(path)) for path in args.factors]
+    return [(path, load_factors(path)) for path in args.factors]
 
 
-def method_variants(args, spec, target_length: int) -> list[Variant]:
-    from ..methods import build_extension
+def check_inputs(args) -> list[int] | None:
+    """Fail on bad --methods, --factors or --lengths before loading anything; the lengths given."""
+    method_names(args), factor_files(args)
+    return parse_int_list(args.lengths, "--lengths") if args.lengths else None
 
+
+def method_variants(args, spec: RotarySpec, target_length: int) -> list[Variant]:
+    """One variant per --methods name (set for `target_length`) and per --factors file."""
     variants = []
     for name in method_names(args):
         if name == "none":
@@ -111,12 +103,7 @@ def method_variants(args, spec, target_length: int) -> list[Variant]:
 
 def evaluation_documents(args, tokenizer, min_length: int):
     """Token documents of the chosen split with at least `min_length` tokens, at most --docs."""
-    from ..data import documents_of_length, load_corpus, split_corpus, tokenize_corpus
-
-    docs = load_corpus(args.corpus)
-    if args.split != "all":
-        docs = split_corpus(docs, seed=args.split_seed)[args.split]
-    token_docs = tokenize_corpus(tokenizer, docs)
+    token_docs = tokenize_corpus(tokenizer, select_split(load_corpus(args.corpus), args.split, args.split_seed))
     if args.docs < 1:
         raise UsageError("--docs must be >= 1")
     return documents_of_length(token_docs, min_length, args.docs)
@@ -124,10 +111,7 @@ def evaluation_documents(args, tokenizer, min_length: int):
 
 def run_info(args, extra: dict[str, Any] | None = None) -> dict[str, Any]:
     """What every result file records about the run."""
-    import torch
     import transformers
-
-    from .. import __version__
 
     return {
         "command": args.command,
@@ -152,12 +136,3 @@ def print_table(rows: list[dict], row_key: str, col_key: str, value_key: str, fm
     text = "\n".join(lines)
     print(text)
     return text
-
-
-def read_previous(path: Path) -> dict | None:
-    if not path.is_file():
-        return None
-    try:
-        return json.loads(path.read_text())
-    except json.JSONDecodeError:
-        return None

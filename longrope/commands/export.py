@@ -10,6 +10,11 @@ written and checked.
 from __future__ import annotations
 
 from ..errors import UsageError
+from ..export.gguf import export_gguf
+from ..export.hf import export_hf
+from ..export.vllm import serve_hint
+from ..hf_config import load_factors
+from ..io import check_destination
 
 
 def register(sub) -> None:
@@ -26,15 +31,9 @@ def register(sub) -> None:
 
 
 def run(args) -> int:
-    from ..export.hf import load_factors
-    from ..export.staging import check_destination
-
     check_destination(args.out, args.force)  # before any loading: an existing DIR is an instant error
     ext = load_factors(args.factors)
     if args.format == "hf":
-        from ..export.hf import export_hf
-        from ..export.vllm import serve_hint
-
         result = export_hf(args.model, ext, args.out, force=args.force, drop_start_token=args.drop_start_token)
         where = result.path
         hints = [
@@ -43,8 +42,6 @@ def run(args) -> int:
             f"(long factors for every request; --max-model-len <= {ext.original_max_position_embeddings} uses the short ones)",
         ]
     elif args.format == "gguf":
-        from ..export.gguf import export_gguf
-
         result = export_gguf(args.model, ext, args.out, force=args.force, drop_start_token=args.drop_start_token)
         where = result.path
         hints = [

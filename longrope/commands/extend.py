@@ -10,6 +10,10 @@ import json
 from pathlib import Path
 
 from ..errors import UsageError
+from ..io import check_writable_dir
+from ..models.load import model_spec
+from ..recipe.config import load_recipe
+from ..recipe.stages import check_recipe_against_model, run_recipe
 
 
 def register(subparsers) -> None:
@@ -25,10 +29,6 @@ def register(subparsers) -> None:
 
 
 def run(args) -> int:
-    from ..io import check_writable_dir
-    from ..recipe import load_recipe
-    from ..train.extend import check_recipe_against_model, model_spec, run_recipe
-
     recipe = load_recipe(args.recipe)  # every check that needs no model, before anything is written
     out = Path(args.out)
     if out.exists() and not out.is_dir():

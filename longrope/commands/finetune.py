@@ -12,6 +12,9 @@ import os
 from pathlib import Path
 
 from ..errors import UsageError
+from ..factors import FACTORS_FILE
+from ..hf_config import load_factors
+from ..train.finetune import FinetuneConfig, check_covers, finetune, prepare_out
 
 EPILOG = """\
 distributed: the loop runs on `accelerate`; pick the engine with an accelerate config file
@@ -68,9 +71,7 @@ def register(subparsers) -> None:
     p.set_defaults(func=run)
 
 
-def config_from_args(args) -> "FinetuneConfig":
-    from ..train.finetune import FinetuneConfig
-
+def config_from_args(args) -> FinetuneConfig:
     cfg = FinetuneConfig(
         length=args.length, steps=args.steps, batch_size=args.batch_size, grad_accum=args.grad_accum, lr=args.lr,
         schedule=args.schedule, warmup_steps=args.warmup_steps, min_lr_ratio=args.min_lr_ratio,
@@ -83,16 +84,12 @@ def config_from_args(args) -> "FinetuneConfig":
 
 
 def run(args) -> int:
-    from ..model import FACTORS_FILE
-    from ..train.finetune import check_covers, finetune, prepare_out
-    from .common import load_factors_file
-
     # everything cheap is checked before a model is loaded or a file written
     cfg = config_from_args(args)
-    ext = load_factors_file(args.factors) if args.factors else None
+    ext = load_factors(args.factors) if args.factors else None
     own = Path(args.model) / FACTORS_FILE
     if ext is None and own.is_file():
-        ext = load_factors_file(str(own))
+        ext = load_factors(str(own))
     check_covers(ext, cfg.length)
     if ext is None:
         print("note: no --factors: fine-tuning with the original RoPE")

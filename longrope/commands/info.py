@@ -3,6 +3,9 @@ from __future__ import annotations
 
 import json
 
+from ..hf_config import describe_rope_config
+from ..models.load import load_model
+from ..seam import rope_type_of, rotary_spec
 from .common import add_model_args
 
 
@@ -14,8 +17,6 @@ def register(sub) -> None:
 
 
 def describe(model) -> dict:
-    from ..model import rope_type_of, rotary_spec
-
     cfg = model.config
     spec = rotary_spec(model)
     head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads
@@ -31,17 +32,11 @@ def describe(model) -> dict:
         "rope_type": rope_type_of(cfg),
         "parameters": sum(p.numel() for p in model.parameters()),
     }
-    try:
-        from ..export.hf import describe_rope_config
-    except ImportError:
-        return facts
     facts.update(describe_rope_config(cfg) or {})
     return facts
 
 
 def run(args) -> int:
-    from ..model import load_model
-
     loaded = load_model(args.model, "fp32", "cpu", need_tokenizer=False)
     facts = describe(loaded.model)
     if args.json:

@@ -2,20 +2,13 @@
 from __future__ import annotations
 
 import random
-from dataclasses import asdict
 
 from ..errors import UsageError
+from ..evaluate.runner import passkey_figures, run_cells
 from ..io import atomic_write_json, check_writable_dir
-from .common import (
-    add_method_args,
-    add_model_args,
-    factor_files,
-    method_names,
-    method_variants,
-    parse_int_list,
-    print_table,
-    run_info,
-)
+from ..models.load import load_model
+from ..plots import plot_passkey_heatmap
+from .common import add_method_args, add_model_args, check_inputs, method_variants, print_table, run_info
 
 
 def register(sub) -> None:
@@ -39,40 +32,33 @@ def register(sub) -> None:
 
 
 def run(args) -> int:
-    from tqdm import tqdm
-
-    from ..evaluate.passkey import run_trials
-    from ..model import install_rope, load_model
-    from ..plots import plot_passkey_heatmap
-
     if args.trials < 1:
         raise UsageError("--trials must be >= 1")
     out = check_writable_dir(args.out)
-    method_names(args), factor_files(args)  # fail on bad input before loading anything
-    given_lengths = parse_int_list(args.lengths, "--lengths") if args.lengths else None
+    given_lengths = check_inputs(args)  # fail on bad input before loading anything
     loaded = load_model(args.model, args.dtype, args.device)
     L = loaded.spec.original_max_position_embeddings
     lengths = given_lengths or [L, 2 * L, 4 * L, 8 * L]
     variants = method_variants(args, loaded.spec, args.target_length or max(lengths))
-    trials, rows = [], []
-    bar = tqdm(total=len(variants) * len(lengths) * args.trials, desc="passkey", unit="trial")
-    for variant in variants:
-        install_rope(loaded.model, variant.extension)
-        for length in lengths:
-            rng = random.Random(f"{args.seed}:{length}")  # same keys and depths for every method
-            try:
-                results = run_trials(loaded.model, loaded.tokenizer, length, args.trials, rng)
-            except ValueError as e:
-                raise UsageError(str(e)) from None
-            for r in results:
-                trials.append({"method": variant.label, **asdict(r)})
-            acc = sum(r.correct for r in results) / len(results)
-            rows.append({"method": variant.label, "length": length, "accuracy": acc})
-            bar.update(args.trials)
-            bar.set_postfix(method=variant.label, length=length, acc=f"{acc:.0%}")
-            atomic_write_json(out / "passkey.json", {"config": run_info(args, {"model": loaded.name, "lengths": lengths}),
-                                                     "rows": rows, "trials": trials})
-    bar.close()
+    info = run_info(args, {"model": loaded.name, "lengths": lengths})
+
+    def cell(lm, variant, length):
+        rng = random.Random(f"{args.seed}:{length}")  # same keys and depths for every method
+        try:
+            figures = passkey_figures(lm, length, args.trials, rng)
+        except ValueError as e:
+            raise UsageError(str(e)) from None
+        return {"method": variant.label, "length": length, **figures}
+
+    def tables(cells):
+        rows = [{"method": c["method"], "length": c["length"], "accuracy": c["accuracy"]} for c in cells.values()]
+        return rows, [{"method": c["method"], **t} for c in cells.values() for t in c["trials"]]
+
+    def save(cells):  # after every cell
+        rows, trials = tables(cells)
+        atomic_write_json(out / "passkey.json", {"config": info, "rows": rows, "trials": trials})
+
+    rows, trials = tables(run_cells(variants, lengths, {"passkey": cell}, loaded, on_cell=save, desc="passkey"))
     plot_passkey_heatmap(trials, out / "passkey.png", args.depth_bins, title=f"{loaded.name}: passkey retrieval")
     print(f"passkey accuracy over {args.trials} trial(s) per cell:")
     print_table(rows, "method", "length", "accuracy", fmt="{:.0%}")

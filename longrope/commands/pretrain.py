@@ -4,11 +4,10 @@ from __future__ import annotations
 from dataclasses import replace
 
 from ..errors import UsageError
+from ..train.pretrain import PretrainConfig, pretrain_tiny, read_training_record
 
 
 def register(sub) -> None:
-    from ..pretrain import PretrainConfig
-
     d = PretrainConfig()
     p = sub.add_parser(
         "pretrain",
@@ -43,8 +42,6 @@ def register(sub) -> None:
 
 
 def run(args) -> int:
-    from ..pretrain import PretrainConfig, pretrain_tiny, read_training_record
-
     if args.batch_size < 1:
         raise UsageError(f"--batch-size must be at least 1, got {args.batch_size}")
     if not 0.0 <= args.passkey_fraction <= 1.0:

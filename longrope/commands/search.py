@@ -15,7 +15,18 @@ import argparse
 import sys
 from pathlib import Path
 
+import torch
+
 from ..errors import UsageError
+from ..io import check_writable_dir
+from ..models.device import resolve_dtype
+from ..models.load import load_model
+from ..rope import RotarySpec
+from ..search.distributed import Dist, broadcast, close_distributed, distributed_evaluator, init_distributed
+from ..search.driver import SearchJob, drive, has_state
+from ..search.evolution import STATE_FILE, SearchConfig, SearchState, peer_seeds
+from ..search.fitness import long_factor_candidate, search_documents
+from ..search.genes import START_TOKENS, SearchSpace, critical_dimension
 from .common import add_model_args
 
 
@@ -69,8 +80,6 @@ def register(subparsers) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..search.distributed import close_distributed, init_distributed
-
     d = init_distributed()
     try:
         return search(args, d)
@@ -78,10 +87,8 @@ def run(args: argparse.Namespace) -> int:
         close_distributed()
 
 
-def _on_main(d, fn):
+def _on_main(d: Dist, fn):
     """Run fn() on rank 0 and hand its result (or its UsageError) to every rank."""
-    from ..search.distributed import broadcast
-
     result, error = None, None
     if d.is_main:
         try:
@@ -94,15 +101,27 @@ def _on_main(d, fn):
     return result
 
 
-def search(args: argparse.Namespace, d) -> int:
-    import torch
+def _prepare_out(out: Path, resume: bool) -> None:
+    check_writable_dir(out)
+    if resume and not has_state(out):
+        raise UsageError(f"nothing to resume: {out / STATE_FILE} does not exist")
+    if not resume and has_state(out):
+        raise UsageError(f"{out} already holds a search; pass --resume to continue it or choose another --out")
 
-    from ..io import check_writable_dir
-    from ..model import load_model, resolve_dtype
-    from ..search.evolution import STATE_FILE, SearchConfig, SearchState, peer_seeds, run_search
-    from ..search.fitness import PerplexityObjective, search_documents
-    from ..search.genes import START_TOKENS, SearchSpace, critical_dimension
 
+def search_space(args: argparse.Namespace, spec: RotarySpec, target_length: int) -> SearchSpace:
+    """The genomes of this search: every factor (or a band, or dims >= cd) and n_hat candidates."""
+    scale = target_length / spec.original_max_position_embeddings
+    starts = START_TOKENS if args.start_token is None else (args.start_token,)
+    starts = tuple(t for t in starts if t < target_length) or (0,)
+    cd = 0
+    if args.variant == "critical":
+        cd = args.critical_dim or critical_dimension(spec.dim, spec.base, spec.original_max_position_embeddings)
+    return SearchSpace(half=spec.half, scale=scale, max_factor=args.max_factor or 1.25 * scale, step=args.step,
+                       start_tokens=starts, variant=args.variant, critical_dim=cd)
+
+
+def search(args: argparse.Namespace, d: Dist) -> int:
     # -- check the cheap things before loading anything ---------------------------------------
     config = SearchConfig(population=args.population, parents=args.parents, mutations=args.mutations,
                           crossovers=args.crossovers, mutation_prob=args.mutation_prob,
@@ -112,115 +131,30 @@ def search(args: argparse.Namespace, d) -> int:
     if args.start_token is not None and args.start_token < 0:
         raise UsageError("--start-token must be >= 0")
     out = Path(args.out)
-
-    def prepare_out():
-        check_writable_dir(out)
-        has_state = (out / STATE_FILE).is_file()
-        if args.resume and not has_state:
-            raise UsageError(f"nothing to resume: {out / STATE_FILE} does not exist")
-        if not args.resume and has_state:
-            raise UsageError(f"{out} already holds a search; pass --resume to continue it or choose another --out")
-
-    _on_main(d, prepare_out)
+    _on_main(d, lambda: _prepare_out(out, args.resume))
 
     # -- the model, loaded once; candidates only swap its RoPE factors -------------------------
     device = args.device or (f"cuda:{d.local_rank}" if torch.cuda.is_available() else "cpu")
     lm = load_model(args.model, dtype=args.dtype, device=device)
-    spec = lm.spec
-    L, N = spec.original_max_position_embeddings, args.target_length
+    L, N = lm.spec.original_max_position_embeddings, args.target_length
     if N <= L:
         raise UsageError(f"--target-length {N} must exceed the model's native context {L}")
-    scale = N / L
 
     # -- K search documents of the target length (the split eval-ppl holds out) ----------------
-    fitness_docs = search_documents(lm.tokenizer, args.corpus, N, args.docs, args.split_seed)
-    if d.is_main and len(fitness_docs) < args.docs:
-        print(f"note: only {len(fitness_docs)} search documents reach {N} tokens (asked for {args.docs})",
-              file=sys.stderr)
-
-    starts = START_TOKENS if args.start_token is None else (args.start_token,)
-    starts = tuple(t for t in starts if t < N) or (0,)
-    space = SearchSpace(
-        half=spec.half, scale=scale, max_factor=args.max_factor or 1.25 * scale, step=args.step,
-        start_tokens=starts, variant=args.variant,
-        critical_dim=(args.critical_dim or critical_dimension(spec.dim, spec.base, L)) if args.variant == "critical" else 0,
-    )
+    docs = search_documents(lm.tokenizer, args.corpus, N, args.docs, args.split_seed)
+    if d.is_main and len(docs) < args.docs:
+        print(f"note: only {len(docs)} search documents reach {N} tokens (asked for {args.docs})", file=sys.stderr)
     describe = {"model": args.model, "corpus": args.corpus or "stdlib", "target_length": N,
-                "docs": len(fitness_docs), "split_seed": args.split_seed,
+                "docs": len(docs), "split_seed": args.split_seed,
                 "dtype": str(resolve_dtype(args.dtype, device)).removeprefix("torch.")}
     state = _on_main(d, lambda: SearchState.load(out)) if args.resume else None
-
-    objective = PerplexityObjective(lm.model, spec, fitness_docs, N, args.chunk_size)
-    outputs = SearchOutputs(out, space, spec, objective, describe) if d.is_main else None
-    from tqdm.auto import tqdm
-
-    from ..search.distributed import distributed_evaluator
-
-    bar = tqdm(total=config.iterations + 1, desc="search", unit="gen", disable=not d.is_main,
-               initial=0 if state is None else state.generation + 1)
-
-    def on_generation(st: SearchState) -> None:
-        if outputs is not None:
-            outputs.checkpoint(st)
-            bar.set_postfix(best_ppl=f"{st.best.evaluation.perplexity:.3f}", scored=len(st.history))
-            bar.update(st.generation + 1 - bar.n)
-
-    try:
-        state = run_search(space, config, objective, len(fitness_docs), peer_seeds(spec, scale), state=state,
-                           describe=describe, evaluate_batch=distributed_evaluator(d), on_generation=on_generation)
-    except KeyboardInterrupt:
-        bar.close()
-        if outputs is not None and outputs.last is not None:
-            outputs.finish(outputs.last)
-            print(f"interrupted: generation {outputs.last.generation} is saved in {out}; continue with --resume",
-                  file=sys.stderr)
-        raise
-    bar.close()
-    if outputs is not None:
-        ext = outputs.finish(state)
+    job = SearchJob(lm.model, docs, long_factor_candidate(lm.spec, N), search_space(args, lm.spec, N), config,
+                    peer_seeds(lm.spec, N / L), out, describe, args.chunk_size, peers=lm.spec,
+                    title=f"search at {N} tokens ({args.model})", is_main=d.is_main,
+                    evaluate_batch=distributed_evaluator(d))
+    state, ext = drive(job, state)
+    if d.is_main:
         best = state.best.evaluation
         print(f"best perplexity {best.perplexity:.4f} at {N} tokens (n_hat={ext.start_token}) after "
               f"{state.generation} generations, {len(state.history)} candidates; wrote {out / 'factors.json'}")
     return 0
-
-
-class SearchOutputs:
-    """What rank 0 writes: state.json + history.jsonl + factors.json after each generation,
-    and the plots at the end. Every file is written atomically."""
-
-    def __init__(self, out: Path, space, spec, objective, describe: dict):
-        self.out, self.space, self.spec, self.objective, self.describe = out, space, spec, objective, describe
-        self.last = None
-
-    def extension(self, state):
-        import longrope
-
-        best = state.best
-        ext = self.objective.extension(self.space.factors(best.genome), best.genome.start_token)
-        return ext.with_(metadata={
-            **self.describe, "search_perplexity": best.evaluation.perplexity, "generations": state.generation,
-            "candidates": len(state.history), "variant": self.space.variant, "seed": state.config.get("seed"),
-            "version": longrope.__version__,
-        })
-
-    def checkpoint(self, state) -> None:
-        from ..search.evolution import write_history
-
-        write_history(self.out, state, self.space)
-        state.save(self.out)  # last: state.json is the record of a completed generation
-        self.extension(state).save(self.out / "factors.json")
-        self.last = state
-
-    def finish(self, state):
-        from ..methods import ntk_factors, pi_factors, yarn_factors
-        from ..search.plots import plot_factors, plot_progress
-
-        ext = self.extension(state)
-        ext.save(self.out / "factors.json")
-        N = ext.max_position_embeddings
-        plot_progress(state, self.out / "search.png", title=f"search at {N} tokens ({self.describe['model']})")
-        s = self.space.scale
-        curves = {"PI": pi_factors(self.spec, s).tolist(), "NTK": ntk_factors(self.spec, s).tolist(),
-                  "YaRN": yarn_factors(self.spec, s).tolist(), "searched": list(ext.long_factor)}
-        plot_factors(curves, self.out / "factors.png", title=f"rescale factors, s = {s:g}")
-        return ext

@@ -1,1 +1,2 @@
-"""Evaluation: perplexity vs length and passkey retrieval."""
+"""Evaluation: perplexity vs length (ppl.py), passkey retrieval (passkey.py), and the runner
+that fills a grid of variants x lengths x kinds of figure for every command (runner.py)."""

@@ -1,4 +1,4 @@
-"""Passkey retrieval: the prompt of landmark-attention / LongLoRA / YaRN / LongRoPE (REFERENCE 6)."""
+"""Passkey retrieval: the prompt of landmark-attention / LongLoRA / YaRN / LongRoPE (section 4.2)."""
 from __future__ import annotations
 
 import random
@@ -6,6 +6,8 @@ import re
 from dataclasses import dataclass
 
 import torch
+
+from ..generate import greedy_generate
 
 INSTRUCTION = (
     "There is an important info hidden inside a lot of irrelevant text. Find it and memorize them. "
@@ -67,8 +69,6 @@ class Trial:
 
 def run_trials(model, tokenizer, length: int, trials: int, rng: random.Random, max_new_tokens: int = 10):
     """`trials` passkey trials at `length` tokens (prompt + answer), random key and depth from `rng`."""
-    from ..generate import greedy_generate
-
     results = []
     for _ in range(trials):
         key, depth = rng.randint(1, MAX_KEY), rng.random()

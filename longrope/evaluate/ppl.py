@@ -8,6 +8,7 @@ instead of the O(T * vocab) of `model(input_ids, labels=...)`.
 from __future__ import annotations
 
 import math
+from typing import Sequence
 
 import torch
 import torch.nn.functional as F
@@ -78,5 +79,26 @@ def sliding_window_nll(
 
 
 def perplexity(mean_nlls: list[float]) -> float:
-    """REFERENCE 2: ppl = exp(mean over documents of the mean token NLL)."""
+    """ppl = exp(mean over documents of the mean token NLL), as LongRoPE reports it (section 4.1)."""
     return math.exp(sum(mean_nlls) / len(mean_nlls))
+
+
+def mean_nlls(model: nn.Module, docs: Sequence[torch.Tensor], length: int, chunk_size: int = 1024,
+              stride: int | None = None, batch_size: int = 1) -> tuple[list[float], int]:
+    """Mean token NLL of each document [T], and the number of tokens scored.
+
+    stride None: each document truncated to its first `length` tokens and scored in one pass,
+    `batch_size` documents at a time. Otherwise whole documents, in windows of `length`
+    tokens advancing by `stride` (`sliding_window_nll`).
+    """
+    if stride is not None:
+        scored = [sliding_window_nll(model, doc, length, stride, chunk_size) for doc in docs]
+        return [nll / n for nll, n in scored], sum(n for _, n in scored)
+    device = next(model.parameters()).device
+    out, tokens = [], 0
+    for s in range(0, len(docs), batch_size):
+        x = torch.stack([d[:length] for d in docs[s : s + batch_size]]).to(device)  # [B, length]
+        totals = sequence_nll(model, x, chunk_size).tolist()  # one host sync per batch
+        out += [t / (x.shape[1] - 1) for t in totals]
+        tokens += x.numel() - x.shape[0]
+    return out, tokens

@@ -1,10 +1,10 @@
-"""Taking an extension out of longrope: Hugging Face configs, vLLM, llama.cpp GGUF.
+"""Taking an extension out of longrope: transformers / vLLM directories and llama.cpp GGUF.
 
-- `hf`: `RopeExtension` <-> transformers config dicts (`rope_scaling` / `rope_parameters`),
-  `load_factors` (our JSON or an HF config carrying longrope factors), `export_hf`.
+- `hf`: `export_hf`, a transformers model directory whose config carries the factors
+  (the config dicts themselves are `longrope.hf_config`'s), checked by `check_rotary`.
 - `vllm`: what vLLM reads from an exported config, and the `--max-model-len` to serve it with.
 - `gguf`: a copy of a GGUF model with llama.cpp's longrope keys and factor tensors.
-- `staging`: write a whole output folder atomically (temp folder + rename).
 
-Importing this package is cheap; transformers and gguf load inside the functions.
+Output folders are written atomically (`longrope.io.staged_dir`). Importing this package is
+cheap; transformers and gguf load inside the functions.
 """

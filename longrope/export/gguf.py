@@ -32,13 +32,17 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
+from .. import __version__
 from ..errors import UsageError
 from ..factors import RopeExtension
-from ..io import atomic_write_json
+from ..hf_config import check_exportable
+from ..io import atomic_write_json, check_destination, staged_dir
 from ..methods import attention_factor
+from ..models import presets
 from ..rope import RotarySpec
-from .hf import SIDECAR, check_exportable
-from .staging import check_destination, staged_dir
+from .hf import SIDECAR
 
 GGUF_NAME = "model.gguf"
 # Architectures whose llama.cpp loader reads rope_factors_long/short: the gguf package lists
@@ -109,16 +113,13 @@ def read_gguf_rope(reader) -> GgufRope:
 
 def _source_gguf(model: str) -> Path:
     """The GGUF file behind --model: a .gguf path, or a preset that keeps its original GGUF."""
-    from .. import presets
-
     p = Path(model).expanduser()
     if p.suffix == ".gguf":
         if not p.is_file():
             raise UsageError(f"GGUF file not found: {p}")
         return p
-    finder = getattr(presets, "smollm2_gguf_path", None)  # the preset keeps its original GGUF
-    if model == "smollm2-135m" and finder is not None:
-        return Path(finder())
+    if model == "smollm2-135m":  # the preset keeps its original GGUF
+        return presets.smollm2_gguf_path()
     raise UsageError(
         f"--format gguf needs a GGUF model (a .gguf file or the smollm2-135m preset), got {model!r}; "
         f"convert an HF model with llama.cpp's convert_hf_to_gguf.py first"
@@ -147,8 +148,6 @@ def rope_metadata(arch: str, ext: RopeExtension) -> dict[str, Any]:
 def rope_tensors(ext: RopeExtension):
     """name -> float32 numpy array [d/2]; short = long when the extension has no short factor
     (longrope then uses the long factors at every length)."""
-    import numpy as np
-
     n = _names()
     short = ext.short_factor if ext.short_factor is not None else ext.long_factor
     return {n["long"]: np.asarray(ext.long_factor, dtype=np.float32), n["short"]: np.asarray(short, dtype=np.float32)}
@@ -161,8 +160,6 @@ def export_gguf(
     back and check every key and tensor. Raises UsageError for bad input; nothing is left at
     `out` on failure."""
     import gguf
-
-    from .. import __version__
 
     check_destination(out, force)
     ext, notes = check_exportable(ext, drop_start_token=drop_start_token, target="llama.cpp")
@@ -185,7 +182,7 @@ def export_gguf(
     new_keys = rope_metadata(rope.arch, ext)
     dropped = {n["factor"].format(arch=rope.arch)}
     new_tensors = rope_tensors(ext)
-    with staged_dir(out, force) as tmp:
+    with staged_dir(out) as tmp:
         path = tmp / GGUF_NAME
         writer = gguf.GGUFWriter(str(path), arch=rope.arch, endianess=reader.endianess)
         alignment = _field(reader, gguf.Keys.General.ALIGNMENT)
@@ -232,7 +229,6 @@ def export_gguf(
 def verify_gguf(src: str | Path, exported: str | Path, ext: RopeExtension) -> dict[str, Any]:
     """Read both files back: every source key and tensor must be unchanged (except the keys we
     set), and the longrope keys and float32 factor tensors must hold `ext`. Raises UsageError."""
-    import numpy as np
     import gguf
 
     a, b = gguf.GGUFReader(str(src)), gguf.GGUFReader(str(exported))

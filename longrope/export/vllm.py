@@ -8,7 +8,7 @@ vLLM's `get_rope` (model_executor/layers/rotary_embedding) builds a
   it from the top-level key, as Phi-3 configs have it) and `max_position_embeddings` (L');
 - optional `rope_scaling["short_mscale"]` / `["long_mscale"]`, the factors cos and sin are
   multiplied by. vLLM ignores `attention_factor`; without the mscale keys it uses
-  sqrt(1 + ln(L'/L) / ln(L)), the LongRoPE default (REFERENCE section 7).
+  sqrt(1 + ln(L'/L) / ln(L)), the LongRoPE default (arXiv 2402.13753, section 3.3).
 
 It picks ONE factor set for the whole server at start-up: `long_factor` for every request
 when `--max-model-len` > L (so that a KV cache never mixes the two), else `short_factor`
@@ -23,14 +23,13 @@ from dataclasses import dataclass
 from typing import Any
 
 from ..factors import RopeExtension
+from ..rope import longrope_attention_factor
 
 
 def default_mscale(max_position_embeddings: int, original_max_position_embeddings: int) -> float:
-    """vLLM's mscale when the config has no short_mscale/long_mscale."""
+    """vLLM's mscale when the config has no short_mscale/long_mscale: LongRoPE's default."""
     scale = max_position_embeddings / original_max_position_embeddings
-    if scale <= 1.0:
-        return 1.0
-    return math.sqrt(1 + math.log(scale) / math.log(original_max_position_embeddings))
+    return longrope_attention_factor(scale, original_max_position_embeddings)
 
 
 @dataclass(frozen=True)

@@ -22,6 +22,8 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
+import torch
+import torch.distributed as dist
 
 from .evolution import Evaluation, Objective, RejectRule, score_candidate
 
@@ -42,9 +44,6 @@ def init_distributed() -> Dist:
     world = int(os.environ.get("WORLD_SIZE", "1"))
     if world <= 1:
         return Dist()
-    import torch
-    import torch.distributed as dist
-
     local = int(os.environ.get("LOCAL_RANK", "0"))
     if not dist.is_initialized():
         backend = "nccl" if torch.cuda.is_available() else "gloo"
@@ -55,8 +54,6 @@ def init_distributed() -> Dist:
 
 
 def close_distributed() -> None:
-    import torch.distributed as dist
-
     if dist.is_available() and dist.is_initialized():
         dist.destroy_process_group()
 
@@ -65,22 +62,9 @@ def broadcast(obj: Any, d: Dist) -> Any:
     """Rank 0's `obj` on every rank (pickled; small objects such as a search state)."""
     if d.world_size == 1:
         return obj
-    import torch.distributed as dist
-
     box = [obj]
     dist.broadcast_object_list(box, src=0)
     return box[0]
-
-
-def all_ok(ok: bool, d: Dist) -> bool:
-    """True on every rank iff `ok` on every rank (so all ranks stop together on an error)."""
-    if d.world_size == 1:
-        return ok
-    import torch.distributed as dist
-
-    flags: list[Any] = [None] * d.world_size
-    dist.all_gather_object(flags, bool(ok))
-    return all(flags)
 
 
 def distributed_evaluator(d: Dist):
@@ -92,8 +76,6 @@ def distributed_evaluator(d: Dist):
                 for i in range(d.rank, len(factors), d.world_size)}
         if d.world_size == 1:
             return [mine[i] for i in range(len(factors))]
-        import torch.distributed as dist
-
         gathered: list[Any] = [None] * d.world_size
         dist.all_gather_object(gathered, mine)
         merged: dict[int, Evaluation] = {}

@@ -32,7 +32,9 @@ from typing import Any, Callable, Iterable, Sequence
 import numpy as np
 
 from ..errors import UsageError
-from ..io import atomic_write_json, atomic_write_text
+from ..io import atomic_write_json, atomic_write_text, changed_keys
+from ..methods import ntk_factors, pi_factors, yarn_factors
+from ..rope import RotarySpec
 from .genes import Genome, SearchSpace
 
 Objective = Callable[[np.ndarray, int], Iterable[float]]
@@ -197,7 +199,7 @@ def write_history(out_dir: str | Path, state: SearchState, space: SearchSpace) -
 
 def check_same_config(saved: dict[str, Any], current: dict[str, Any]) -> None:
     """Resuming with other settings would not reproduce the run: refuse, naming the keys."""
-    keys = sorted(k for k in set(saved) | set(current) if saved.get(k) != current.get(k))
+    keys = changed_keys(saved, current)
     if keys:
         diffs = ", ".join(f"{k}: saved {saved.get(k)!r} vs now {current.get(k)!r}" for k in keys)
         raise UsageError(f"cannot resume with a different configuration ({diffs})")
@@ -307,7 +309,7 @@ def run_search(
                 mutants.append(g)
 
         def cross() -> Genome:
-            # up to 20 tries for a valid child, then a mutation instead (REFERENCE 2)
+            # up to 20 tries for a valid child, then a mutation instead (Algorithm 1 keeps the population size)
             for _ in range(20):
                 i, j = rng.choice(len(parent_genomes), size=2, replace=len(parent_genomes) < 2)
                 child = space.crossover(parent_genomes[i], parent_genomes[j], rng)
@@ -339,8 +341,23 @@ def space_config(space: SearchSpace) -> dict[str, Any]:
             "critical_dim": space.critical_dim}
 
 
-def peer_seeds(spec, scale: float) -> list[np.ndarray]:
+def peer_seeds(spec: RotarySpec, scale: float) -> list[np.ndarray]:
     """PI, NTK and YaRN factor vectors [d/2]: the paper's initial population (section 3.2)."""
-    from ..methods import ntk_factors, pi_factors, yarn_factors
-
     return [f(spec, scale).numpy() for f in (pi_factors, ntk_factors, yarn_factors)]
+
+
+def population_curve(state: SearchState) -> list[tuple[int, float, float]]:
+    """(generation, best, median perplexity) of the population after each generation.
+
+    The population of generation g is the top-k of everything scored before g plus the
+    candidates of g (Algorithm 1); rejected candidates have no full score and are left out.
+    """
+    k = int(state.config.get("parents", SearchConfig.parents))
+    curve = []
+    for g in range(state.generation + 1):
+        scored = [i for i, r in enumerate(state.history) if not r.evaluation.rejected]
+        before = top_k(state, [i for i in scored if state.history[i].generation < g], k)
+        losses = [state.history[i].evaluation.loss for i in before + [i for i in scored if state.history[i].generation == g]]
+        if losses:
+            curve.append((g, float(np.exp(min(losses))), float(np.exp(np.median(losses)))))
+    return curve

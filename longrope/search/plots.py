@@ -4,31 +4,14 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Sequence
 
-import numpy as np
-
-from ..io import atomic_savefig
-from ..plots import pyplot
-from .evolution import SearchState
+from ..plots import pyplot, save_and_close
 
 
-def plot_progress(state: SearchState, path: str | Path, title: str = "") -> Path:
+def plot_progress(curve: list[tuple[int, float, float]], path: str | Path, title: str = "") -> Path:
     """Best and median perplexity of the population after each generation.
-
-    The population of generation g is the top-k of everything scored before g plus the
-    candidates of g (Algorithm 1); rejected candidates have no full score and are left out.
-    """
+    curve: (generation, best, median) rows (`evolution.population_curve`)."""
     plt = pyplot()
-    k = int(state.config.get("parents", 32))
-    gens, best, median = [], [], []
-    for g in range(state.generation + 1):
-        before = sorted(r.evaluation.loss for r in state.history if r.generation < g and not r.evaluation.rejected)
-        new = [r.evaluation.loss for r in state.history if r.generation == g and not r.evaluation.rejected]
-        population = before[:k] + new
-        if not population:
-            continue
-        gens.append(g)
-        best.append(float(np.exp(min(population))))
-        median.append(float(np.exp(np.median(population))))
+    gens, best, median = [c[0] for c in curve], [c[1] for c in curve], [c[2] for c in curve]
     fig, ax = plt.subplots(figsize=(6, 4))
     ax.plot(gens, best, marker="o", ms=3, label="best")
     ax.plot(gens, median, marker=".", ms=3, alpha=0.7, label="median of the population")
@@ -39,10 +22,7 @@ def plot_progress(state: SearchState, path: str | Path, title: str = "") -> Path
     ax.set_title(title or "LongRoPE evolutionary search")
     ax.grid(True, which="both", alpha=0.3)
     ax.legend()
-    fig.tight_layout()
-    out = atomic_savefig(fig, path, dpi=120)
-    plt.close(fig)
-    return out
+    return save_and_close(fig, path)
 
 
 def plot_factors(curves: dict[str, Sequence[float]], path: str | Path, title: str = "") -> Path:
@@ -56,7 +36,4 @@ def plot_factors(curves: dict[str, Sequence[float]], path: str | Path, title: st
     ax.set_title(title or "rescale factors")
     ax.grid(True, alpha=0.3)
     ax.legend()
-    fig.tight_layout()
-    out = atomic_savefig(fig, path, dpi=120)
-    plt.close(fig)
-    return out
+    return save_and_close(fig, path)

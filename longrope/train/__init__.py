@@ -1,7 +1,7 @@
-"""Training at the extended length and the progressive extension recipe.
+"""Training: the tiny reference model from scratch, and fine-tuning at the extended length.
 
-finetune.py: long-context fine-tuning with `accelerate` (packing, schedule, checkpoint and
-exact resume, LongRoPE2 mixed context window). stages.py: the searches of a recipe (the
-second search on top of the first stage's factors, short-context readjustment) as thin
-wrappers around `longrope.search`. extend.py: the whole recipe, stage by stage.
+toolkit.py: what both share (schedule, AdamW, loss, passkey rows, checkpoints, model folders).
+pretrain.py: the tiny preset's tokenizer and model, trained on the default corpus.
+finetune.py: long-context fine-tuning on `accelerate` (packing, exact resume, LongRoPE2
+mixed context window).
 """

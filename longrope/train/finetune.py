@@ -23,29 +23,31 @@ the rest long sequences with the rescaled RoPE; the model then keeps `short_fact
 from __future__ import annotations
 
 import json
-import math
 import os
 import random
-import shutil
 import sys
-import tempfile
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
-import torch.nn.functional as F
+from tqdm import tqdm
 
+from ..data import load_corpus, split_corpus, tokenize_corpus
 from ..errors import UsageError
+from ..evaluate.passkey import MAX_KEY, build_prompt
 from ..factors import RopeExtension
-from ..io import atomic_write_json
+from ..io import atomic_write_json, changed_keys, check_writable_dir
+from ..models.device import auto_mixed_precision
+from ..models.load import load_model
+from ..seam import install_rope
+from .pretrain import TRAIN_SPLITS  # the tiny preset's pretraining data; "test" stays held out
+from .toolkit import (
+    SCHEDULES, Checkpoints, Schedule, adamw, lr_at, next_token_loss, padded_row, plot_losses, set_lr, write_model_dir,
+)
 
-CHECKPOINTS = "checkpoints"
-STATE_FILE = "trainer_state.json"  # inside each checkpoint folder
 RECORD_FILE = "finetune.json"  # written last: its presence means the run is complete
-TRAIN_SPLITS = ("search", "validation")  # as the tiny preset's pretraining; "test" stays held out
-SCHEDULES = ("constant", "linear", "cosine")
 PRECISIONS = ("auto", "no", "bf16", "fp16")
 
 
@@ -98,6 +100,10 @@ class FinetuneConfig:
         if self.grad_clip < 0 or self.weight_decay < 0 or self.save_every < 0:
             raise UsageError("grad_clip, weight_decay and save_every must be >= 0")
 
+    def lr_schedule(self) -> Schedule:
+        """Linear warm-up to lr over warmup_steps, then constant, linear or cosine decay to min_lr."""
+        return Schedule(self.lr, self.steps, self.warmup_steps, self.schedule, self.lr * self.min_lr_ratio)
+
 
 def check_covers(ext: RopeExtension | None, length: int, native: int | None = None) -> None:
     """Fine-tuning past the length the factors were made for would train positions they do not
@@ -108,19 +114,6 @@ def check_covers(ext: RopeExtension | None, length: int, native: int | None = No
         raise UsageError(f"fine-tuning length {length} exceeds what the model can position: {what}")
 
 
-def lr_at(step: int, cfg: FinetuneConfig) -> float:
-    """Linear warm-up to lr over warmup_steps, then constant, linear or cosine decay to min_lr."""
-    if step < cfg.warmup_steps:
-        return cfg.lr * (step + 1) / cfg.warmup_steps
-    floor = cfg.lr * cfg.min_lr_ratio
-    progress = (step - cfg.warmup_steps) / max(1, cfg.steps - cfg.warmup_steps)
-    if cfg.schedule == "constant":
-        return cfg.lr
-    if cfg.schedule == "linear":
-        return floor + (cfg.lr - floor) * (1 - progress)
-    return floor + 0.5 * (cfg.lr - floor) * (1 + math.cos(math.pi * progress))
-
-
 # -- data ----------------------------------------------------------------------------------------
 def packed_stream(tokenizer, corpus: str | None, split_seed: int = 0) -> torch.Tensor:
     """The training documents as one stream BOS doc EOS BOS doc EOS ..., [T_total] int64.
@@ -128,8 +121,6 @@ def packed_stream(tokenizer, corpus: str | None, split_seed: int = 0) -> torch.T
     Training splits: "search" + "validation" of the seeded split (the tiny preset's own
     pretraining data); "test" stays held out for the figures.
     """
-    from ..data import load_corpus, split_corpus, tokenize_corpus
-
     splits = split_corpus(load_corpus(corpus), split_seed)
     docs = [d for s in TRAIN_SPLITS for d in splits[s]]
     token_docs = tokenize_corpus(tokenizer, docs, add_bos=False)
@@ -148,7 +139,7 @@ class PackedBatches:
     y = chunk[1:]) in a seeded order that is reshuffled each epoch. With mixed context
     window training a micro-batch is short with probability `mixed_context`: then it holds
     batch_size * (length // native) rows of the native length, the same number of tokens.
-    A row is replaced by a passkey prompt (REFERENCE 6) of random length and depth with
+    A row is replaced by a passkey prompt (`longrope.evaluate.passkey`) of random length and depth with
     probability `passkey_fraction`; its padding is ignored by the loss (-100).
     """
 
@@ -177,9 +168,7 @@ class PackedBatches:
         start = int(self._perms[key][i]) * T
         return self.stream[start : start + T + 1]
 
-    def _passkey_row(self, T: int, rng: random.Random) -> tuple[torch.Tensor, torch.Tensor]:
-        from ..evaluate.passkey import MAX_KEY, build_prompt
-
+    def _passkey_row(self, T: int, rng: random.Random) -> tuple[torch.Tensor, torch.Tensor] | None:
         key = rng.randint(1, MAX_KEY)
         answer = self.tok(f" {key}", add_special_tokens=False).input_ids + [self.tok.eos_token_id]
         budget = T + 1 - len(answer)
@@ -188,12 +177,8 @@ class PackedBatches:
             ids = build_prompt(self.tok, target, rng.random(), key).input_ids[0].tolist() + answer
         except ValueError:  # the window is too short for any prompt: a corpus row instead
             return None
-        ids = ids[: T + 1]
         pad = self.tok.pad_token_id if self.tok.pad_token_id is not None else self.tok.eos_token_id
-        row = torch.tensor(ids + [pad] * (T + 1 - len(ids)))
-        y = row[1:].clone()
-        y[len(ids) - 1 :] = -100
-        return row[:-1], y
+        return padded_row(ids, T, pad)
 
     def micro_batch(self, m: int) -> tuple[torch.Tensor, torch.Tensor, bool]:
         """x, y: [B, T] int64 (y = -100 where ignored), and whether it is a long micro-batch."""
@@ -215,37 +200,20 @@ class PackedBatches:
         return torch.stack(xs), torch.stack(ys), long
 
 
-# -- checkpoints -----------------------------------------------------------------------------------
-def _checkpoints(out: Path) -> list[Path]:
-    folder = out / CHECKPOINTS
-    if not folder.is_dir():
-        return []
-    done = [p for p in folder.glob("step-*") if (p / STATE_FILE).is_file()]
-    return sorted(done, key=lambda p: int(p.name.split("-")[1]))
-
-
+# -- the run ---------------------------------------------------------------------------------------
 def is_complete(out: str | os.PathLike) -> bool:
     return (Path(out) / RECORD_FILE).is_file()
 
 
-def _check_same(saved: dict[str, Any], current: dict[str, Any], where: Path) -> None:
-    keys = sorted(k for k in set(saved) | set(current) if saved.get(k) != current.get(k))
-    if keys:
-        raise UsageError(f"cannot resume {where} with different settings ({', '.join(keys)} changed)")
+def has_checkpoint(out: Path) -> bool:
+    return bool(Checkpoints(out).list())
 
 
 def _new_accelerator(cfg: FinetuneConfig):
     from accelerate import Accelerator
     from accelerate.state import AcceleratorState, GradientState
 
-    from ..model import cpu_has_fast_bf16
-
-    precision = cfg.mixed_precision
-    if precision == "auto":
-        if torch.cuda.is_available():
-            precision = "bf16" if torch.cuda.is_bf16_supported() else "fp16"
-        else:
-            precision = "bf16" if cpu_has_fast_bf16() else "no"
+    precision = auto_mixed_precision() if cfg.mixed_precision == "auto" else cfg.mixed_precision
     # a second run in the same process (a recipe, tests) may use other settings: forget the
     # previous run's accelerator state, keeping the process group (PartialState) as it is
     AcceleratorState._reset_state(reset_partial_state=False)
@@ -253,13 +221,6 @@ def _new_accelerator(cfg: FinetuneConfig):
     # cpu=True lets several CPU processes (torchrun) train together over gloo (MULTI_CPU)
     return Accelerator(mixed_precision=precision, gradient_accumulation_steps=cfg.grad_accum,
                        cpu=not torch.cuda.is_available())
-
-
-def _optimizer(model, cfg: FinetuneConfig) -> torch.optim.AdamW:
-    decay = [p for p in model.parameters() if p.requires_grad and p.dim() >= 2]
-    no_decay = [p for p in model.parameters() if p.requires_grad and p.dim() < 2]
-    groups = [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
-    return torch.optim.AdamW(groups, lr=cfg.lr, betas=(0.9, 0.95), eps=1e-8)
 
 
 @dataclass
@@ -271,17 +232,101 @@ class FinetuneResult:
 
 def prepare_out(out: Path, resume: bool) -> None:
     """Refuse to mix runs: a fresh run needs an empty --out, --resume needs a checkpoint."""
-    from ..io import check_writable_dir
-
     if out.exists() and not out.is_dir():
         raise UsageError(f"--out {out} exists and is not a directory")
     if resume:
-        if not is_complete(out) and not _checkpoints(out):
-            raise UsageError(f"nothing to resume: {out / CHECKPOINTS} holds no checkpoint")
+        if not is_complete(out) and not has_checkpoint(out):
+            raise UsageError(f"nothing to resume: {out / Checkpoints.FOLDER} holds no checkpoint")
         return
     if out.is_dir() and any(out.iterdir()):
         raise UsageError(f"--out {out} is not empty; pass --resume to continue the run there, or choose another")
     check_writable_dir(out.parent)
+
+
+@dataclass
+class Run:
+    """One fine-tuning run in progress: what the loop, its checkpoints and the output share."""
+
+    cfg: FinetuneConfig
+    out: Path
+    accelerator: Any
+    net: Any  # the prepared (wrapped) model
+    opt: Any
+    rope: Any  # the installed ScaledRotaryEmbedding
+    extension: RopeExtension | None
+    batches: PackedBatches
+    describe: dict[str, Any]
+    log: Any
+    checkpoints: Checkpoints
+    losses: list[float] = field(default_factory=list)
+    curve: list[dict] = field(default_factory=list)
+
+    def checkpoint(self, step: int) -> None:
+        """accelerate's state (model, optimizer, RNG; sharded under FSDP/DeepSpeed) plus our log."""
+        self.checkpoints.save(step, lambda folder: self.accelerator.save_state(str(folder)),
+                              {"losses": self.losses, "curve": self.curve, "describe": self.describe})
+
+    def resume(self) -> int:
+        """Load the last checkpoint; returns the step to continue from."""
+        if not self.checkpoints.list():
+            raise UsageError(f"nothing to resume: {self.checkpoints.folder} holds no checkpoint")
+        last, state = self.checkpoints.load_record()
+        changed = changed_keys(state["describe"], self.describe)
+        if changed:
+            raise UsageError(f"cannot resume {self.out} with different settings ({', '.join(changed)} changed)")
+        self.accelerator.load_state(str(last))
+        self.losses, self.curve = state["losses"], state["curve"]
+        self.log(f"resuming {self.out} at step {state['step']}/{self.cfg.steps}")
+        return state["step"]
+
+
+def _start(model: str, extension: RopeExtension | None, out: Path, cfg: FinetuneConfig, progress: bool) -> tuple[Run, Any]:
+    """The accelerator, the model with its extension installed (fp32 master weights), the
+    optimizer and the batches. Returns the run and the loaded model (for its tokenizer)."""
+    accelerator = _new_accelerator(cfg)
+    main = accelerator.is_main_process
+    log = (lambda msg: print(msg, file=sys.stderr)) if progress and main else (lambda msg: None)
+    lm = load_model(model, dtype="fp32", device="cpu")
+    native = lm.spec.original_max_position_embeddings
+    check_covers(extension, cfg.length, None if extension is not None else native)
+    torch.manual_seed(cfg.seed)
+    net = lm.model
+    rope = install_rope(net, extension)  # also validates d/2 and the native context
+    net.config.use_cache = False
+    if cfg.gradient_checkpointing:
+        net.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    net.train()
+    net, opt = accelerator.prepare(net, adamw(net, cfg.lr, cfg.weight_decay))
+    stream = packed_stream(lm.tokenizer, cfg.corpus, cfg.split_seed)
+    batches = PackedBatches(stream, lm.tokenizer, cfg, native, accelerator.process_index, accelerator.num_processes)
+    describe = {"config": asdict(cfg), "model": str(model), "processes": accelerator.num_processes,
+                "mixed_precision": str(accelerator.mixed_precision),
+                "extension": None if extension is None else extension.to_dict()}
+    checkpoints = Checkpoints(out, main, accelerator.wait_for_everyone)
+    return Run(cfg, out, accelerator, net, opt, rope, extension, batches, describe, log, checkpoints), lm
+
+
+def _train_step(run: Run, step: int) -> float:
+    """One optimizer step over grad_accum micro-batches; the mean loss across processes."""
+    cfg, acc = run.cfg, run.accelerator
+    set_lr(run.opt, lr_at(step, cfg))
+    step_loss = torch.zeros((), device=acc.device)
+    for a in range(cfg.grad_accum):
+        x, y, long = run.batches.micro_batch(step * cfg.grad_accum + a)  # [B, T]
+        # LongRoPE2 mixed context window: short micro-batches see the original RoPE
+        run.rope.set_extension(run.extension if long else None)
+        x, y = x.to(acc.device), y.to(acc.device)
+        with acc.accumulate(run.net):
+            with acc.autocast():
+                logits = run.net(input_ids=x).logits  # [B, T, V]
+            loss = next_token_loss(logits, y)
+            acc.backward(loss)  # divided by grad_accum inside accumulate
+            if acc.sync_gradients and cfg.grad_clip > 0:
+                acc.clip_grad_norm_(run.net.parameters(), cfg.grad_clip)
+            run.opt.step()  # a no-op until the last micro-batch of the step
+            run.opt.zero_grad(set_to_none=True)
+        step_loss += loss.detach() / cfg.grad_accum
+    return float(acc.reduce(step_loss, reduction="mean"))  # one host sync per step
 
 
 def finetune(
@@ -299,174 +344,57 @@ def finetune(
     stop_after: stop (with a checkpoint) once this many steps are done, as if interrupted.
     Returns the per-step losses of this call (all of them when the run completes).
     """
-    from tqdm import tqdm
-
-    from ..model import install_rope, load_model
-
     cfg.validate()
     out = Path(out).expanduser()
     if resume and is_complete(out):
         return FinetuneResult(out, json.loads((out / RECORD_FILE).read_text())["losses"], skipped=True)
     prepare_out(out, resume)
-    accelerator = _new_accelerator(cfg)
-    main = accelerator.is_main_process
-    log = (lambda msg: print(msg, file=sys.stderr)) if progress and main else (lambda msg: None)
-
-    # -- model: fp32 master weights, the extension installed through the one seam ---------------
-    lm = load_model(model, dtype="fp32", device="cpu")
-    native = lm.spec.original_max_position_embeddings
-    check_covers(extension, cfg.length, None if extension is not None else native)
-    torch.manual_seed(cfg.seed)
-    net = lm.model
-    rope = install_rope(net, extension)  # also validates d/2 and the native context
-    net.config.use_cache = False
-    if cfg.gradient_checkpointing:
-        net.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-    net.train()
-    opt = _optimizer(net, cfg)
-    net, opt = accelerator.prepare(net, opt)
-
-    stream = packed_stream(lm.tokenizer, cfg.corpus, cfg.split_seed)
-    batches = PackedBatches(stream, lm.tokenizer, cfg, native, accelerator.process_index, accelerator.num_processes)
-    describe = {"config": asdict(cfg), "model": str(model), "processes": accelerator.num_processes,
-                "mixed_precision": str(accelerator.mixed_precision),
-                "extension": None if extension is None else extension.to_dict()}
-
-    # -- resume -----------------------------------------------------------------------------------
-    start, losses, curve = 0, [], []
-    checkpoints = _checkpoints(out)
-    if resume:
-        if not checkpoints:
-            raise UsageError(f"nothing to resume: {out / CHECKPOINTS} holds no checkpoint")
-        state = json.loads((checkpoints[-1] / STATE_FILE).read_text())
-        _check_same(state["describe"], describe, out)
-        accelerator.load_state(str(checkpoints[-1]))
-        start, losses, curve = state["step"], state["losses"], state["curve"]
-        log(f"resuming {out} at step {start}/{cfg.steps}")
-
-    def checkpoint(step: int) -> None:
-        """accelerate's state (model, optimizer, RNG; sharded under FSDP/DeepSpeed) plus our log,
-        written to a temporary folder and renamed: a checkpoint is complete or absent."""
-        final = out / CHECKPOINTS / f"step-{step:06d}"
-        tmp = out / CHECKPOINTS / f".tmp-step-{step:06d}"
-        if main:
-            shutil.rmtree(tmp, ignore_errors=True)
-        accelerator.wait_for_everyone()
-        accelerator.save_state(str(tmp))
-        accelerator.wait_for_everyone()
-        if main:
-            atomic_write_json(tmp / STATE_FILE, {"step": step, "losses": losses, "curve": curve, "describe": describe})
-            shutil.rmtree(final, ignore_errors=True)
-            os.replace(tmp, final)
-            for old in _checkpoints(out)[:-1]:  # keep the newest only
-                shutil.rmtree(old, ignore_errors=True)
-        accelerator.wait_for_everyone()
-
-    # -- the loop ---------------------------------------------------------------------------------
+    run, lm = _start(model, extension, out, cfg, progress)
+    start = run.resume() if resume else 0
     t0 = time.time()
     end = cfg.steps if stop_after is None else min(cfg.steps, stop_after)
-    bar = tqdm(range(start, end), initial=start, total=cfg.steps, desc="finetune", disable=not (progress and main),
-               dynamic_ncols=True)
+    bar = tqdm(range(start, end), initial=start, total=cfg.steps, desc="finetune",
+               disable=not (progress and run.accelerator.is_main_process), dynamic_ncols=True)
     for step in bar:
+        loss = _train_step(run, step)
         lr = lr_at(step, cfg)
-        for group in opt.param_groups:
-            group["lr"] = lr
-        step_loss = torch.zeros((), device=accelerator.device)
-        for a in range(cfg.grad_accum):
-            x, y, long = batches.micro_batch(step * cfg.grad_accum + a)  # [B, T]
-            # LongRoPE2 mixed context window: short micro-batches see the original RoPE
-            rope.set_extension(extension if long else None)
-            x, y = x.to(accelerator.device), y.to(accelerator.device)
-            with accelerator.accumulate(net):
-                with accelerator.autocast():
-                    logits = net(input_ids=x).logits  # [B, T, V]
-                loss = F.cross_entropy(logits.float().flatten(0, 1), y.flatten(), ignore_index=-100)
-                accelerator.backward(loss)  # divided by grad_accum inside accumulate
-                if accelerator.sync_gradients and cfg.grad_clip > 0:
-                    accelerator.clip_grad_norm_(net.parameters(), cfg.grad_clip)
-                opt.step()  # a no-op until the last micro-batch of the step
-                opt.zero_grad(set_to_none=True)
-            step_loss += loss.detach() / cfg.grad_accum
-        loss_value = float(accelerator.reduce(step_loss, reduction="mean"))  # one host sync per step
-        losses.append(loss_value)
-        curve.append({"step": step, "loss": loss_value, "lr": lr})
-        bar.set_postfix(loss=f"{loss_value:.3f}", lr=f"{lr:.1e}")
+        run.losses.append(loss)
+        run.curve.append({"step": step, "loss": loss, "lr": lr})
+        bar.set_postfix(loss=f"{loss:.3f}", lr=f"{lr:.1e}")
         done = step + 1
         if cfg.save_every and done % cfg.save_every == 0 and done < cfg.steps:
-            checkpoint(done)
+            run.checkpoint(done)
     bar.close()
-    rope.set_extension(extension)
+    run.rope.set_extension(extension)
     if end < cfg.steps:  # stopped early on purpose: leave a checkpoint to resume from
-        if not _checkpoints(out) or int(_checkpoints(out)[-1].name.split("-")[1]) != end:
-            checkpoint(end)
-        return FinetuneResult(out, losses[start:])
-    log(f"finetune: {cfg.steps} steps, loss {losses[0]:.3f} -> {losses[-1]:.3f} in {time.time() - t0:.0f}s")
+        if run.checkpoints.last_step() != end:
+            run.checkpoint(end)
+        return FinetuneResult(out, run.losses[start:])
+    run.log(f"finetune: {cfg.steps} steps, loss {run.losses[0]:.3f} -> {run.losses[-1]:.3f} in {time.time() - t0:.0f}s")
+    _save(run, lm.tokenizer, start, t0)
+    return FinetuneResult(out, run.losses)
 
-    # -- the model directory ----------------------------------------------------------------------
-    accelerator.wait_for_everyone()
-    state_dict = accelerator.get_state_dict(net)  # gathered from FSDP / DeepSpeed shards
-    if main:
-        saved_ext = extension
-        if extension is not None and cfg.mixed_context > 0:
+
+def _save(run: Run, tokenizer, start: int, t0: float) -> None:
+    """The model directory, its config carrying the factors; checkpoints removed unless kept."""
+    cfg, acc = run.cfg, run.accelerator
+    acc.wait_for_everyone()
+    state_dict = acc.get_state_dict(run.net)  # gathered from FSDP / DeepSpeed shards
+    if acc.is_main_process:
+        saved_ext = run.extension
+        if saved_ext is not None and cfg.mixed_context > 0:
             # LongRoPE2: short sequences were trained with the original RoPE
-            saved_ext = extension.with_(short_factor=[1.0] * extension.half_dim)
-        record = {**describe, "steps": cfg.steps, "losses": losses, "curve": curve,
+            saved_ext = saved_ext.with_(short_factor=[1.0] * saved_ext.half_dim)
+        record = {**run.describe, "steps": cfg.steps, "losses": run.losses, "curve": run.curve,
                   "seconds_this_call": round(time.time() - t0, 1), "resumed_from": start or None,
-                  "tokens_per_step": cfg.batch_size * cfg.grad_accum * cfg.length * accelerator.num_processes}
-        write_model_dir(accelerator.unwrap_model(net), lm.tokenizer, saved_ext, out, record, state_dict)
+                  "tokens_per_step": cfg.batch_size * cfg.grad_accum * cfg.length * acc.num_processes}
+
+        def finish(folder: Path, notes: list[str]) -> str:
+            atomic_write_json(folder / RECORD_FILE, {**record, "notes": notes})
+            plot_losses(record["curve"], folder / "loss.png", title="fine-tuning loss")
+            return RECORD_FILE
+
+        write_model_dir(acc.unwrap_model(run.net), tokenizer, run.out, finish, saved_ext, state_dict)
         if not cfg.keep_checkpoints:
-            shutil.rmtree(out / CHECKPOINTS, ignore_errors=True)
-    accelerator.wait_for_everyone()
-    return FinetuneResult(out, losses)
-
-
-def write_model_dir(model, tokenizer, extension: RopeExtension | None, out: Path, record: dict[str, Any],
-                    state_dict: dict | None = None) -> None:
-    """Write an HF model directory into `out`: weights, tokenizer, a config.json carrying the
-    factors (transformers' longrope keys), our factors file (it also keeps the start token,
-    which HF configs cannot express) and `record` as finetune.json, written last.
-
-    Files go to a temporary folder first and are renamed into `out` one by one, config.json
-    and finetune.json last, so a half-written directory never looks complete.
-    """
-    from ..export.hf import check_exportable, hf_config_dict
-    from ..model import FACTORS_FILE
-
-    out.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=".model.", dir=out))
-    try:
-        model.config.use_cache = True
-        model.save_pretrained(tmp, state_dict=state_dict)
-        tokenizer.save_pretrained(tmp)
-        notes = []
-        if extension is not None:
-            portable, notes = check_exportable(extension, drop_start_token=True)
-            config = json.loads((tmp / "config.json").read_text())
-            atomic_write_json(tmp / "config.json", hf_config_dict(config, portable))
-            extension.save(tmp / FACTORS_FILE)
-        atomic_write_json(tmp / RECORD_FILE, {**record, "notes": notes})
-        _plot_losses(record.get("curve", []), tmp / "loss.png")
-        last = ("config.json", RECORD_FILE)
-        names = sorted(p.name for p in tmp.iterdir() if p.name not in last) + list(last)
-        for name in names:
-            os.replace(tmp / name, out / name)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-
-
-def _plot_losses(curve: list[dict], path: Path) -> None:
-    if not curve:
-        return
-    from ..plots import pyplot
-    from ..io import atomic_savefig
-
-    plt = pyplot()
-    fig, ax = plt.subplots(figsize=(6, 3.5))
-    ax.plot([c["step"] for c in curve], [c["loss"] for c in curve], lw=1.2)
-    ax.set_xlabel("step")
-    ax.set_ylabel("training loss")
-    ax.set_title("fine-tuning loss")
-    ax.grid(True, alpha=0.3)
-    fig.tight_layout()
-    atomic_savefig(fig, path, dpi=110)
-    plt.close(fig)
+            run.checkpoints.remove()
+    acc.wait_for_everyone()

@@ -17,13 +17,18 @@ can be checked without a model and raises UsageError with one line naming the pr
 """
 from __future__ import annotations
 
+import dataclasses
+import types
 import typing
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
-from .errors import UsageError
-from .train.finetune import FinetuneConfig
+import yaml
+
+from ..errors import UsageError
+from ..methods import get_method
+from ..train.finetune import FinetuneConfig
 
 STAGES = ("search", "finetune", "search2", "readjust", "evaluate")
 REQUIRED_STAGES = ("search", "finetune")
@@ -31,7 +36,7 @@ REQUIRED_STAGES = ("search", "finetune")
 
 @dataclass
 class SearchSettings:
-    """Hyper-parameters of one evolutionary search (paper defaults, REFERENCE 2)."""
+    """Hyper-parameters of one evolutionary search (the paper's defaults, section 4.1)."""
 
     docs: int = 5  # K search documents
     population: int = 64
@@ -103,7 +108,7 @@ _FINETUNE_FROM_TOP = ("corpus", "split_seed")  # set once for the whole recipe
 def _check_value(value: Any, hint: Any, where: str) -> Any:
     """`value` converted to the annotated type, or UsageError."""
     origin, args = typing.get_origin(hint), typing.get_args(hint)
-    if origin in (typing.Union, getattr(__import__("types"), "UnionType", None)):
+    if origin in (typing.Union, getattr(types, "UnionType", None)):
         if value is None and type(None) in args:
             return None
         inner = [a for a in args if a is not type(None)]
@@ -147,7 +152,7 @@ def _build(cls, data: Any, where: str, exclude: tuple[str, ...] = ()):
         return cls(**values)
     except TypeError as e:  # a required key is missing
         missing = [f.name for f in fields(cls) if f.name not in values and f.name in allowed
-                   and f.default is f.default_factory is __import__("dataclasses").MISSING]
+                   and f.default is f.default_factory is dataclasses.MISSING]
         raise UsageError(f"recipe: {where} needs {', '.join(missing) or str(e)}") from None
 
 
@@ -228,9 +233,7 @@ def parse_recipe(data: Any, source: str = "recipe") -> Recipe:
         if evaluate.lengths is not None and (not evaluate.lengths or min(evaluate.lengths) < 2):
             raise UsageError("recipe: evaluate.lengths must be a non-empty list of lengths >= 2")
         if evaluate.split not in ("search", "validation", "test", "all"):
-            raise UsageError(f"recipe: evaluate.split must be search, validation, test or all")
-        from .methods import get_method
-
+            raise UsageError("recipe: evaluate.split must be search, validation, test or all")
         for name in evaluate.baselines:
             try:
                 get_method(name)
@@ -242,8 +245,6 @@ def parse_recipe(data: Any, source: str = "recipe") -> Recipe:
 
 def load_recipe(path: str | Path) -> Recipe:
     """Read and validate a recipe YAML file (UsageError with one line on any problem)."""
-    import yaml
-
     path = Path(path).expanduser()
     if not path.is_file():
         raise UsageError(f"recipe not found: {path}")

@@ -3,13 +3,11 @@
 `install_rope(model, extension)` swaps every `rotary_emb` module of a loaded model for a
 `ScaledRotaryEmbedding` built from a `RopeExtension`; search, evaluation, fine-tuning and
 generation all go through it. Changing factors later only rebuilds small tables: weights
-are never reloaded. Hugging Face config dicts are read here and in `longrope.export` only.
+are never reloaded. This module imports the math only (torch, `rope`, `methods`, `factors`):
+it reads a transformers model's config object but never imports transformers.
 """
 from __future__ import annotations
 
-import functools
-from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import torch
@@ -108,7 +106,8 @@ class ScaledRotaryEmbedding(nn.Module):
 
 
 # -- the seam --------------------------------------------------------------------------------
-def _rotary_slots(model: nn.Module) -> list[tuple[nn.Module, str, nn.Module]]:
+def rotary_slots(model: nn.Module) -> list[tuple[nn.Module, str, nn.Module]]:
+    """(parent, attribute name, module) of every `rotary_emb` submodule."""
     slots = []
     for parent in model.modules():
         child = getattr(parent, "_modules", {}).get("rotary_emb")
@@ -119,7 +118,7 @@ def _rotary_slots(model: nn.Module) -> list[tuple[nn.Module, str, nn.Module]]:
 
 def rotary_spec(model: nn.Module) -> RotarySpec:
     """The RotarySpec of a loaded model (the installed one if longrope already owns its RoPE)."""
-    for _, _, module in _rotary_slots(model):
+    for _, _, module in rotary_slots(model):
         if isinstance(module, ScaledRotaryEmbedding):
             return module.spec
     return rotary_spec_from_config(model.config)
@@ -132,7 +131,7 @@ def install_rope(model: nn.Module, extension: RopeExtension | None) -> ScaledRot
     all compute cos/sin once per forward there) with one shared ScaledRotaryEmbedding.
     Installing again only swaps the factors. Raises UsageError for models without RoPE.
     """
-    slots = _rotary_slots(model)
+    slots = rotary_slots(model)
     arch = type(model).__name__
     if not slots:
         raise UsageError(f"{arch} has no rotary embedding module (rotary_emb): it does not use RoPE")
@@ -153,89 +152,3 @@ def install_rope(model: nn.Module, extension: RopeExtension | None) -> ScaledRot
     for parent, name, _ in slots:
         setattr(parent, name, rope)
     return rope
-
-
-# -- loading -----------------------------------------------------------------------------------
-@functools.lru_cache(maxsize=1)
-def cpu_has_fast_bf16() -> bool:
-    """True on CPUs with AMX or AVX512-BF16 (where bf16 matmuls beat fp32 several-fold)."""
-    try:
-        flags = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return False
-    return "amx_bf16" in flags or "avx512_bf16" in flags
-
-
-def resolve_dtype(dtype: str, device: str | torch.device = "cpu") -> torch.dtype:
-    """'auto' picks bf16 where the hardware runs it fast (CUDA with bf16, or an AMX CPU)."""
-    if dtype in ("fp32", "float32"):
-        return torch.float32
-    if dtype in ("bf16", "bfloat16"):
-        return torch.bfloat16
-    if dtype in ("fp16", "float16"):
-        return torch.float16
-    if dtype != "auto":
-        raise UsageError(f"unknown dtype {dtype!r}; choose auto, fp32, bf16 or fp16")
-    if str(device).startswith("cuda"):
-        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-    return torch.bfloat16 if cpu_has_fast_bf16() else torch.float32
-
-
-def default_device() -> str:
-    return "cuda" if torch.cuda.is_available() else "cpu"
-
-
-# A model directory written by `longrope finetune` / `extend` carries its extension in this file
-# as well as in config.json: the file also keeps the start token n_hat, which HF configs cannot.
-FACTORS_FILE = "longrope_factors.json"
-
-
-@dataclass
-class LoadedModel:
-    model: nn.Module
-    tokenizer: Any
-    name: str
-    spec: RotarySpec
-
-
-def load_model(
-    name_or_path: str, dtype: str = "auto", device: str | None = None, need_tokenizer: bool = True
-) -> LoadedModel:
-    """Load a model by preset name, HF model directory or .gguf file, in eval mode with SDPA.
-    With need_tokenizer=False a directory without a tokenizer loads with tokenizer None."""
-    import os
-
-    # --model is a preset, directory or file: never reach for a model hub
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-    from transformers.utils import logging as hf_logging
-
-    from .presets import resolve_model
-
-    hf_logging.disable_progress_bar()  # our commands show their own progress
-
-    device = device or default_device()
-    source = resolve_model(name_or_path)
-    kwargs: dict[str, Any] = {"dtype": resolve_dtype(dtype, device), "attn_implementation": "sdpa"}
-    if source.gguf_file is not None:
-        kwargs["gguf_file"] = source.gguf_file
-    tok_kwargs = {"gguf_file": source.gguf_file} if source.gguf_file else {}
-    def fail(e: Exception, what: str = "model"):
-        raise UsageError(f"cannot load {what} of {name_or_path!r}: {str(e).splitlines()[0]}") from None
-
-    try:
-        model = AutoModelForCausalLM.from_pretrained(str(source.path), **kwargs)
-    except (OSError, ValueError, KeyError) as e:
-        fail(e)
-    try:
-        tokenizer = AutoTokenizer.from_pretrained(str(source.path), **tok_kwargs)
-    except (OSError, ValueError, KeyError, TypeError) as e:
-        if need_tokenizer:
-            fail(e, "tokenizer")
-        tokenizer = None
-    model.to(device).eval()
-    if not _rotary_slots(model):
-        raise UsageError(f"{type(model).__name__} ({name_or_path}) does not use rotary embeddings")
-    if (source.path / FACTORS_FILE).is_file():  # our fine-tuned model: load it with its factors
-        install_rope(model, RopeExtension.load(source.path / FACTORS_FILE))
-    return LoadedModel(model=model, tokenizer=tokenizer, name=str(name_or_path), spec=rotary_spec(model))

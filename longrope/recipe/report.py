@@ -1,0 +1,175 @@
+"""The recipe's report: held-out perplexity and passkey accuracy of every stage and baseline
+at each length (the evaluation runner), as report.json, report.md and report.png."""
+from __future__ import annotations
+
+import json
+import math
+import random
+import sys
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+from ..data import documents_of_length, load_corpus, select_split, tokenize_corpus
+from ..evaluate.runner import Variant, passkey_figures, ppl_figures, run_cells
+from ..factors import FACTORS_FILE, RopeExtension
+from ..io import atomic_write_json, atomic_write_text, read_json_or_none
+from ..plots import pyplot, save_and_close
+from ..rope import RotarySpec
+from .config import Recipe
+
+
+def log(msg: str) -> None:
+    print(msg, file=sys.stderr, flush=True)
+
+
+# -- the cells ----------------------------------------------------------------------------------------------
+def report_lengths(recipe: Recipe, native: int) -> list[int]:
+    """evaluate.lengths, or 1x, 2x, 4x, ... the native context up to the final target."""
+    if recipe.evaluate.lengths:
+        return sorted(set(recipe.evaluate.lengths))
+    out, n = [], native
+    while n <= recipe.final_target:
+        out.append(n)
+        n *= 2
+    return out
+
+
+def variant_identity(model: str, ext: RopeExtension | None, out: Path) -> dict[str, Any]:
+    """What a variant's figures depend on: its model (relative to `out` when inside it), the
+    extension installed, and for our model directories their factors file and training record.
+    A rerun, or a recipe changing only later stages, reuses the cells of unchanged variants."""
+    p = Path(model)
+    inside = p.is_dir() and p.resolve().is_relative_to(out.resolve())
+    ident: dict[str, Any] = {"model": str(p.resolve().relative_to(out.resolve())) if inside else model,
+                             "extension": None if ext is None else ext.to_dict()}
+    if (p / FACTORS_FILE).is_file():
+        ident["factors_file"] = json.loads((p / FACTORS_FILE).read_text())
+    if (p / "finetune.json").is_file():
+        ident["finetune_losses"] = json.loads((p / "finetune.json").read_text())["losses"]
+    return ident
+
+
+def stage_evaluate(recipe: Recipe, where: Path, spec: RotarySpec, variants: list[Variant]) -> dict[str, Any]:
+    """Perplexity (held-out documents, truncated, one pass) and passkey accuracy at each length,
+    into `where`/report.json, report.md and report.png. Each variant is a model directory or
+    preset (its own RoPE, or `extension` installed) evaluated up to its `max_length`. Cells
+    already in report.json, for the same settings and variant identity, are reused."""
+    ev = recipe.evaluate
+    where.mkdir(parents=True, exist_ok=True)
+    L = spec.original_max_position_embeddings
+    lengths = report_lengths(recipe, L)
+    settings = {**{k: v for k, v in asdict(ev).items() if k != "baselines"}, "lengths": lengths,
+                "corpus": recipe.corpus, "split_seed": recipe.split_seed, "dtype": recipe.dtype}
+    ids = {v.label: variant_identity(v.model, v.extension, where.parent) for v in variants}
+    path = where / "report.json"
+    previous = read_json_or_none(path)
+    done = {}
+    if previous and previous.get("settings") == settings:
+        done = {(c["variant"], c["kind"], c["length"]): c for c in previous["cells"]
+                if c.get("identity") == ids.get(c["variant"])}
+    docs: list = []  # the same held-out documents for every variant, tokenized on first use
+
+    def ppl(lm, variant, n):
+        if not docs:
+            tokens = tokenize_corpus(lm.tokenizer, select_split(load_corpus(recipe.corpus), ev.split, recipe.split_seed))
+            docs.extend(documents_of_length(tokens, max(lengths), ev.docs))
+            if len(docs) < ev.docs:
+                log(f"note: only {len(docs)} {ev.split} documents reach {max(lengths)} tokens")
+        f = ppl_figures(lm.model, docs, n, ev.chunk_size)
+        return {"variant": variant.label, "identity": ids[variant.label], "kind": "ppl", "length": n,
+                "value": f["ppl"], "doc_nlls": f["doc_nlls"], "seconds": round(f["seconds"], 1)}
+
+    def passkey(lm, variant, n):
+        rng = random.Random(f"{ev.split}:{n}")  # the same keys and depths for every variant
+        try:
+            f = passkey_figures(lm, n, ev.passkey_trials, rng)
+        except ValueError:  # the prompt does not fit this length
+            f = {"accuracy": None, "trials": [], "seconds": 0.0}
+        return {"variant": variant.label, "identity": ids[variant.label], "kind": "passkey", "length": n,
+                "value": f["accuracy"], "trials": f["trials"], "seconds": round(f["seconds"], 1)}
+
+    def save(cells: dict, extra: dict | None = None) -> dict:
+        report = {"settings": settings, "cells": list(cells.values()), **(extra or {})}
+        atomic_write_json(path, report)
+        return report
+
+    evaluators = {"ppl": ppl, **({"passkey": passkey} if ev.passkey_trials > 0 else {})}
+    cells = run_cells(variants, lengths, evaluators, done=done, on_cell=save, dtype=recipe.dtype, desc="report")
+    summary = summarize(cells, lengths, L, recipe.final_target)
+    report = save(cells, {"lengths": lengths, "native": L, "final_target": recipe.final_target, "summary": summary,
+                          "documents": len(docs) if docs else None})
+    plot_report(cells, lengths, L, where / "report.png", title=f"{recipe.model}: {L} -> {recipe.final_target} tokens")
+    write_table(cells, lengths, where / "report.md")
+    return report
+
+
+def _value(cells, label, kind, n):
+    c = cells.get((label, kind, n))
+    return None if c is None else c["value"]
+
+
+def summarize(cells: dict, lengths: list[int], native: int, final_target: int) -> dict[str, Any]:
+    """The issue's claims as numbers: ppl up to the final length, passkey >= 90%, short ppl within 2%."""
+    upto = [n for n in lengths if n <= final_target]
+    original_native = _value(cells, "original", "ppl", native)
+    final_ppl = {n: _value(cells, "final", "ppl", n) for n in upto}
+    passkey = {n: _value(cells, "final", "passkey", n) for n in upto}
+    after = _value(cells, "final", "ppl", native)
+    before = _value(cells, "final-no-readjust", "ppl", native)
+    out: dict[str, Any] = {
+        "final_ppl": final_ppl,
+        "final_max_ppl_over_original_native": (max(v for v in final_ppl.values() if v is not None) / original_native
+                                               if original_native and any(final_ppl.values()) else None),
+        "final_passkey": passkey,
+        "passkey_at_least_90_up_to_final": all(v is not None and v >= 0.9 for v in passkey.values()) if passkey else None,
+        "short_ppl_original": original_native,
+        "short_ppl_before_readjust": before,
+        "short_ppl_after_readjust": after,
+    }
+    if original_native and after:
+        out["short_ppl_after_vs_original"] = after / original_native - 1
+        out["short_within_2_percent"] = abs(after / original_native - 1) <= 0.02
+    return out
+
+
+def write_table(cells: dict, lengths: list[int], path: Path) -> None:
+    """report.md: the ppl and passkey tables, variants x lengths."""
+    labels = list(dict.fromkeys(k[0] for k in cells))
+    lines = []
+    for kind, fmt in (("ppl", "{:.2f}"), ("passkey", "{:.0%}")):
+        lines += [f"### {'perplexity' if kind == 'ppl' else 'passkey accuracy'}", "",
+                  "| variant | " + " | ".join(str(n) for n in lengths) + " |",
+                  "|---|" + "---:|" * len(lengths)]
+        for label in labels:
+            vals = [_value(cells, label, kind, n) for n in lengths]
+            lines.append(f"| {label} | " + " | ".join("-" if v is None else fmt.format(v) for v in vals) + " |")
+        lines.append("")
+    atomic_write_text(path, "\n".join(lines))
+
+
+def plot_report(cells: dict, lengths: list[int], native: int, path: Path, title: str = "") -> None:
+    """report.png: perplexity (left) and passkey accuracy (right) against length, one line per variant."""
+    plt = pyplot()
+    labels = list(dict.fromkeys(k[0] for k in cells))
+    fig, (a, b) = plt.subplots(1, 2, figsize=(12, 4.5))
+    for label in labels:
+        for ax, kind in ((a, "ppl"), (b, "passkey")):
+            pts = [(n, _value(cells, label, kind, n)) for n in lengths]
+            pts = [(n, v) for n, v in pts if v is not None and math.isfinite(v)]
+            if pts:
+                ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", label=label)
+    for ax in (a, b):
+        ax.axvline(native, color="grey", linestyle=":", linewidth=1)
+        ax.set_xscale("log", base=2)
+        ax.set_xlabel("context length (tokens)")
+        ax.grid(True, which="both", alpha=0.3)
+    a.set_yscale("log")
+    a.set_ylabel("perplexity (held-out)")
+    b.set_ylabel("passkey accuracy")
+    b.set_ylim(-0.05, 1.05)
+    a.legend(fontsize=8)
+    fig.suptitle(title)
+    save_and_close(fig, path)
+
+

@@ -1,0 +1,281 @@
+"""`longrope extend`: the progressive extension recipe, stage by stage (LongRoPE section 3.3).
+
+    1-search     search lambda1 for the stage-1 target on the original model
+    2-finetune   fine-tune with lambda1 at the fine-tuning length
+    3-search2    search lambda2 on the fine-tuned model for the final target;
+                 long_factor = lambda1 * lambda2 (element-wise)
+    4-readjust   search short_factor at the native length on the extended model
+    final        HF model directory: long_factor, short_factor, attention_factor,
+                 original_max_position_embeddings, max_position_embeddings
+    report       perplexity vs length and passkey for every stage, beside PI and YaRN
+                 fine-tuned with the same budget at the same length (baselines/)
+
+Every stage writes into its own folder and marks completion last (`stage.json`, or
+`finetune.json` for fine-tuning); a rerun skips complete stages, resumes an interrupted
+search from its state.json and an interrupted fine-tuning from its last checkpoint, and
+refuses a stage whose recorded settings differ from the recipe's.
+"""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import time
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ..errors import UsageError
+from ..evaluate.runner import Variant
+from ..export.hf import export_hf
+from ..factors import FACTORS_FILE, RopeExtension
+from ..io import atomic_write_json, changed_keys, staged_dir
+from ..methods import attention_factor, build_extension
+from ..models.load import load_model, model_spec
+from ..rope import RotarySpec
+from ..search.driver import SearchJob, drive, has_state
+from ..search.evolution import SearchConfig, SearchState, peer_seeds
+from ..search.fitness import MakeExtension, long_factor_candidate, search_documents
+from ..search.genes import START_TOKENS, SearchSpace, critical_dimension
+from ..train.finetune import finetune, has_checkpoint, is_complete
+from .config import Recipe
+from .report import log, stage_evaluate
+
+DIRS = {"search": "1-search", "finetune": "2-finetune", "search2": "3-search2", "readjust": "4-readjust",
+        "final": "final", "evaluate": "report", "baselines": "baselines"}
+STAGE_FILE = "stage.json"  # written last in a stage folder: the stage is complete
+
+
+def write_stage(out: Path, record: dict[str, Any]) -> None:
+    atomic_write_json(out / STAGE_FILE, record)
+
+
+def read_stage(out: Path) -> dict[str, Any] | None:
+    path = out / STAGE_FILE
+    return json.loads(path.read_text()) if path.is_file() else None
+
+
+def _check_stage(out: Path, settings: dict[str, Any]) -> dict[str, Any] | None:
+    """The record of a complete stage with these settings; None if not complete; UsageError if the
+    stage was completed with other settings (rerunning it would silently mix two recipes)."""
+    record = read_stage(out)
+    if record is None:
+        return None
+    if record["settings"] != settings:
+        changed = changed_keys(record["settings"], settings)
+        raise UsageError(f"{out} was completed with different settings ({', '.join(changed)}); "
+                         f"restore them or remove that folder to redo the stage")
+    return record
+
+
+def check_recipe_against_model(recipe: Recipe, spec) -> None:
+    """What needs the model's native context: every target must exceed it."""
+    L = spec.original_max_position_embeddings
+    if recipe.search.target_length <= L:
+        raise UsageError(f"recipe: search.target_length {recipe.search.target_length} must exceed the model's "
+                         f"native context {L}")
+    if recipe.finetune.mixed_context > 0 and recipe.finetune.length <= L:
+        raise UsageError(f"recipe: mixed context window needs finetune.length above the native context {L}")
+
+
+def _search(recipe: Recipe, stage, where: Path, model: str, length: int, make: MakeExtension, space: SearchSpace,
+            seeds, describe: dict[str, Any], title: str) -> RopeExtension:
+    """One search of the recipe through the search driver, resumed from where/state.json if there."""
+    config = SearchConfig(population=stage.population, parents=stage.parents, mutations=stage.mutations,
+                          crossovers=stage.crossovers, mutation_prob=stage.mutation_prob,
+                          iterations=stage.iterations, seed=stage.seed, early_reject=stage.early_reject)
+    lm = load_model(model, recipe.dtype)
+    docs = search_documents(lm.tokenizer, recipe.corpus, length, stage.docs, recipe.split_seed)
+    if len(docs) < stage.docs:
+        log(f"note: only {len(docs)} search documents reach {length} tokens (asked for {stage.docs})")
+    where.mkdir(parents=True, exist_ok=True)
+    state = SearchState.load(where) if has_state(where) else None
+    job = SearchJob(lm.model, docs, make, space, config, seeds, where, {**describe, "docs": len(docs)},
+                    stage.chunk_size, title=title, resume_hint="rerun the recipe to continue")
+    return drive(job, state)[1]
+
+
+def _space(stage, scale: float, max_factor: float, start_tokens, half: int, critical_dim: int = 0) -> SearchSpace:
+    return SearchSpace(half=half, scale=scale, max_factor=max_factor, step=stage.step,
+                       start_tokens=tuple(start_tokens), variant=getattr(stage, "variant", "longrope"),
+                       critical_dim=critical_dim)
+
+
+# -- stages ---------------------------------------------------------------------------------------------
+def stage_search(recipe: Recipe, out: Path, spec: RotarySpec) -> RopeExtension:
+    """1. lambda1 for the stage-1 target, on the original model (Algorithm 1)."""
+    stage, where = recipe.search, out / DIRS["search"]
+    settings = {**asdict(stage), "model": recipe.model, "corpus": recipe.corpus, "split_seed": recipe.split_seed,
+                "dtype": recipe.dtype}
+    done = _check_stage(where, settings)
+    if done is not None:
+        log(f"search: complete in {where}, skipped")
+        return RopeExtension.from_dict(done["extension"])
+    t0 = time.time()
+    L, N = spec.original_max_position_embeddings, stage.target_length
+    scale = N / L
+    starts = tuple(t for t in (stage.start_tokens or START_TOKENS) if t < N) or (0,)
+    cd = critical_dimension(spec.dim, spec.base, L) if stage.variant == "critical" else 0
+    space = _space(stage, scale, stage.max_factor or 1.25 * scale, starts, spec.half, cd)
+    ext = _search(recipe, stage, where, recipe.model, N, long_factor_candidate(spec, N, stage.attention_factor),
+                  space, peer_seeds(spec, scale), {"stage": "search", "model": recipe.model, "target_length": N},
+                  f"search 1: {L} -> {N}")
+    write_stage(where, {"settings": settings, "extension": ext.to_dict(), "seconds": round(time.time() - t0, 1)})
+    log(f"search: {L} -> {N} tokens, n_hat={ext.start_token}, ppl {ext.metadata['search_perplexity']:.3f} "
+        f"({time.time() - t0:.0f}s)")
+    return ext
+
+
+def stage_finetune(recipe: Recipe, ext: RopeExtension | None, where: Path, label: str) -> Path:
+    """2. fine-tune with `ext` at finetune.length (also used for the baselines)."""
+    if is_complete(where):
+        record = json.loads((where / "finetune.json").read_text())
+        want = {"config": asdict(recipe.finetune), "extension": None if ext is None else ext.to_dict()}
+        for key, value in want.items():
+            if record.get(key) != value:
+                raise UsageError(f"{where} was fine-tuned with a different {key}; restore it or remove that folder")
+        log(f"{label}: complete in {where}, skipped")
+        return where
+    resume = has_checkpoint(where)
+    if where.exists() and not resume:
+        shutil.rmtree(where)  # started but never checkpointed: nothing to keep
+    t0 = time.time()
+    finetune(recipe.model, ext, where, recipe.finetune, resume=resume)
+    log(f"{label}: {recipe.finetune.steps} steps at {recipe.finetune.length} tokens ({time.time() - t0:.0f}s)")
+    return where
+
+
+def stage_search2(recipe: Recipe, out: Path, spec: RotarySpec, ext1: RopeExtension, ft_dir: Path) -> RopeExtension:
+    """3. lambda2 on the fine-tuned model for the final target; long_factor = lambda1 * lambda2."""
+    stage, where = recipe.search2, out / DIRS["search2"]
+    settings = {**asdict(stage), "stage1": ext1.to_dict(), "dtype": recipe.dtype}
+    done = _check_stage(where, settings)
+    if done is not None:
+        log(f"search2: complete in {where}, skipped")
+        return RopeExtension.from_dict(done["extension"])
+    t0 = time.time()
+    L, N1, N2 = spec.original_max_position_embeddings, ext1.max_position_embeddings, stage.target_length
+    scale2 = N2 / N1
+    lam1 = np.asarray(ext1.long_factor, dtype=np.float64)
+    # the weights adapted to the fine-tuned attention magnitude: keep it unless the recipe says otherwise
+    af = stage.attention_factor if stage.attention_factor is not None else attention_factor(ext1)
+    start = ext1.start_token  # the model was fine-tuned with this n_hat
+    space = _space(stage, scale2, stage.max_factor or 1.25 * scale2, (start,), spec.half)
+
+    def make(factors: np.ndarray, start_token: int) -> RopeExtension:
+        return RopeExtension(method="longrope", long_factor=(lam1 * factors).tolist(),
+                             original_max_position_embeddings=L, max_position_embeddings=N2,
+                             start_token=int(start_token), attention_factor=af,
+                             metadata={"stage1_factor": lam1.tolist(), "stage2_factor": [float(x) for x in factors]})
+
+    # the fine-tuned model's context is N1 now: PI/NTK/YaRN seeds for N1 -> N2
+    seeds = peer_seeds(RotarySpec(spec.dim, spec.base, N1), scale2)
+    ext = _search(recipe, stage, where, str(ft_dir), N2, make, space, seeds,
+                  {"stage": "search2", "model": str(ft_dir), "target_length": N2}, f"search 2: {N1} -> {N2} (x lambda1)")
+    write_stage(where, {"settings": settings, "extension": ext.to_dict(), "seconds": round(time.time() - t0, 1)})
+    log(f"search2: {N1} -> {N2} tokens, ppl {ext.metadata['search_perplexity']:.3f} ({time.time() - t0:.0f}s)")
+    return ext
+
+
+def stage_readjust(recipe: Recipe, out: Path, spec: RotarySpec, ext1: RopeExtension, ext: RopeExtension,
+                   ft_dir: Path) -> RopeExtension:
+    """4. short_factor: a search at the native length with a smaller upper bound (paper section 3.3)."""
+    stage, where = recipe.readjust, out / DIRS["readjust"]
+    settings = {**asdict(stage), "extension": ext.to_dict(), "dtype": recipe.dtype}
+    done = _check_stage(where, settings)
+    if done is not None:
+        log(f"readjust: complete in {where}, skipped")
+        return RopeExtension.from_dict(done["extension"])
+    t0 = time.time()
+    L = spec.original_max_position_embeddings
+    bound = stage.max_factor or 1.25 * ext1.scale  # stage 1's bound: smaller than the final one
+    if bound <= 1:
+        raise UsageError(f"recipe: readjust.max_factor must exceed 1, got {bound}")
+    space = _space(stage, bound, bound, (ext.start_token,), spec.half)
+
+    def make(factors: np.ndarray, start_token: int) -> RopeExtension:
+        return ext.with_(short_factor=[float(x) for x in factors])
+
+    # seeds: the original RoPE, the factors the model was fine-tuned with, and the final ones
+    seeds = [np.ones(spec.half), np.minimum(ext1.long_factor, bound), np.minimum(ext.long_factor, bound)]
+    found = _search(recipe, stage, where, str(ft_dir), L, make, space, seeds,
+                    {"stage": "readjust", "model": str(ft_dir), "length": L}, f"readjust short_factor at {L}")
+    found = found.with_(metadata=dict(ext.metadata) | {"short_search_perplexity": found.metadata["search_perplexity"]})
+    write_stage(where, {"settings": settings, "extension": found.to_dict(), "seconds": round(time.time() - t0, 1)})
+    log(f"readjust: short_factor at {L} tokens, ppl {found.metadata['short_search_perplexity']:.3f} "
+        f"({time.time() - t0:.0f}s)")
+    return found
+
+
+def stage_final(out: Path, ext: RopeExtension, ft_dir: Path) -> Path:
+    """The final HF model directory: the fine-tuned weights with the final factors in its config
+    (and in our factors file, which keeps n_hat)."""
+    where = out / DIRS["final"]
+    done = read_stage(where)
+    if done is not None and done["settings"] == {"extension": ext.to_dict()}:
+        log(f"final: complete in {where}, skipped")
+        return where
+    with staged_dir(where, create=False) as staging:
+        result = export_hf(str(ft_dir), ext, staging, drop_start_token=True)
+        for stale in ("finetune.json", "loss.png"):
+            (staging / stale).unlink(missing_ok=True)
+        ext.save(staging / FACTORS_FILE)
+        write_stage(staging, {"settings": {"extension": ext.to_dict()}, "notes": result.notes,
+                              "fine_tuned": str(ft_dir)})
+    log(f"final: wrote {where}")
+    return where
+
+
+# -- the whole recipe ------------------------------------------------------------------------------------------
+def run_recipe(recipe: Recipe, out: str | os.PathLike) -> dict[str, Any]:
+    """Run every stage of `recipe` into `out`, skipping the complete ones. Returns the summary."""
+    out = Path(out)
+    spec = model_spec(recipe.model)
+    check_recipe_against_model(recipe, spec)
+    out.mkdir(parents=True, exist_ok=True)
+    atomic_write_json(out / "recipe.json", recipe.to_dict())
+    timings: dict[str, float] = {}
+    t = time.time()
+
+    ext1 = stage_search(recipe, out, spec)
+    timings["search"] = time.time() - t
+    t = time.time()
+    ft_dir = stage_finetune(recipe, ext1, out / DIRS["finetune"], "finetune")
+    timings["finetune"] = time.time() - t
+    t = time.time()
+    ext = ext1
+    if recipe.search2 is not None:
+        ext = stage_search2(recipe, out, spec, ext1, ft_dir)
+        timings["search2"] = time.time() - t
+        t = time.time()
+    if recipe.finetune.mixed_context > 0:  # LongRoPE2: short sequences keep the original RoPE
+        ext = ext.with_(short_factor=[1.0] * spec.half)
+    no_readjust = ext
+    if recipe.readjust is not None:
+        ext = stage_readjust(recipe, out, spec, ext1, ext, ft_dir)
+        timings["readjust"] = time.time() - t
+        t = time.time()
+    final_dir = stage_final(out, ext, ft_dir)
+    summary: dict[str, Any] = {"final": str(final_dir), "extension": ext.to_dict()}
+
+    if recipe.evaluate is not None:
+        L = spec.original_max_position_embeddings
+        variants = [Variant("original", None, recipe.model), Variant("stage1", None, str(ft_dir)),
+                    Variant("final", None, str(final_dir))]
+        if recipe.readjust is not None:
+            variants.append(Variant("final-no-readjust", no_readjust, str(final_dir), max_length=L))
+        for name in recipe.evaluate.baselines:  # same budget, same length, set for the final target
+            base_ext = build_extension(name, spec, recipe.final_target)
+            where = out / DIRS["baselines"] / name
+            stage_finetune(recipe, base_ext, where, f"baseline {name}")
+            variants.append(Variant(f"{name}-ft", None, str(where)))
+        timings["baselines"] = time.time() - t
+        t = time.time()
+        report = stage_evaluate(recipe, out / DIRS["evaluate"], spec, variants)
+        timings["evaluate"] = time.time() - t
+        summary["report"] = report["summary"]
+    summary["seconds_this_run"] = {k: round(v, 1) for k, v in timings.items()}
+    atomic_write_json(out / "summary.json", summary)
+    return summary

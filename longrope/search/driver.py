@@ -1,0 +1,128 @@
+"""One search driver for `longrope search` and the recipe's search stages.
+
+    objective = OBJECTIVES[name](model, docs, make, chunk_size)   # what a candidate scores
+    state     = OPTIMIZERS[name](space, config, objective, ...)   # Algorithm 1 by default
+    after every generation: history.jsonl, state.json, factors.json  (resume point)
+    at the end:             factors.json, search.png [, factors.png]
+
+The caller decides what a candidate means (`make`, see `fitness`), which documents score it,
+and whether to resume (a loaded `SearchState`). Objectives and optimizers are chosen by name.
+"""
+from __future__ import annotations
+
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from .. import __version__
+from ..factors import RopeExtension
+from ..methods import ntk_factors, pi_factors, yarn_factors
+from ..rope import RotarySpec
+from .evolution import STATE_FILE, SearchConfig, SearchState, evaluate_serial, population_curve, run_search, write_history
+from .fitness import OBJECTIVES, MakeExtension
+from .genes import SearchSpace
+from .plots import plot_factors, plot_progress
+
+# name -> fn(space, config, objective, num_docs, seeds, state=, describe=, evaluate_batch=, on_generation=) -> state
+OPTIMIZERS: dict[str, Callable[..., SearchState]] = {"evolution": run_search}
+
+
+@dataclass
+class SearchJob:
+    """Everything one search needs. `describe` (model, corpus, ...) is stored in the state, so a
+    resume with other settings is refused, and in the factors file's metadata."""
+
+    model: torch.nn.Module
+    docs: Sequence[torch.Tensor]  # K documents [T], scored in this order
+    make: MakeExtension
+    space: SearchSpace
+    config: SearchConfig
+    seeds: Sequence[np.ndarray]  # factor vectors [d/2] that start the population
+    out: Path
+    describe: dict[str, Any]
+    chunk_size: int = 1024
+    objective: str = "perplexity"
+    optimizer: str = "evolution"
+    title: str = "search"
+    peers: RotarySpec | None = None  # plot factors.png against PI/NTK/YaRN for this spec
+    is_main: bool = True  # writes the files (rank 0)
+    evaluate_batch: Callable = evaluate_serial
+    resume_hint: str = "continue with --resume"
+    progress: bool = True
+
+
+def has_state(out: Path) -> bool:
+    return (out / STATE_FILE).is_file()
+
+
+class SearchOutputs:
+    """What the main process writes: state.json + history.jsonl + factors.json after each
+    generation, and the plots at the end. Every file is written atomically."""
+
+    def __init__(self, job: SearchJob):
+        self.job = job
+        self.last: SearchState | None = None
+
+    def extension(self, state: SearchState) -> RopeExtension:
+        """The best candidate's extension, with what produced it in its metadata."""
+        best, job = state.best, self.job
+        ext = job.make(job.space.factors(best.genome), best.genome.start_token)
+        return ext.with_(metadata={
+            **ext.metadata, **job.describe, "search_perplexity": best.evaluation.perplexity,
+            "generations": state.generation, "candidates": len(state.history), "variant": job.space.variant,
+            "seed": state.config.get("seed"), "version": __version__,
+        })
+
+    def checkpoint(self, state: SearchState) -> None:
+        write_history(self.job.out, state, self.job.space)
+        state.save(self.job.out)  # last: state.json is the record of a completed generation
+        self.extension(state).save(self.job.out / "factors.json")
+        self.last = state
+
+    def finish(self, state: SearchState) -> RopeExtension:
+        job = self.job
+        ext = self.extension(state)
+        ext.save(job.out / "factors.json")
+        plot_progress(population_curve(state), job.out / "search.png", title=job.title)
+        if job.peers is not None:
+            s = job.space.scale
+            curves = {"PI": pi_factors(job.peers, s).tolist(), "NTK": ntk_factors(job.peers, s).tolist(),
+                      "YaRN": yarn_factors(job.peers, s).tolist(), "searched": list(ext.long_factor)}
+            plot_factors(curves, job.out / "factors.png", title=f"rescale factors, s = {s:g}")
+        return ext
+
+
+def drive(job: SearchJob, state: SearchState | None = None) -> tuple[SearchState, RopeExtension | None]:
+    """Run (or continue, given `state`) one search and write its files; returns the final state
+    and, on the main process, the best candidate's extension. The model's RoPE is left original."""
+    objective = OBJECTIVES[job.objective](job.model, job.docs, job.make, job.chunk_size)
+    outputs = SearchOutputs(job) if job.is_main else None
+    bar = tqdm(total=job.config.iterations + 1, desc=job.title, unit="gen", dynamic_ncols=True,
+               disable=not (job.is_main and job.progress), initial=0 if state is None else state.generation + 1)
+
+    def on_generation(st: SearchState) -> None:
+        if outputs is not None:
+            outputs.checkpoint(st)
+            bar.set_postfix(best_ppl=f"{st.best.evaluation.perplexity:.3f}", scored=len(st.history))
+            bar.update(st.generation + 1 - bar.n)
+
+    try:
+        state = OPTIMIZERS[job.optimizer](job.space, job.config, objective, len(job.docs), job.seeds, state=state,
+                                          describe=job.describe, evaluate_batch=job.evaluate_batch,
+                                          on_generation=on_generation)
+    except KeyboardInterrupt:
+        bar.close()
+        if outputs is not None and outputs.last is not None:
+            outputs.finish(outputs.last)
+            print(f"interrupted: generation {outputs.last.generation} is saved in {job.out}; {job.resume_hint}",
+                  file=sys.stderr)
+        raise
+    finally:
+        objective.rope.set_extension(None)
+    bar.close()
+    return state, (outputs.finish(state) if outputs is not None else None)

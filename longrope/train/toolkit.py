@@ -1,0 +1,186 @@
+"""What pretraining and fine-tuning share: the learning-rate schedule, AdamW, the loss,
+padded passkey rows, checkpoints and the atomic model-folder writer."""
+from __future__ import annotations
+
+import json
+import math
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+import torch.nn.functional as F
+
+from ..factors import FACTORS_FILE, RopeExtension
+from ..hf_config import check_exportable, hf_config_dict
+from ..io import atomic_savefig, atomic_write_json, staged_dir
+from ..plots import pyplot
+
+IGNORE = -100  # label of a position the loss skips (passkey padding)
+SCHEDULES = ("constant", "linear", "cosine")
+
+
+# -- optimisation ------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Schedule:
+    """Linear warm-up to `lr` over `warmup_steps`, then constant, linear or cosine decay to `min_lr`."""
+
+    lr: float
+    steps: int
+    warmup_steps: int = 0
+    kind: str = "cosine"
+    min_lr: float = 0.0
+
+    def at(self, step: int) -> float:
+        if step < self.warmup_steps:
+            return self.lr * (step + 1) / self.warmup_steps
+        progress = min((step - self.warmup_steps) / max(1, self.steps - self.warmup_steps), 1.0)
+        if self.kind == "constant":
+            return self.lr
+        if self.kind == "linear":
+            return self.min_lr + (self.lr - self.min_lr) * (1 - progress)
+        return self.min_lr + 0.5 * (self.lr - self.min_lr) * (1 + math.cos(math.pi * progress))
+
+
+def lr_at(step: int, cfg) -> float:
+    """The learning rate of `step` for a training config with an `lr_schedule()`."""
+    return cfg.lr_schedule().at(step)
+
+
+def set_lr(opt: torch.optim.Optimizer, lr: float) -> None:
+    for group in opt.param_groups:
+        group["lr"] = lr
+
+
+def adamw(model: torch.nn.Module, lr: float, weight_decay: float) -> torch.optim.AdamW:
+    """AdamW as nanoGPT sets it up: decay the matrices, not the norms and biases (a tied
+    embedding is a matrix too); betas (0.9, 0.95)."""
+    params = [p for p in model.parameters() if p.requires_grad]
+    groups = [{"params": [p for p in params if p.dim() >= 2], "weight_decay": weight_decay},
+              {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0}]
+    return torch.optim.AdamW(groups, lr=lr, betas=(0.9, 0.95), eps=1e-8)
+
+
+def next_token_loss(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """Mean cross-entropy of logits [B, T, V] against targets y [B, T] (IGNORE skipped), fp32."""
+    return F.cross_entropy(logits.float().flatten(0, 1), y.flatten(), ignore_index=IGNORE)
+
+
+# -- data ----------------------------------------------------------------------------------------
+def padded_row(ids: list[int], T: int, pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """A prompt-and-answer row of token ids as (x, y), each [T]: cut to T+1 tokens, padded with
+    `pad_id`; the loss ignores the padding."""
+    ids = ids[: T + 1]
+    row = torch.tensor(ids + [pad_id] * (T + 1 - len(ids)))
+    y = row[1:].clone()
+    y[len(ids) - 1 :] = IGNORE
+    return row[:-1], y
+
+
+# -- checkpoints -----------------------------------------------------------------------------------
+class Checkpoints:
+    """`out/checkpoints/step-N` folders, each complete or absent; the newest alone is kept.
+
+    `save(step, write_state, record)`: write_state(folder) writes the framework's state (e.g.
+    accelerate's `save_state`) into a temporary folder; `record` (JSON) is added, then the
+    folder is renamed into place. `is_main` and `barrier` make it safe across processes.
+    """
+
+    FOLDER = "checkpoints"
+    STATE_FILE = "trainer_state.json"
+
+    def __init__(self, out: Path, is_main: bool = True, barrier: Callable[[], None] = lambda: None):
+        self.folder, self.is_main, self.barrier = out / self.FOLDER, is_main, barrier
+
+    def list(self) -> list[Path]:
+        if not self.folder.is_dir():
+            return []
+        done = [p for p in self.folder.glob("step-*") if (p / self.STATE_FILE).is_file()]
+        return sorted(done, key=lambda p: int(p.name.split("-")[1]))
+
+    def last_step(self) -> int | None:
+        found = self.list()
+        return int(found[-1].name.split("-")[1]) if found else None
+
+    def load_record(self) -> tuple[Path, dict[str, Any]]:
+        last = self.list()[-1]
+        return last, json.loads((last / self.STATE_FILE).read_text())
+
+    def save(self, step: int, write_state: Callable[[Path], None], record: dict[str, Any]) -> None:
+        final = self.folder / f"step-{step:06d}"
+        tmp = self.folder / f".tmp-step-{step:06d}"
+        if self.is_main:
+            shutil.rmtree(tmp, ignore_errors=True)
+        self.barrier()
+        write_state(tmp)
+        self.barrier()
+        if self.is_main:
+            atomic_write_json(tmp / self.STATE_FILE, {"step": step, **record})
+            shutil.rmtree(final, ignore_errors=True)
+            os.replace(tmp, final)
+            for old in self.list()[:-1]:  # keep the newest only
+                shutil.rmtree(old, ignore_errors=True)
+        self.barrier()
+
+    def remove(self) -> None:
+        shutil.rmtree(self.folder, ignore_errors=True)
+
+
+# -- model folders -------------------------------------------------------------------------------
+Finish = Callable[[Path, list[str]], str]  # (folder, export notes) -> name of the file written last
+
+
+def write_model_dir(model, tokenizer, out: Path, finish: Finish, extension: RopeExtension | None = None,
+                    state_dict: dict | None = None, replace: bool = False) -> None:
+    """Write an HF model directory: weights, tokenizer, a config.json carrying `extension`
+    (transformers' longrope keys) and our factors file (it also keeps the start token, which
+    HF configs cannot express); `finish(folder, notes)` adds the run's own record files.
+
+    replace=True: the whole folder is staged beside `out` and renamed into place. Otherwise
+    `out` may already hold other files (checkpoints): the files are staged in a temporary
+    folder inside it and moved in one by one, config.json and the record last, so a
+    half-written directory never looks complete.
+    """
+    if replace:
+        with staged_dir(out) as tmp:
+            _write_model_files(model, tokenizer, tmp, finish, extension, state_dict)
+        return
+    out.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix=".model.", dir=out) as name:
+        tmp = Path(name)
+        last = ("config.json", _write_model_files(model, tokenizer, tmp, finish, extension, state_dict))
+        for name in sorted(p.name for p in tmp.iterdir() if p.name not in last) + list(last):
+            os.replace(tmp / name, out / name)
+
+
+def _write_model_files(model, tokenizer, tmp: Path, finish: Finish, extension: RopeExtension | None,
+                       state_dict: dict | None) -> str:
+    model.config.use_cache = True
+    model.save_pretrained(tmp, state_dict=state_dict)
+    tokenizer.save_pretrained(tmp)
+    notes = []
+    if extension is not None:
+        portable, notes = check_exportable(extension, drop_start_token=True)
+        config = json.loads((tmp / "config.json").read_text())
+        atomic_write_json(tmp / "config.json", hf_config_dict(config, portable))
+        extension.save(tmp / FACTORS_FILE)
+    return finish(tmp, notes)
+
+
+def plot_losses(curve: list[dict], path: Path, title: str = "training loss") -> None:
+    """loss.png: the loss per step of a training run (nothing when the curve is empty)."""
+    if not curve:
+        return
+    plt = pyplot()
+    fig, ax = plt.subplots(figsize=(6, 3.5))
+    ax.plot([c["step"] for c in curve], [c["loss"] for c in curve], lw=1.2)
+    ax.set_xlabel("step")
+    ax.set_ylabel("training loss")
+    ax.set_title(title)
+    ax.grid(True, alpha=0.3)
+    fig.tight_layout()
+    atomic_savefig(fig, path, dpi=110)
+    plt.close(fig)
