@@ -17,6 +17,16 @@ def pyplot():
     return plt
 
 
+def label_axes(ax, xlabel: str, ylabel: str, title: str, legend: bool = True) -> None:
+    """Axis labels, title, a light grid and the legend: the finish every line plot shares."""
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.set_title(title)
+    ax.grid(True, which="both", alpha=0.3)
+    if legend:
+        ax.legend()
+
+
 def save_and_close(fig, path: str | Path, dpi: int = 120) -> Path:
     """Lay out `fig`, save it atomically and free it."""
     fig.tight_layout()
@@ -40,11 +50,7 @@ def plot_ppl_vs_length(rows: list[dict], path: str | Path, title: str = "", nati
         ax.axvline(native, color="grey", linestyle=":", linewidth=1, label=f"native context ({native})")
     ax.set_xscale("log", base=2)
     ax.set_yscale("log")
-    ax.set_xlabel("context length (tokens)")
-    ax.set_ylabel("perplexity")
-    ax.set_title(title or "Perplexity vs context length")
-    ax.grid(True, which="both", alpha=0.3)
-    ax.legend()
+    label_axes(ax, "context length (tokens)", "perplexity", title or "Perplexity vs context length")
     return save_and_close(fig, path)
 
 

@@ -70,6 +70,15 @@ def _check_stage(out: Path, settings: dict[str, Any]) -> dict[str, Any] | None:
     return record
 
 
+def _completed_search(name: str, where: Path, settings: dict[str, Any]) -> RopeExtension | None:
+    """The extension a complete search stage found (None: not complete yet)."""
+    done = _check_stage(where, settings)
+    if done is None:
+        return None
+    log(f"{name}: complete in {where}, skipped")
+    return RopeExtension.from_dict(done["extension"])
+
+
 def check_recipe_against_model(recipe: Recipe, spec) -> None:
     """What needs the model's native context: every target must exceed it."""
     L = spec.original_max_position_embeddings
@@ -80,9 +89,13 @@ def check_recipe_against_model(recipe: Recipe, spec) -> None:
         raise UsageError(f"recipe: mixed context window needs finetune.length above the native context {L}")
 
 
-def _search(recipe: Recipe, stage, where: Path, model: str, length: int, make: MakeExtension, space: SearchSpace,
-            seeds, describe: dict[str, Any], title: str) -> RopeExtension:
-    """One search of the recipe through the search driver, resumed from where/state.json if there."""
+def _search(recipe: Recipe, stage, where: Path, settings: dict[str, Any], model: str, length: int, make: MakeExtension,
+            space: SearchSpace, seeds, describe: dict[str, Any], title: str,
+            finalize=lambda ext: ext) -> tuple[RopeExtension, float]:
+    """One search of the recipe through the search driver, resumed from where/state.json if there;
+    `finalize` adjusts the found extension before the stage is marked complete. Returns it and
+    the seconds this run took."""
+    t0 = time.time()
     config = SearchConfig(population=stage.population, parents=stage.parents, mutations=stage.mutations,
                           crossovers=stage.crossovers, mutation_prob=stage.mutation_prob,
                           iterations=stage.iterations, seed=stage.seed, early_reject=stage.early_reject)
@@ -94,7 +107,9 @@ def _search(recipe: Recipe, stage, where: Path, model: str, length: int, make: M
     state = SearchState.load(where) if has_state(where) else None
     job = SearchJob(lm.model, docs, make, space, config, seeds, where, {**describe, "docs": len(docs)},
                     stage.chunk_size, title=title, resume_hint="rerun the recipe to continue")
-    return drive(job, state)[1]
+    ext = finalize(drive(job, state)[1])
+    write_stage(where, {"settings": settings, "extension": ext.to_dict(), "seconds": round(time.time() - t0, 1)})
+    return ext, time.time() - t0
 
 
 def _space(stage, scale: float, max_factor: float, start_tokens, half: int, critical_dim: int = 0) -> SearchSpace:
@@ -109,22 +124,18 @@ def stage_search(recipe: Recipe, out: Path, spec: RotarySpec) -> RopeExtension:
     stage, where = recipe.search, out / DIRS["search"]
     settings = {**asdict(stage), "model": recipe.model, "corpus": recipe.corpus, "split_seed": recipe.split_seed,
                 "dtype": recipe.dtype}
-    done = _check_stage(where, settings)
-    if done is not None:
-        log(f"search: complete in {where}, skipped")
-        return RopeExtension.from_dict(done["extension"])
-    t0 = time.time()
+    if (done := _completed_search("search", where, settings)) is not None:
+        return done
     L, N = spec.original_max_position_embeddings, stage.target_length
     scale = N / L
     starts = tuple(t for t in (stage.start_tokens or START_TOKENS) if t < N) or (0,)
     cd = critical_dimension(spec.dim, spec.base, L) if stage.variant == "critical" else 0
     space = _space(stage, scale, stage.max_factor or 1.25 * scale, starts, spec.half, cd)
-    ext = _search(recipe, stage, where, recipe.model, N, long_factor_candidate(spec, N, stage.attention_factor),
-                  space, peer_seeds(spec, scale), {"stage": "search", "model": recipe.model, "target_length": N},
-                  f"search 1: {L} -> {N}")
-    write_stage(where, {"settings": settings, "extension": ext.to_dict(), "seconds": round(time.time() - t0, 1)})
+    ext, seconds = _search(recipe, stage, where, settings, recipe.model, N,
+                           long_factor_candidate(spec, N, stage.attention_factor), space, peer_seeds(spec, scale),
+                           {"stage": "search", "model": recipe.model, "target_length": N}, f"search 1: {L} -> {N}")
     log(f"search: {L} -> {N} tokens, n_hat={ext.start_token}, ppl {ext.metadata['search_perplexity']:.3f} "
-        f"({time.time() - t0:.0f}s)")
+        f"({seconds:.0f}s)")
     return ext
 
 
@@ -151,11 +162,8 @@ def stage_search2(recipe: Recipe, out: Path, spec: RotarySpec, ext1: RopeExtensi
     """3. lambda2 on the fine-tuned model for the final target; long_factor = lambda1 * lambda2."""
     stage, where = recipe.search2, out / DIRS["search2"]
     settings = {**asdict(stage), "stage1": ext1.to_dict(), "dtype": recipe.dtype}
-    done = _check_stage(where, settings)
-    if done is not None:
-        log(f"search2: complete in {where}, skipped")
-        return RopeExtension.from_dict(done["extension"])
-    t0 = time.time()
+    if (done := _completed_search("search2", where, settings)) is not None:
+        return done
     L, N1, N2 = spec.original_max_position_embeddings, ext1.max_position_embeddings, stage.target_length
     scale2 = N2 / N1
     lam1 = np.asarray(ext1.long_factor, dtype=np.float64)
@@ -172,10 +180,10 @@ def stage_search2(recipe: Recipe, out: Path, spec: RotarySpec, ext1: RopeExtensi
 
     # the fine-tuned model's context is N1 now: PI/NTK/YaRN seeds for N1 -> N2
     seeds = peer_seeds(RotarySpec(spec.dim, spec.base, N1), scale2)
-    ext = _search(recipe, stage, where, str(ft_dir), N2, make, space, seeds,
-                  {"stage": "search2", "model": str(ft_dir), "target_length": N2}, f"search 2: {N1} -> {N2} (x lambda1)")
-    write_stage(where, {"settings": settings, "extension": ext.to_dict(), "seconds": round(time.time() - t0, 1)})
-    log(f"search2: {N1} -> {N2} tokens, ppl {ext.metadata['search_perplexity']:.3f} ({time.time() - t0:.0f}s)")
+    ext, seconds = _search(recipe, stage, where, settings, str(ft_dir), N2, make, space, seeds,
+                           {"stage": "search2", "model": str(ft_dir), "target_length": N2},
+                           f"search 2: {N1} -> {N2} (x lambda1)")
+    log(f"search2: {N1} -> {N2} tokens, ppl {ext.metadata['search_perplexity']:.3f} ({seconds:.0f}s)")
     return ext
 
 
@@ -184,11 +192,8 @@ def stage_readjust(recipe: Recipe, out: Path, spec: RotarySpec, ext1: RopeExtens
     """4. short_factor: a search at the native length with a smaller upper bound (paper section 3.3)."""
     stage, where = recipe.readjust, out / DIRS["readjust"]
     settings = {**asdict(stage), "extension": ext.to_dict(), "dtype": recipe.dtype}
-    done = _check_stage(where, settings)
-    if done is not None:
-        log(f"readjust: complete in {where}, skipped")
-        return RopeExtension.from_dict(done["extension"])
-    t0 = time.time()
+    if (done := _completed_search("readjust", where, settings)) is not None:
+        return done
     L = spec.original_max_position_embeddings
     bound = stage.max_factor or 1.25 * ext1.scale  # stage 1's bound: smaller than the final one
     if bound <= 1:
@@ -200,12 +205,13 @@ def stage_readjust(recipe: Recipe, out: Path, spec: RotarySpec, ext1: RopeExtens
 
     # seeds: the original RoPE, the factors the model was fine-tuned with, and the final ones
     seeds = [np.ones(spec.half), np.minimum(ext1.long_factor, bound), np.minimum(ext.long_factor, bound)]
-    found = _search(recipe, stage, where, str(ft_dir), L, make, space, seeds,
-                    {"stage": "readjust", "model": str(ft_dir), "length": L}, f"readjust short_factor at {L}")
-    found = found.with_(metadata=dict(ext.metadata) | {"short_search_perplexity": found.metadata["search_perplexity"]})
-    write_stage(where, {"settings": settings, "extension": found.to_dict(), "seconds": round(time.time() - t0, 1)})
-    log(f"readjust: short_factor at {L} tokens, ppl {found.metadata['short_search_perplexity']:.3f} "
-        f"({time.time() - t0:.0f}s)")
+    def keep_metadata(found: RopeExtension) -> RopeExtension:
+        return found.with_(metadata=dict(ext.metadata) | {"short_search_perplexity": found.metadata["search_perplexity"]})
+
+    found, seconds = _search(recipe, stage, where, settings, str(ft_dir), L, make, space, seeds,
+                             {"stage": "readjust", "model": str(ft_dir), "length": L}, f"readjust short_factor at {L}",
+                             keep_metadata)
+    log(f"readjust: short_factor at {L} tokens, ppl {found.metadata['short_search_perplexity']:.3f} ({seconds:.0f}s)")
     return found
 
 

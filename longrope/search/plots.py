@@ -4,7 +4,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Sequence
 
-from ..plots import pyplot, save_and_close
+from ..plots import label_axes, pyplot, save_and_close
 
 
 def plot_progress(curve: list[tuple[int, float, float]], path: str | Path, title: str = "") -> Path:
@@ -17,11 +17,7 @@ def plot_progress(curve: list[tuple[int, float, float]], path: str | Path, title
     ax.plot(gens, median, marker=".", ms=3, alpha=0.7, label="median of the population")
     if max(median) > 3 * min(best):  # log scale only when the range is wide
         ax.set_yscale("log")
-    ax.set_xlabel("generation")
-    ax.set_ylabel("perplexity")
-    ax.set_title(title or "LongRoPE evolutionary search")
-    ax.grid(True, which="both", alpha=0.3)
-    ax.legend()
+    label_axes(ax, "generation", "perplexity", title or "LongRoPE evolutionary search")
     return save_and_close(fig, path)
 
 
@@ -31,9 +27,5 @@ def plot_factors(curves: dict[str, Sequence[float]], path: str | Path, title: st
     fig, ax = plt.subplots(figsize=(6, 4))
     for name, lam in curves.items():
         ax.plot(range(len(lam)), lam, lw=2.2 if name == "searched" else 1.2, label=name)
-    ax.set_xlabel("pair index i (higher = lower frequency)")
-    ax.set_ylabel("rescale factor lambda_i")
-    ax.set_title(title or "rescale factors")
-    ax.grid(True, alpha=0.3)
-    ax.legend()
+    label_axes(ax, "pair index i (higher = lower frequency)", "rescale factor lambda_i", title or "rescale factors")
     return save_and_close(fig, path)

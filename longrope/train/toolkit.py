@@ -16,8 +16,8 @@ import torch.nn.functional as F
 
 from ..factors import FACTORS_FILE, RopeExtension
 from ..hf_config import check_exportable, hf_config_dict
-from ..io import atomic_savefig, atomic_write_json, staged_dir
-from ..plots import pyplot
+from ..io import atomic_write_json, staged_dir
+from ..plots import label_axes, pyplot, save_and_close
 
 IGNORE = -100  # label of a position the loss skips (passkey padding)
 SCHEDULES = ("constant", "linear", "cosine")
@@ -177,10 +177,5 @@ def plot_losses(curve: list[dict], path: Path, title: str = "training loss") -> 
     plt = pyplot()
     fig, ax = plt.subplots(figsize=(6, 3.5))
     ax.plot([c["step"] for c in curve], [c["loss"] for c in curve], lw=1.2)
-    ax.set_xlabel("step")
-    ax.set_ylabel("training loss")
-    ax.set_title(title)
-    ax.grid(True, alpha=0.3)
-    fig.tight_layout()
-    atomic_savefig(fig, path, dpi=110)
-    plt.close(fig)
+    label_axes(ax, "step", "training loss", title, legend=False)
+    save_and_close(fig, path, dpi=110)
