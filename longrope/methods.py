@@ -2,7 +2,8 @@
 
 Every method maps (RotarySpec, scale s) to rescale factors lambda (shape [d/2], float64,
 all >= 1), so one builder (`longrope.rope`) turns any of them into frequencies. Formulas:
-REFERENCE section 5 (PI, NTK-aware, YaRN, Llama-3.1) and transformers' rope utilities.
+PI (arXiv 2306.15595), NTK-aware scaling, YaRN (arXiv 2309.00071), Llama-3.1's rule, and
+transformers' rope utilities (the tests check every method against them).
 """
 from __future__ import annotations
 

@@ -54,7 +54,7 @@ def scaled_inv_freq(spec: RotarySpec, rescale_factors: torch.Tensor) -> torch.Te
 
 
 def longrope_attention_factor(scale: float, original_max_position_embeddings: int) -> float:
-    """The 'su' magnitude scaling sqrt(1 + ln(s)/ln(L)) applied to cos and sin (REFERENCE 1)."""
+    """The 'su' magnitude scaling sqrt(1 + ln(s)/ln(L)) applied to cos and sin (LongRoPE, arXiv 2402.13753; Phi-3's 'su')."""
     if scale <= 1.0:
         return 1.0
     return math.sqrt(1.0 + math.log(scale) / math.log(original_max_position_embeddings))

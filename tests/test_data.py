@@ -18,9 +18,7 @@ from longrope.data import (
 from longrope.errors import UsageError
 
 
-@pytest.fixture(autouse=True)
-def _cache(tmp_path, monkeypatch):
-    monkeypatch.setenv("LONGROPE_CACHE", str(tmp_path / "cache"))
+pytestmark = pytest.mark.usefixtures("isolated_cache")
 
 
 def test_default_corpus_is_stdlib_sources_and_pydoc_topics():

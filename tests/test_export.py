@@ -55,7 +55,7 @@ def test_rope_scaling_keys_and_short_defaults_to_long():
     assert d["rope_type"] == "longrope"
     assert d["short_factor"] == d["long_factor"] == [1.0, 2.0, 4.0]  # our runtime uses long at every length
     assert d["factor"] == 32.0 and d["original_max_position_embeddings"] == 4096
-    assert d["attention_factor"] == pytest.approx(1.1902, abs=1e-4)  # REFERENCE 1: s=32, L=4096
+    assert d["attention_factor"] == pytest.approx(1.1902, abs=1e-4)  # sqrt(1 + ln 32 / ln 4096), LongRoPE section 3.3
     assert "short_mscale" not in d  # vLLM's default already equals the LongRoPE attention factor
 
 

@@ -95,7 +95,7 @@ def test_longrope_file_factors_match_transformers(d, base, L):
 
 
 def test_reference_attention_factors():
-    # REFERENCE 1: s=32, L=4096 -> 1.1902; s=16, L=8192 -> 1.1436
+    # LongRoPE's default sqrt(1 + ln s / ln L): s=32, L=4096 -> 1.1902; s=16, L=8192 -> 1.1436
     assert abs(longrope_attention_factor(32, 4096) - 1.1902) < 1e-4
     assert abs(longrope_attention_factor(16, 8192) - 1.1436) < 1e-4
 

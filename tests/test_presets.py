@@ -11,9 +11,7 @@ from longrope.models.cache import cache_dir
 from longrope.models.presets import PRESETS, ModelSource, resolve_model
 
 
-@pytest.fixture(autouse=True)
-def _cache(tmp_path, monkeypatch):
-    monkeypatch.setenv("LONGROPE_CACHE", str(tmp_path / "cache"))
+pytestmark = pytest.mark.usefixtures("isolated_cache")
 
 
 def test_cache_dir_follows_the_environment(tmp_path):

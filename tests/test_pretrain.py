@@ -9,9 +9,7 @@ from longrope.errors import UsageError
 from longrope.train.pretrain import Batches, PretrainConfig, lr_at, pretrain_tiny, train_tokenizer
 
 
-@pytest.fixture(autouse=True)
-def _cache(tmp_path, monkeypatch):
-    monkeypatch.setenv("LONGROPE_CACHE", str(tmp_path / "cache"))
+pytestmark = pytest.mark.usefixtures("isolated_cache")
 
 
 @pytest.fixture(scope="module")

@@ -15,7 +15,7 @@ from longrope.cli import main
 from longrope.factors import RopeExtension
 from longrope.search.genes import START_TOKENS
 
-from search_fixtures import make_corpus, make_tiny_model_dir
+from conftest import make_corpus, make_tiny_model_dir
 
 ROOT = Path(__file__).resolve().parents[1]
 BUDGET = ["--population", "6", "--parents", "3", "--mutations", "2", "--crossovers", "2", "--iterations", "2",
