@@ -23,7 +23,8 @@ from ..models.device import resolve_dtype
 from ..models.load import load_model
 from ..rope import RotarySpec
 from ..search.distributed import Dist, broadcast, close_distributed, distributed_evaluator, init_distributed
-from ..search.driver import SearchJob, drive, has_state
+from ..options import add_options, build
+from ..search.driver import SearchJob, SearchOptions, drive, has_state
 from ..search.evolution import STATE_FILE, SearchConfig, SearchState, peer_seeds
 from ..search.fitness import long_factor_candidate, search_documents
 from ..search.genes import START_TOKENS, SearchSpace, critical_dimension
@@ -52,15 +53,8 @@ def register(subparsers) -> None:
     p.add_argument("--corpus", default=None, help="stdlib (default), a folder of .txt, a .txt or a .jsonl file")
     p.add_argument("--target-length", type=int, required=True, help="target context L' in tokens")
     p.add_argument("--out", required=True, help="output folder (state.json, factors.json, history.jsonl, plots)")
-    p.add_argument("--docs", type=int, default=5, help="K search documents (default 5, as the paper)")
-    p.add_argument("--population", type=int, default=64, help="P (default 64)")
-    p.add_argument("--parents", type=int, default=32, help="top-k kept each generation (default 32)")
-    p.add_argument("--mutations", type=int, default=16, help="N1 mutants per generation (default 16)")
-    p.add_argument("--crossovers", type=int, default=16, help="N2 crossovers per generation (default 16)")
-    p.add_argument("--mutation-prob", type=float, default=0.3, help="p, per-gene mutation probability (0.3)")
-    p.add_argument("--iterations", type=int, default=40, help="T generations (default 40)")
-    p.add_argument("--step", type=float, default=0.01, help="grid step of the factors (default 0.01)")
-    p.add_argument("--max-factor", type=float, default=None, help="upper bound of lambda (default 1.25*s)")
+    add_options(p, SearchConfig)
+    add_options(p, SearchOptions)
     p.add_argument("--start-token", type=int, default=None,
                    help="fix n_hat to this value (default: search it over the paper's candidates)")
     p.add_argument("--variant", choices=("longrope", "piecewise", "critical"), default="longrope",
@@ -68,13 +62,7 @@ def register(subparsers) -> None:
                    "the critical dim, LongRoPE2 (critical)")
     p.add_argument("--critical-dim", type=int, default=None,
                    help="cd for --variant critical (default: ceil(d/2 * log_b(L / 2pi)))")
-    p.add_argument("--no-early-reject", dest="early_reject", action="store_false",
-                   help="score every candidate on all documents (default: stop scoring a candidate once its "
-                   "losses so far, plus the best loss ever seen on each remaining document, cannot beat the "
-                   "worst of the top-k)")
-    p.add_argument("--seed", type=int, default=0, help="random seed of the search (default 0)")
     p.add_argument("--split-seed", type=int, default=0, help="seed of the search/validation/test split (0)")
-    p.add_argument("--chunk-size", type=int, default=1024, help="tokens per LM-head chunk in the loss")
     p.add_argument("--resume", action="store_true", help="continue the search saved in --out")
     p.set_defaults(func=run)
 
@@ -123,9 +111,7 @@ def search_space(args: argparse.Namespace, spec: RotarySpec, target_length: int)
 
 def search(args: argparse.Namespace, d: Dist) -> int:
     # -- check the cheap things before loading anything ---------------------------------------
-    config = SearchConfig(population=args.population, parents=args.parents, mutations=args.mutations,
-                          crossovers=args.crossovers, mutation_prob=args.mutation_prob,
-                          iterations=args.iterations, seed=args.seed, early_reject=args.early_reject)
+    config = build(SearchConfig, args)
     if args.docs < 1:
         raise UsageError("--docs must be at least 1")
     if args.start_token is not None and args.start_token < 0:

@@ -28,31 +28,21 @@ import yaml
 
 from ..errors import UsageError
 from ..methods import get_method
+from ..search.driver import SearchOptions
+from ..search.evolution import SearchConfig
 from ..train.finetune import FinetuneConfig
 
 STAGES = ("search", "finetune", "search2", "readjust", "evaluate")
 REQUIRED_STAGES = ("search", "finetune")
 
 
-@dataclass
-class SearchSettings:
-    """Hyper-parameters of one evolutionary search (the paper's defaults, section 4.1)."""
-
-    docs: int = 5  # K search documents
-    population: int = 64
-    parents: int = 32
-    mutations: int = 16
-    crossovers: int = 16
-    mutation_prob: float = 0.3
-    iterations: int = 40
-    step: float = 0.01  # grid step of lambda
-    max_factor: float | None = None  # upper bound of lambda (None: 1.25*s; readjust: stage 1's bound)
-    seed: int = 0
-    early_reject: bool = True
-    chunk_size: int = 1024
+@dataclass(frozen=True)
+class SearchSettings(SearchOptions, SearchConfig):
+    """Hyper-parameters of one evolutionary search: `SearchConfig` (Algorithm 1, the paper's
+    defaults) and `SearchOptions` (documents, grid, bound; readjust's bound: stage 1's)."""
 
 
-@dataclass
+@dataclass(frozen=True)
 class SearchStage(SearchSettings):
     """`search` (on the original model) and `search2` (on the fine-tuned one, a factor on top)."""
 
@@ -62,7 +52,7 @@ class SearchStage(SearchSettings):
     attention_factor: float | None = None  # None: search: the longrope default; search2: the fine-tuned one
 
 
-@dataclass
+@dataclass(frozen=True)
 class ReadjustStage(SearchSettings):
     """Short-context readjustment: search `short_factor` at the native length (paper section 3.3)."""
 
@@ -150,6 +140,8 @@ def _build(cls, data: Any, where: str, exclude: tuple[str, ...] = ()):
     values = {k: _check_value(v, hints[k], f"{where}.{k}") for k, v in data.items()}
     try:
         return cls(**values)
+    except UsageError as e:  # a setting the dataclass itself refuses
+        raise UsageError(f"recipe: {where}: {e}") from None
     except TypeError as e:  # a required key is missing
         missing = [f.name for f in fields(cls) if f.name not in values and f.name in allowed
                    and f.default is f.default_factory is dataclasses.MISSING]

@@ -33,6 +33,7 @@ from ..export.hf import export_hf
 from ..factors import FACTORS_FILE, RopeExtension
 from ..io import atomic_write_json, changed_keys, staged_dir
 from ..methods import attention_factor, build_extension
+from ..options import build
 from ..models.load import load_model, model_spec
 from ..rope import RotarySpec
 from ..search.driver import SearchJob, drive, has_state
@@ -96,9 +97,7 @@ def _search(recipe: Recipe, stage, where: Path, settings: dict[str, Any], model:
     `finalize` adjusts the found extension before the stage is marked complete. Returns it and
     the seconds this run took."""
     t0 = time.time()
-    config = SearchConfig(population=stage.population, parents=stage.parents, mutations=stage.mutations,
-                          crossovers=stage.crossovers, mutation_prob=stage.mutation_prob,
-                          iterations=stage.iterations, seed=stage.seed, early_reject=stage.early_reject)
+    config = build(SearchConfig, stage)
     lm = load_model(model, recipe.dtype)
     docs = search_documents(lm.tokenizer, recipe.corpus, length, stage.docs, recipe.split_seed)
     if len(docs) < stage.docs:

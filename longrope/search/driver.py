@@ -22,11 +22,23 @@ from tqdm.auto import tqdm
 from .. import __version__
 from ..factors import RopeExtension
 from ..methods import ntk_factors, pi_factors, yarn_factors
+from ..options import option
 from ..rope import RotarySpec
 from .evolution import STATE_FILE, SearchConfig, SearchState, evaluate_serial, population_curve, run_search, write_history
 from .fitness import OBJECTIVES, MakeExtension
 from .genes import SearchSpace
 from .plots import plot_factors, plot_progress
+
+@dataclass(frozen=True)
+class SearchOptions:
+    """What a search needs beyond Algorithm 1's hyper-parameters: the fitness documents, the
+    grid and bound of the factors, the loss chunk. `longrope search` flags, recipe keys."""
+
+    docs: int = option(5, "K search documents (as the paper)")
+    step: float = option(0.01, "grid step of the factors")
+    max_factor: float | None = option(None, "upper bound of lambda", default_help="1.25*s")
+    chunk_size: int = option(1024, "tokens per LM-head chunk in the loss")
+
 
 # name -> fn(space, config, objective, num_docs, seeds, state=, describe=, evaluate_batch=, on_generation=) -> state
 OPTIMIZERS: dict[str, Callable[..., SearchState]] = {"evolution": run_search}

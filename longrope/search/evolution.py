@@ -34,6 +34,7 @@ import numpy as np
 from ..errors import UsageError
 from ..io import atomic_write_json, atomic_write_text, changed_keys
 from ..methods import ntk_factors, pi_factors, yarn_factors
+from ..options import option
 from ..rope import RotarySpec
 from .genes import Genome, SearchSpace
 
@@ -44,16 +45,19 @@ HISTORY_FILE = "history.jsonl"
 
 @dataclass(frozen=True)
 class SearchConfig:
-    """Hyper-parameters of Algorithm 1; defaults are the paper's (section 4.1)."""
+    """Hyper-parameters of Algorithm 1; defaults are the paper's (section 4.1). The fields are
+    `longrope search`'s flags and a recipe search stage's keys."""
 
-    population: int = 64  # P
-    parents: int = 32  # top-k kept each generation
-    mutations: int = 16  # N1
-    crossovers: int = 16  # N2
-    mutation_prob: float = 0.3  # p, per gene
-    iterations: int = 40  # T
-    seed: int = 0
-    early_reject: bool = True
+    population: int = option(64, "P, candidates per generation")
+    parents: int = option(32, "top-k kept each generation")
+    mutations: int = option(16, "N1 mutants per generation")
+    crossovers: int = option(16, "N2 crossovers per generation")
+    mutation_prob: float = option(0.3, "p, per-gene mutation probability")
+    iterations: int = option(40, "T generations")
+    seed: int = option(0, "random seed of the search")
+    early_reject: bool = option(True, "score every candidate on all documents (default: stop scoring a candidate once "
+                                "its losses so far, plus the best loss ever seen on each remaining document, cannot "
+                                "beat the worst of the top-k)", flag="--no-early-reject")
     reject_slack: float = 0.0  # nats a candidate may beat the best-ever loss of a document by
 
     def __post_init__(self):
