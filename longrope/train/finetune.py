@@ -40,6 +40,7 @@ from ..evaluate.passkey import MAX_KEY, build_prompt
 from ..factors import RopeExtension
 from ..io import atomic_write_json, changed_keys, check_writable_dir
 from ..models.device import auto_mixed_precision
+from ..options import option
 from ..models.load import load_model
 from ..seam import install_rope
 from .pretrain import TRAIN_SPLITS  # the tiny preset's pretraining data; "test" stays held out
@@ -55,25 +56,26 @@ PRECISIONS = ("auto", "no", "bf16", "fp16")
 class FinetuneConfig:
     """Settings of one fine-tuning run (the `longrope finetune` flags and a recipe's `finetune`)."""
 
-    length: int  # N: tokens per training sequence
-    steps: int  # optimizer steps
-    batch_size: int = 1  # sequences per micro-batch and process
-    grad_accum: int = 1  # micro-batches per optimizer step
-    lr: float = 2e-5  # peak learning rate (paper: 2e-5 for LLaMA2)
-    schedule: str = "linear"  # decay after warm-up: constant, linear or cosine
-    warmup_steps: int = 0
-    min_lr_ratio: float = 0.0  # decay floor, as a share of lr
-    weight_decay: float = 0.0
-    grad_clip: float = 1.0  # max global gradient norm; 0 = off
-    gradient_checkpointing: bool = False  # recompute activations in backward (memory for time)
-    mixed_precision: str = "auto"  # auto (bf16 where fast), no, bf16, fp16
-    mixed_context: float = 0.0  # LongRoPE2: share of micro-batches that are short, original RoPE
-    passkey_fraction: float = 0.0  # share of rows that are passkey prompts (0: corpus only)
-    save_every: int = 0  # checkpoint every this many steps (0: only when stopped early / at the end)
-    keep_checkpoints: bool = False  # keep checkpoints/ after the final model is written
-    seed: int = 0
-    corpus: str | None = None  # None: the default corpus
-    split_seed: int = 0
+    length: int = option(help="tokens per training sequence (N)")
+    steps: int = option(help="optimizer steps")
+    batch_size: int = option(1, "sequences per micro-batch and process")
+    grad_accum: int = option(1, "micro-batches per optimizer step")
+    lr: float = option(2e-5, "peak learning rate (the paper's for LLaMA2)")
+    schedule: str = option("linear", "decay after warm-up (linear: the paper's)", choices=SCHEDULES)
+    warmup_steps: int = option(0, "linear warm-up steps")
+    min_lr_ratio: float = option(0.0, "decay floor as a share of --lr")
+    weight_decay: float = option(0.0, "AdamW weight decay")
+    grad_clip: float = option(1.0, "max global gradient norm, 0 = off")
+    gradient_checkpointing: bool = option(False, "recompute activations in backward (memory for time)")
+    mixed_precision: str = option("auto", "autocast; auto = bf16 on GPUs and AMX/AVX512-BF16 CPUs", choices=PRECISIONS)
+    mixed_context: float = option(0.0, "LongRoPE2 mixed context window: share of micro-batches that are native-length "
+                                  "sequences trained with the original RoPE (0 = off)")
+    passkey_fraction: float = option(0.0, "share of rows replaced by passkey prompts of random length")
+    save_every: int = option(0, "checkpoint every this many steps (0: only at the end, or when stopped early)")
+    keep_checkpoints: bool = option(False, "keep checkpoints/ after the run completes")
+    seed: int = option(0, "seed of the data order and passkey rows")
+    corpus: str | None = option(None, "stdlib, a folder of .txt, a .txt or a .jsonl file", default_help="stdlib")
+    split_seed: int = option(0, "seed of the corpus split")
 
     def validate(self) -> None:
         """UsageError on the first bad setting (cheap: call before loading anything)."""

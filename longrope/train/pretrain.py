@@ -33,6 +33,7 @@ from ..evaluate.passkey import MAX_KEY, passkey_text, run_trials
 from ..evaluate.ppl import mean_nlls, perplexity
 from ..io import atomic_write_json, check_writable_dir
 from ..models.device import cpu_has_fast_bf16
+from ..options import option
 from .toolkit import Schedule, adamw, lr_at, next_token_loss, padded_row, set_lr, write_model_dir
 
 BOS, EOS, PAD = "<s>", "</s>", "<pad>"
@@ -43,8 +44,8 @@ HELD_OUT_SPLIT = "test"
 @dataclass
 class PretrainConfig:
     # tokenizer and model
-    vocab_size: int = 8192
-    n_layer: int = 4
+    vocab_size: int = option(8192, "BPE vocabulary size")
+    n_layer: int = option(4, "transformer layers", flag="--layers")
     n_embd: int = 256
     n_head: int = 4
     head_dim: int = 64  # 32 rotary frequencies for the search to rescale
@@ -52,22 +53,24 @@ class PretrainConfig:
     block_size: int = 128  # native context: max_position_embeddings
     rope_theta: float = 10000.0
     # optimisation
-    steps: int = 1000
-    batch_size: int = 24
-    lr: float = 2e-3
+    steps: int = option(1000, "optimizer steps")
+    batch_size: int = option(24, "rows of block_size (128) tokens per step")
+    lr: float = option(2e-3, "peak learning rate")
     min_lr: float = 2e-4
     warmup_steps: int = 50
     weight_decay: float = 0.1
     grad_clip: float = 1.0
-    passkey_fraction: float = 0.3  # share of rows that are in-window passkey prompts
+    passkey_fraction: float = option(0.3, "share of training rows that are in-window passkey prompts, 0..1")
     bf16: bool | None = None  # None: bf16 autocast where the CPU/GPU runs it fast
-    seed: int = 0
-    threads: int | None = None  # torch CPU threads; None: torch's default (1 is faster on a busy machine)
+    seed: int = option(0, "seed of initialisation and batches")
+    threads: int | None = option(None, "torch CPU threads (1 is often faster on a busy machine)",
+                                 default_help="torch's choice")
     # data and evaluation
-    corpus: str | None = None  # None: the default corpus (see longrope.data.load_corpus)
+    corpus: str | None = option(None, "directory of .txt files, a .txt file, or a .jsonl with a 'text' field",
+                                default_help="the Python standard library sources and pydoc topics", metavar="PATH")
     split_seed: int = 0
     eval_docs: int = 200  # held-out documents scored at block_size tokens
-    passkey_trials: int = 100
+    passkey_trials: int = option(100, "in-window passkey trials measured after training, 0 = skip")
 
     def lr_schedule(self) -> Schedule:
         """Linear warm-up, then cosine decay from lr to min_lr over the remaining steps."""
