@@ -32,13 +32,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="longrope", description="Extend the context window of RoPE language models (LongRoPE).")
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
     for name in COMMAND_MODULES:
-        try:
-            module = importlib.import_module(name)
-        except ModuleNotFoundError as e:
-            if e.name == name:  # a subcommand not present in this build
-                continue
-            raise
-        module.register(sub)
+        importlib.import_module(name).register(sub)
     return parser
 
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import math
 import shutil
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -40,6 +41,22 @@ def _safetensors_dir(path: Path) -> bool:
     return any(path.glob("*.safetensors")) and not any(path.glob("pytorch_model*.bin"))
 
 
+def _rotary_class(config) -> tuple[type, str]:
+    """transformers' own rotary embedding class for `config` (`<Arch>RotaryEmbedding` in the
+    architecture's modeling module), found without building the model; and the model's name."""
+    from transformers import AutoModelForCausalLM
+
+    try:
+        model_class = AutoModelForCausalLM._model_mapping[type(config)]
+    except KeyError:
+        raise UsageError(f"transformers has no causal LM for {type(config).__name__}") from None
+    arch = model_class.__name__
+    rotary = getattr(sys.modules[model_class.__module__], arch.removesuffix("ForCausalLM") + "RotaryEmbedding", None)
+    if rotary is None:
+        raise UsageError(f"{arch} has no rotary embedding module: the hf format cannot carry its RoPE extension")
+    return rotary, arch
+
+
 def check_rotary(model_dir: Path, ext: RopeExtension, spec: RotarySpec) -> dict[str, float]:
     """Load `model_dir`'s config with plain transformers, build the architecture's own rotary
     module from it and check it uses our factors and attention factor on both sides of L.
@@ -47,17 +64,10 @@ def check_rotary(model_dir: Path, ext: RopeExtension, spec: RotarySpec) -> dict[
     Raises UsageError when the architecture does not carry the extension (e.g. its RoPE
     module ignores `rope_scaling`). Returns the largest relative differences found.
     """
-    from transformers import AutoModelForCausalLM
-
     config = load_config(model_dir)
-    with torch.device("meta"):
-        skeleton = AutoModelForCausalLM.from_config(config)
-    rotary = [m for name, m in skeleton.named_modules() if name.split(".")[-1] == "rotary_emb"]
-    arch = type(skeleton).__name__
-    if not rotary:
-        raise UsageError(f"{arch} has no rotary_emb module: the hf format cannot carry its RoPE extension")
+    rotary_class, arch = _rotary_class(config)
     try:
-        theirs = type(rotary[0])(config=config)
+        theirs = rotary_class(config=config)
     except Exception as e:  # any failure here means transformers does not take this config
         raise UsageError(f"{arch}: transformers cannot build its RoPE from the exported config ({e})") from None
     ours = ScaledRotaryEmbedding(spec, ext)
