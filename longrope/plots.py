@@ -4,6 +4,8 @@ from __future__ import annotations
 from collections import defaultdict
 from pathlib import Path
 
+import numpy as np
+
 from .io import atomic_savefig
 
 
@@ -57,7 +59,6 @@ def plot_ppl_vs_length(rows: list[dict], path: str | Path, title: str = "", nati
 def plot_passkey_heatmap(trials: list[dict], path: str | Path, depth_bins: int = 5, title: str = "") -> Path:
     """Accuracy per (depth bin, length), one panel per method. trials: dicts with
     method, length, depth, correct."""
-    import numpy as np
 
     plt = pyplot()
     methods = list(dict.fromkeys(t["method"] for t in trials))

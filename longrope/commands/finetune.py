@@ -11,7 +11,6 @@ import argparse
 import os
 from pathlib import Path
 
-from ..errors import UsageError
 from ..factors import FACTORS_FILE
 from ..hf_config import load_factors
 from ..options import add_options, build
