@@ -32,6 +32,7 @@ from ..search.driver import SearchOptions
 from ..search.evolution import SearchConfig
 from ..train.finetune import FinetuneConfig
 
+NOT_RECIPE_KEYS = ("reject_slack",)  # SearchConfig fields a recipe does not set
 STAGES = ("search", "finetune", "search2", "readjust", "evaluate")
 REQUIRED_STAGES = ("search", "finetune")
 
@@ -40,6 +41,10 @@ REQUIRED_STAGES = ("search", "finetune")
 class SearchSettings(SearchOptions, SearchConfig):
     """Hyper-parameters of one evolutionary search: `SearchConfig` (Algorithm 1, the paper's
     defaults) and `SearchOptions` (documents, grid, bound; readjust's bound: stage 1's)."""
+
+    def settings(self) -> dict[str, Any]:
+        """The stage's keys as a recipe sets them (what its stage.json records)."""
+        return {k: v for k, v in asdict(self).items() if k not in NOT_RECIPE_KEYS}
 
 
 @dataclass(frozen=True)
@@ -88,7 +93,11 @@ class Recipe:
         return (self.search2 or self.search).target_length
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        d = asdict(self)
+        for name in ("search", "search2", "readjust"):
+            if getattr(self, name) is not None:
+                d[name] = getattr(self, name).settings()
+        return d
 
 
 # -- parsing -----------------------------------------------------------------------------------------
@@ -191,7 +200,7 @@ def parse_recipe(data: Any, source: str = "recipe") -> Recipe:
         if name not in stages:
             raise UsageError(f"recipe: stage {name!r} is required")
 
-    search = _build(SearchStage, stages["search"], "search")
+    search = _build(SearchStage, stages["search"], "search", NOT_RECIPE_KEYS)
     _check_search(search, "search")
     ft_data = stages["finetune"]
     if isinstance(ft_data, dict):
@@ -210,14 +219,14 @@ def parse_recipe(data: Any, source: str = "recipe") -> Recipe:
 
     search2 = None
     if "search2" in stages:
-        search2 = _build(SearchStage, stages["search2"], "search2")
+        search2 = _build(SearchStage, stages["search2"], "search2", NOT_RECIPE_KEYS)
         _check_search(search2, "search2")
         if search2.target_length <= search.target_length:
             raise UsageError(f"recipe: final target search2.target_length {search2.target_length} must exceed "
                              f"the stage-1 target {search.target_length}")
         if search2.variant != "longrope":
             raise UsageError("recipe: search2.variant must be longrope (it searches a factor on top of stage 1)")
-    readjust = _build(ReadjustStage, stages["readjust"], "readjust") if "readjust" in stages else None
+    readjust = _build(ReadjustStage, stages["readjust"], "readjust", NOT_RECIPE_KEYS) if "readjust" in stages else None
     evaluate = _build(EvaluateStage, stages["evaluate"], "evaluate") if "evaluate" in stages else None
     if evaluate is not None:
         if evaluate.docs < 1 or evaluate.passkey_trials < 0:

@@ -121,7 +121,7 @@ def _space(stage, scale: float, max_factor: float, start_tokens, half: int, crit
 def stage_search(recipe: Recipe, out: Path, spec: RotarySpec) -> RopeExtension:
     """1. lambda1 for the stage-1 target, on the original model (Algorithm 1)."""
     stage, where = recipe.search, out / DIRS["search"]
-    settings = {**asdict(stage), "model": recipe.model, "corpus": recipe.corpus, "split_seed": recipe.split_seed,
+    settings = {**stage.settings(), "model": recipe.model, "corpus": recipe.corpus, "split_seed": recipe.split_seed,
                 "dtype": recipe.dtype}
     if (done := _completed_search("search", where, settings)) is not None:
         return done
@@ -160,7 +160,7 @@ def stage_finetune(recipe: Recipe, ext: RopeExtension | None, where: Path, label
 def stage_search2(recipe: Recipe, out: Path, spec: RotarySpec, ext1: RopeExtension, ft_dir: Path) -> RopeExtension:
     """3. lambda2 on the fine-tuned model for the final target; long_factor = lambda1 * lambda2."""
     stage, where = recipe.search2, out / DIRS["search2"]
-    settings = {**asdict(stage), "stage1": ext1.to_dict(), "dtype": recipe.dtype}
+    settings = {**stage.settings(), "stage1": ext1.to_dict(), "dtype": recipe.dtype}
     if (done := _completed_search("search2", where, settings)) is not None:
         return done
     L, N1, N2 = spec.original_max_position_embeddings, ext1.max_position_embeddings, stage.target_length
@@ -190,7 +190,7 @@ def stage_readjust(recipe: Recipe, out: Path, spec: RotarySpec, ext1: RopeExtens
                    ft_dir: Path) -> RopeExtension:
     """4. short_factor: a search at the native length with a smaller upper bound (paper section 3.3)."""
     stage, where = recipe.readjust, out / DIRS["readjust"]
-    settings = {**asdict(stage), "extension": ext.to_dict(), "dtype": recipe.dtype}
+    settings = {**stage.settings(), "extension": ext.to_dict(), "dtype": recipe.dtype}
     if (done := _completed_search("readjust", where, settings)) is not None:
         return done
     L = spec.original_max_position_embeddings
