@@ -111,6 +111,23 @@ class RopeExtension:
         if not is_monotone(self.long_factor):
             raise UsageError("long_factor is not non-decreasing (lambda_i <= lambda_{i+1} is required)")
 
+    def check_fits(self, spec) -> None:
+        """Raise UsageError unless these factors fit a model's RoPE (`RotarySpec`): d/2 values,
+        the same native context, and the same rope base when the metadata records one
+        (shipped and searched factors do)."""
+        if self.half_dim != spec.half:
+            raise UsageError(f"factors have {self.half_dim} values but the model's rotary dim {spec.dim} "
+                             f"needs {spec.half}")
+        if self.original_max_position_embeddings != spec.original_max_position_embeddings:
+            raise UsageError(f"factors are for a native context of {self.original_max_position_embeddings} "
+                             f"tokens but the model's is {spec.original_max_position_embeddings}")
+        base = self.metadata.get("rope_theta")
+        if isinstance(base, (int, float)) and not math.isclose(float(base), spec.base, rel_tol=1e-6):
+            model = self.metadata.get("model")
+            made_for = f" ({model})" if model else ""
+            raise UsageError(f"factors were searched for a model with rope base {base:g}{made_for}; "
+                             f"this model's base is {spec.base:g}")
+
     def with_(self, **changes) -> "RopeExtension":
         return replace(self, **changes)
 

@@ -33,6 +33,7 @@ from .factors import RopeExtension
 from .io import read_json_file
 from .methods import METHODS, attention_factor
 from .rope import RotarySpec, longrope_attention_factor
+from .shipped import looks_like_name, shipped_names, shipped_path
 
 ROPE_TYPE = "longrope"
 LONGROPE_TYPES = ("longrope", "su")  # "su" is the name early Phi-3 configs used
@@ -70,15 +71,7 @@ def check_exportable(
         )
         ext = ext.with_(start_token=0)
     if spec is not None:
-        if ext.half_dim != spec.half:
-            raise UsageError(
-                f"factors have {ext.half_dim} values but the model's rotary dim {spec.dim} needs {spec.half}"
-            )
-        if ext.original_max_position_embeddings != spec.original_max_position_embeddings:
-            raise UsageError(
-                f"factors are for a native context of {ext.original_max_position_embeddings} tokens "
-                f"but the model's is {spec.original_max_position_embeddings}"
-            )
+        ext.check_fits(spec)
     return ext, notes
 
 
@@ -237,8 +230,17 @@ def extension_from_hf_config(config_or_dict: Any, source: str = "config") -> Rop
 
 def load_factors(path_or_dir: str | Path) -> RopeExtension:
     """`--factors` for every command: our factors JSON, an HF config.json, or an HF model
-    directory whose config carries longrope factors (e.g. Phi-3-mini-128k, or our export)."""
+    directory whose config carries longrope factors (e.g. Phi-3-mini-128k, or our export), or the
+    name of factors shipped with the package (`longrope.shipped`, e.g. smollm2-135m-16k)."""
     p = Path(path_or_dir).expanduser()
+    if not p.exists() and looks_like_name(str(path_or_dir)):
+        shipped = shipped_path(str(path_or_dir))
+        if shipped is None:
+            known = ", ".join(shipped_names()) or "none"
+            raise UsageError(f"factors {str(path_or_dir)!r} not found: no such file, and not the name of "
+                             f"shipped factors (shipped: {known})")
+        ext = RopeExtension.load(shipped)
+        return ext.with_(metadata={**ext.metadata, "label": ext.metadata.get("label") or shipped.stem})
     if p.is_dir():
         if not (p / "config.json").is_file():
             raise UsageError(f"{p} is a directory without config.json (expected a factors file or an HF model)")

@@ -70,16 +70,7 @@ class ScaledRotaryEmbedding(nn.Module):
     def set_extension(self, extension: RopeExtension | None) -> None:
         """Use new factors from the next forward on (no weights touched)."""
         if extension is not None:
-            if extension.half_dim != self.spec.half:
-                raise UsageError(
-                    f"factors have {extension.half_dim} values but the model's rotary dim {self.spec.dim} "
-                    f"needs {self.spec.half}"
-                )
-            if extension.original_max_position_embeddings != self.spec.original_max_position_embeddings:
-                raise UsageError(
-                    f"factors are for a native context of {extension.original_max_position_embeddings} tokens "
-                    f"but the model's is {self.spec.original_max_position_embeddings}"
-                )
+            extension.check_fits(self.spec)
         self.extension = extension
         self.attention_factor = 1.0 if extension is None else attention_factor(extension)
         self._inv_freq_cache.clear()

@@ -92,6 +92,10 @@ def method_variants(args, spec: RotarySpec, target_length: int) -> list[Variant]
         else:
             variants.append(Variant(name, build_extension(name, spec, target_length)))
     for path, ext in factor_files(args):
+        try:  # before any cell runs, not when its turn comes
+            ext.check_fits(spec)
+        except UsageError as e:
+            raise UsageError(f"--factors {path}: {e}") from None
         p = Path(path)
         label = ext.metadata.get("label") or (p.parent.name if p.name in ("factors.json", "config.json") else p.stem)
         variants.append(Variant(str(label or ext.method), ext))

@@ -6,6 +6,7 @@ import json
 from ..hf_config import describe_rope_config
 from ..models.load import load_model
 from ..seam import rope_type_of, rotary_spec
+from ..shipped import shipped_for
 from .common import add_model_args
 
 
@@ -33,6 +34,7 @@ def describe(model) -> dict:
         "parameters": sum(p.numel() for p in model.parameters()),
     }
     facts.update(describe_rope_config(cfg) or {})
+    facts["shipped_factors"] = ", ".join(shipped_for(spec)) or "none"
     return facts
 
 
