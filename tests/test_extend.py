@@ -58,6 +58,12 @@ def _mutate(data: dict, how: str) -> dict:
         st["finetune"]["steps"] = "many"
     elif how == "bad-baseline":
         st["evaluate"]["baselines"] = ["pi", "warp"]
+    elif how == "bad-objective":
+        st["search"]["objective"] = "bleu"
+    elif how == "bad-optimizer":
+        st["readjust"]["optimizer"] = "adam"
+    elif how == "bad-needles":
+        st["search2"]["needles"] = 0
     return d
 
 
@@ -71,6 +77,9 @@ def _mutate(data: dict, how: str) -> dict:
     ("missing-search", "stage 'search' is required"),
     ("bad-type", "finetune.steps must be an integer"),
     ("bad-baseline", "unknown method 'warp'"),
+    ("bad-objective", "recipe: search: objective must be one of ppl, needle, got 'bleu'"),
+    ("bad-optimizer", "recipe: readjust: optimizer must be one of ga, cma, got 'adam'"),
+    ("bad-needles", "recipe: search2: --needles must be in [1, 30], got 0"),
 ])
 def test_bad_recipe_one_line_exit_2_nothing_written(how, msg, tmp_path, capsys):
     data = _mutate(small_recipe("tiny", "stdlib"), how)
@@ -106,6 +115,28 @@ def test_shipped_recipe_parses():
     recipe = load_recipe(ROOT / "recipes" / "tiny-64x.yaml")
     assert recipe.model == "tiny" and recipe.final_target == 64 * 128
     assert recipe.finetune.length <= recipe.search.target_length
+
+
+def test_search_stage_with_the_needle_objective_and_cma(tiny_model_dir, tiny_corpus, tmp_path):
+    """The recipe's search keys include the optimizer and objective; stage.json records them
+    only when they are not the defaults (ga, ppl), so older complete stages still match."""
+    from longrope.models.load import model_spec
+    from longrope.recipe.stages import stage_search
+
+    data = small_recipe(str(tiny_model_dir), str(tiny_corpus))
+    assert not {"optimizer", "objective", "needles"} & set(parse_recipe(data).search.settings())
+    data["stages"]["search"].update(target_length=512, objective="needle", needles=2, optimizer="cma", mutations=2,
+                                  crossovers=2)
+    del data["stages"]["search2"]  # its target must exceed 512; only stage 1 runs here
+    recipe = parse_recipe(data)
+    ext = stage_search(recipe, tmp_path, model_spec(recipe.model))
+    assert ext.max_position_embeddings == 512
+    assert (ext.metadata["objective"], ext.metadata["optimizer"], ext.metadata["needles"]) == ("needle", "cma", 2)
+    stage = json.loads((tmp_path / "1-search" / "stage.json").read_text())
+    assert {k: stage["settings"][k] for k in ("objective", "optimizer", "needles")} == \
+        {"objective": "needle", "optimizer": "cma", "needles": 2}
+    state = json.loads((tmp_path / "1-search" / "state.json").read_text())
+    assert state["config"]["optimizer"] == "cma" and state["optimizer_state"] is not None
 
 
 def test_extend_end_to_end_then_skips_complete_stages(tiny_model_dir, tiny_corpus, tmp_path, capsys):

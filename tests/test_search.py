@@ -20,7 +20,7 @@ from longrope.search.evolution import (
     run_search,
     score_candidate,
 )
-from longrope.search.genes import START_TOKENS, Genome, SearchSpace, critical_dimension
+from longrope.search.genes import Genome, SearchSpace, critical_dimension
 
 SPEC = RotarySpec(dim=64, base=10000.0, original_max_position_embeddings=128)
 SMALL = SearchConfig(population=16, parents=8, mutations=4, crossovers=4, iterations=6, seed=0)
@@ -96,26 +96,7 @@ def test_mutation_and_crossover_stay_monotone_and_in_bounds(variant, half, scale
         pop.append(m)
 
 
-@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(variant=st.sampled_from(["longrope", "piecewise", "critical"]), seed=st.integers(0, 1000),
-       half=st.integers(3, 16), fixed=st.booleans())
-def test_every_scored_candidate_is_valid_and_unique(variant, seed, half, fixed):
-    space = space_of(variant, half=half, start_tokens=(8,) if fixed else START_TOKENS)
-    scored = []
-
-    def objective(lam, n):
-        scored.append((tuple(lam), n))
-        rng = np.random.default_rng(abs(hash((tuple(lam), n))) % 2**32)
-        return list(rng.random(3))
-
-    cfg = SearchConfig(population=12, parents=6, mutations=3, crossovers=3, iterations=5, seed=seed)
-    state = run_search(space, cfg, objective, 3, peer_seeds(RotarySpec(2 * half, 1e4, 128), 8.0))
-    keys = [r.genome.key for r in state.history]
-    assert len(keys) == len(set(keys)) == len(scored)
-    for r in state.history:
-        assert_valid(space, r.genome)
-        if fixed:
-            assert r.genome.start_token == 8
+# valid and unique candidates, same seed same search, resume: test_search_cma.py, for every optimizer
 
 
 def test_critical_variant_follows_lambda_cd_below_cd():
@@ -158,15 +139,6 @@ def test_paper_defaults_improve_on_every_seed_in_milliseconds():
     assert state.best.evaluation.loss < min(seeds)
 
 
-def test_same_seed_same_search_other_seed_other_search():
-    space, objective = space_of("longrope"), quadratic(32, 8.0)
-    a = run_search(space, SMALL, objective, 3, peer_seeds(SPEC, 8.0))
-    b = run_search(space, SMALL, objective, 3, peer_seeds(SPEC, 8.0))
-    c = run_search(space, SearchConfig(**{**SMALL.__dict__, "seed": 1}), objective, 3, peer_seeds(SPEC, 8.0))
-    assert a.to_dict() == b.to_dict()
-    assert a.to_dict()["history"] != c.to_dict()["history"]
-
-
 def test_reject_rule_bounds_the_final_mean():
     rule = RejectRule(threshold=2.0, optimistic=(1.0, 2.0, 3.0))  # best possible mean: 2.0
     assert not rule.rejects([0.9])  # (0.9 + 5) / 3 < 2
@@ -201,27 +173,6 @@ def test_early_rejection_scores_fewer_documents_and_keeps_the_result():
 
 
 # -- checkpoint and resume --------------------------------------------------------------------
-class Stop(Exception):
-    pass
-
-
-def test_resume_from_any_generation_repeats_the_uninterrupted_run(tmp_path):
-    space, objective = space_of("longrope"), quadratic(32, 8.0)
-    whole = run_search(space, SMALL, objective, 3, peer_seeds(SPEC, 8.0))
-    for stop_at in (0, 1, 4):
-        def checkpoint(state, stop_at=stop_at):
-            state.save(tmp_path)
-            if state.generation == stop_at:
-                raise Stop
-
-        with pytest.raises(Stop):
-            run_search(space, SMALL, objective, 3, peer_seeds(SPEC, 8.0), on_generation=checkpoint)
-        saved = SearchState.load(tmp_path)
-        assert saved.generation == stop_at
-        resumed = run_search(space, SMALL, objective, 3, peer_seeds(SPEC, 8.0), state=saved)
-        assert resumed.to_dict() == whole.to_dict()
-
-
 def test_resume_with_another_config_is_refused(tmp_path):
     space, objective = space_of("longrope"), quadratic(32, 8.0)
     state = run_search(space, SMALL, objective, 3, peer_seeds(SPEC, 8.0), describe={"model": "a"})

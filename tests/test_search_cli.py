@@ -95,6 +95,19 @@ def test_resume_needs_a_state_and_a_new_run_refuses_an_old_one(assets, tmp_path,
     assert "different configuration" in capsys.readouterr().err
 
 
+def test_a_state_without_optimizer_and_objective_resumes_as_ga_on_perplexity(assets, tmp_path, capsys):
+    out = tmp_path / "run"
+    assert main(search_args(assets, out)) == 0
+    state = json.loads((out / "state.json").read_text())
+    assert (state["config"]["optimizer"], state["config"]["objective"]) == ("ga", "ppl")
+    del state["config"]["optimizer"], state["config"]["objective"]  # as written before these settings existed
+    (out / "state.json").write_text(json.dumps(state))
+    assert main(search_args(assets, out, extra=["--resume"])) == 0
+    (out / "state.json").write_text(json.dumps(state))
+    assert main(search_args(assets, out, extra=["--resume", "--optimizer", "cma"])) == 2
+    assert "optimizer: saved 'ga' vs now 'cma'" in capsys.readouterr().err
+
+
 def test_ctrl_c_saves_and_resume_finishes_like_an_uninterrupted_run(assets, tmp_path, monkeypatch):
     from longrope.search import fitness
 

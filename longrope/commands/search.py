@@ -3,11 +3,13 @@
     longrope search --model tiny --target-length 1024 --out runs/search-tiny
     longrope search ... --resume                      # continue a stopped run exactly
     torchrun --nproc-per-node 8 -m longrope search ... # one model replica per process
+    longrope search ... --optimizer cma --objective needle  # CMA-ES; LongRoPE2's needle loss
 
 Reads top to bottom: load the model once, pick K search documents of the target length,
-seed the population with PI/NTK/YaRN, run Algorithm 1 (longrope.search.evolution) with
-perplexity as the fitness, checkpoint after every generation, then write factors.json,
-history.jsonl, search.png and factors.png to --out.
+seed the population with PI/NTK/YaRN, run Algorithm 1 (longrope.search.evolution, or CMA-ES:
+search/cma.py) with perplexity (or the needle loss: search/needle.py) as the fitness,
+checkpoint after every generation, then write factors.json, history.jsonl, search.png and
+factors.png to --out.
 """
 from __future__ import annotations
 
@@ -47,7 +49,8 @@ def register(subparsers) -> None:
     p = subparsers.add_parser(
         "search", help="evolutionary search for LongRoPE rescale factors (paper Algorithm 1)",
         description="Search per-dimension RoPE rescale factors and the start token for a target context "
-        "length, with perplexity on long documents as the fitness. Defaults are the paper's.",
+        "length, with perplexity on long documents (or LongRoPE2's needle loss) as the fitness, by the paper's "
+        "evolutionary search or CMA-ES. Defaults are the paper's.",
         epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
     add_model_args(p)
     p.add_argument("--corpus", default=None, help="stdlib (default), a folder of .txt, a .txt or a .jsonl file")
@@ -111,7 +114,7 @@ def search_space(args: argparse.Namespace, spec: RotarySpec, target_length: int)
 
 def search(args: argparse.Namespace, d: Dist) -> int:
     # -- check the cheap things before loading anything ---------------------------------------
-    config = build(SearchConfig, args)
+    config, options = build(SearchConfig, args), build(SearchOptions, args)
     if args.docs < 1:
         raise UsageError("--docs must be at least 1")
     if args.start_token is not None and args.start_token < 0:
@@ -127,7 +130,7 @@ def search(args: argparse.Namespace, d: Dist) -> int:
         raise UsageError(f"--target-length {N} must exceed the model's native context {L}")
 
     # -- K search documents of the target length (the split eval-ppl holds out) ----------------
-    docs = search_documents(lm.tokenizer, args.corpus, N, args.docs, args.split_seed)
+    docs = search_documents(lm.tokenizer, args.corpus, N, args.docs, args.split_seed, options.objective, options.needles)
     if d.is_main and len(docs) < args.docs:
         print(f"note: only {len(docs)} search documents reach {N} tokens (asked for {args.docs})", file=sys.stderr)
     describe = {"model": args.model, "corpus": args.corpus or "stdlib", "target_length": N,
@@ -135,7 +138,7 @@ def search(args: argparse.Namespace, d: Dist) -> int:
                 "dtype": str(resolve_dtype(args.dtype, device)).removeprefix("torch.")}
     state = _on_main(d, lambda: SearchState.load(out)) if args.resume else None
     job = SearchJob(lm.model, docs, long_factor_candidate(lm.spec, N), search_space(args, lm.spec, N), config,
-                    peer_seeds(lm.spec, N / L), out, describe, args.chunk_size, peers=lm.spec,
+                    peer_seeds(lm.spec, N / L), out, describe, options, peers=lm.spec,
                     title=f"search at {N} tokens ({args.model})", is_main=d.is_main,
                     evaluate_batch=distributed_evaluator(d))
     state, ext = drive(job, state)

@@ -28,23 +28,27 @@ import yaml
 
 from ..errors import UsageError
 from ..methods import get_method
-from ..search.driver import SearchOptions
+from ..search.driver import DEFAULT_METHOD, SearchOptions
 from ..search.evolution import SearchConfig
 from ..train.finetune import FinetuneConfig
 
 NOT_RECIPE_KEYS = ("reject_slack",)  # SearchConfig fields a recipe does not set
+METHOD_KEYS = ("optimizer", "objective", "needles")  # recorded only when not the defaults
 STAGES = ("search", "finetune", "search2", "readjust", "evaluate")
 REQUIRED_STAGES = ("search", "finetune")
 
 
 @dataclass(frozen=True)
 class SearchSettings(SearchOptions, SearchConfig):
-    """Hyper-parameters of one evolutionary search: `SearchConfig` (Algorithm 1, the paper's
-    defaults) and `SearchOptions` (documents, grid, bound; readjust's bound: stage 1's)."""
+    """Hyper-parameters of one search: `SearchConfig` (Algorithm 1, the paper's defaults) and
+    `SearchOptions` (optimizer, objective, documents, grid, bound; readjust's bound: stage 1's)."""
 
     def settings(self) -> dict[str, Any]:
-        """The stage's keys as a recipe sets them (what its stage.json records)."""
-        return {k: v for k, v in asdict(self).items() if k not in NOT_RECIPE_KEYS}
+        """The stage's keys as a recipe sets them (what its stage.json records). The optimizer and
+        objective appear only when they are not ga and ppl, so stages completed before these keys
+        existed still match."""
+        keys = {k: v for k, v in asdict(self).items() if k not in NOT_RECIPE_KEYS + METHOD_KEYS}
+        return keys | {k: v for k, v in self.method().items() if DEFAULT_METHOD.get(k) != v}
 
 
 @dataclass(frozen=True)

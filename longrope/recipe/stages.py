@@ -36,7 +36,7 @@ from ..methods import attention_factor, build_extension
 from ..options import build
 from ..models.load import load_model, model_spec
 from ..rope import RotarySpec
-from ..search.driver import SearchJob, drive, has_state
+from ..search.driver import SearchJob, SearchOptions, drive, has_state
 from ..search.evolution import SearchConfig, SearchState, peer_seeds
 from ..search.fitness import MakeExtension, long_factor_candidate, search_documents
 from ..search.genes import START_TOKENS, SearchSpace, critical_dimension
@@ -99,13 +99,14 @@ def _search(recipe: Recipe, stage, where: Path, settings: dict[str, Any], model:
     t0 = time.time()
     config = build(SearchConfig, stage)
     lm = load_model(model, recipe.dtype)
-    docs = search_documents(lm.tokenizer, recipe.corpus, length, stage.docs, recipe.split_seed)
+    docs = search_documents(lm.tokenizer, recipe.corpus, length, stage.docs, recipe.split_seed, stage.objective,
+                            stage.needles)
     if len(docs) < stage.docs:
         log(f"note: only {len(docs)} search documents reach {length} tokens (asked for {stage.docs})")
     where.mkdir(parents=True, exist_ok=True)
     state = SearchState.load(where) if has_state(where) else None
     job = SearchJob(lm.model, docs, make, space, config, seeds, where, {**describe, "docs": len(docs)},
-                    stage.chunk_size, title=title, resume_hint="rerun the recipe to continue")
+                    build(SearchOptions, stage), title=title, resume_hint="rerun the recipe to continue")
     ext = finalize(drive(job, state)[1])
     write_stage(where, {"settings": settings, "extension": ext.to_dict(), "seconds": round(time.time() - t0, 1)})
     return ext, time.time() - t0

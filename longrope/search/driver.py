@@ -1,12 +1,14 @@
 """One search driver for `longrope search` and the recipe's search stages.
 
-    objective = OBJECTIVES[name](model, docs, make, chunk_size)   # what a candidate scores
-    state     = OPTIMIZERS[name](space, config, objective, ...)   # Algorithm 1 by default
+    objective = OBJECTIVES[name](model, docs, make, chunk_size)   # ppl (default) or needle
+    state     = OPTIMIZERS[name](space, config, objective, ...)   # ga: Algorithm 1 (default), or cma
     after every generation: history.jsonl, state.json, factors.json  (resume point)
     at the end:             factors.json, search.png [, factors.png]
 
 The caller decides what a candidate means (`make`, see `fitness`), which documents score it,
-and whether to resume (a loaded `SearchState`). Objectives and optimizers are chosen by name.
+and whether to resume (a loaded `SearchState`). Objectives and optimizers are chosen by name
+(`SearchOptions`); both names are part of the state's configuration, so a resume with another
+one is refused (states written before they existed are the GA's, on perplexity).
 """
 from __future__ import annotations
 
@@ -20,28 +22,61 @@ import torch
 from tqdm.auto import tqdm
 
 from .. import __version__
+from ..errors import UsageError
 from ..factors import RopeExtension
 from ..methods import ntk_factors, pi_factors, yarn_factors
 from ..options import option
 from ..rope import RotarySpec
+from .cma import run_cma_search
 from .evolution import STATE_FILE, SearchConfig, SearchState, evaluate_serial, population_curve, run_search, write_history
 from .fitness import OBJECTIVES, MakeExtension
 from .genes import SearchSpace
+from .needle import KEYS
 from .plots import plot_factors, plot_progress
+
+# name -> fn(space, config, objective, num_docs, seeds, state=, describe=, evaluate_batch=, on_generation=) -> state
+OPTIMIZERS: dict[str, Callable[..., SearchState]] = {
+    "ga": run_search,  # LongRoPE's Algorithm 1 (arXiv 2402.13753)
+    "cma": run_cma_search,  # CMA-ES (Hansen, arXiv 1604.00772) on a monotone parametrization, search/cma.py
+}
+
 
 @dataclass(frozen=True)
 class SearchOptions:
-    """What a search needs beyond Algorithm 1's hyper-parameters: the fitness documents, the
-    grid and bound of the factors, the loss chunk. `longrope search` flags, recipe keys."""
+    """What a search needs beyond Algorithm 1's hyper-parameters: the optimizer and objective,
+    the fitness documents, the grid and bound of the factors, the loss chunk. `longrope search`
+    flags, recipe keys."""
 
     docs: int = option(5, "K search documents (as the paper)")
     step: float = option(0.01, "grid step of the factors")
     max_factor: float | None = option(None, "upper bound of lambda", default_help="1.25*s")
     chunk_size: int = option(1024, "tokens per LM-head chunk in the loss")
+    optimizer: str = option("ga", "ga: the paper's evolutionary search; cma: CMA-ES (cmaes) on a monotone "
+                            "parametrization of the same genome, mutations + crossovers samples per generation",
+                            choices=tuple(OPTIMIZERS))
+    objective: str = option("ppl", "ppl: perplexity of every token; needle: loss of the answer tokens only, with "
+                            "needles inserted at several depths of each document (LongRoPE2)",
+                            choices=tuple(OBJECTIVES))
+    needles: int = option(3, f"needles per document for --objective needle (1 to {len(KEYS)})")
+
+    def __post_init__(self):
+        for key, names in (("optimizer", OPTIMIZERS), ("objective", OBJECTIVES)):
+            if getattr(self, key) not in names:
+                raise UsageError(f"{key} must be one of {', '.join(names)}, got {getattr(self, key)!r}")
+        if not 1 <= self.needles <= len(KEYS):
+            raise UsageError(f"--needles must be in [1, {len(KEYS)}], got {self.needles}")
+        # a settings class that also derives from SearchConfig checks its fields too
+        getattr(super(), "__post_init__", lambda: None)()
+
+    def method(self) -> dict[str, Any]:
+        """Optimizer and objective (and the needles of the needle objective): recorded in the
+        search state, so a resume with another one is refused."""
+        needles = {"needles": self.needles} if self.objective == "needle" else {}
+        return {"optimizer": self.optimizer, "objective": self.objective, **needles}
 
 
-# name -> fn(space, config, objective, num_docs, seeds, state=, describe=, evaluate_batch=, on_generation=) -> state
-OPTIMIZERS: dict[str, Callable[..., SearchState]] = {"evolution": run_search}
+# {"optimizer": "ga", "objective": "ppl"}: the defaults, and what a state.json written before these keys existed ran
+DEFAULT_METHOD = SearchOptions().method()
 
 
 @dataclass
@@ -57,15 +92,18 @@ class SearchJob:
     seeds: Sequence[np.ndarray]  # factor vectors [d/2] that start the population
     out: Path
     describe: dict[str, Any]
-    chunk_size: int = 1024
-    objective: str = "perplexity"
-    optimizer: str = "evolution"
+    options: SearchOptions = SearchOptions()  # optimizer, objective, chunk_size (docs: already chosen)
     title: str = "search"
     peers: RotarySpec | None = None  # plot factors.png against PI/NTK/YaRN for this spec
     is_main: bool = True  # writes the files (rank 0)
     evaluate_batch: Callable = evaluate_serial
     resume_hint: str = "continue with --resume"
     progress: bool = True
+
+    @property
+    def settings(self) -> dict[str, Any]:
+        """`describe` with the optimizer and objective: the state's and factors file's record."""
+        return {**self.describe, **self.options.method()}
 
 
 def has_state(out: Path) -> bool:
@@ -85,7 +123,7 @@ class SearchOutputs:
         best, job = state.best, self.job
         ext = job.make(job.space.factors(best.genome), best.genome.start_token)
         return ext.with_(metadata={
-            **ext.metadata, **job.describe, "search_perplexity": best.evaluation.perplexity,
+            **ext.metadata, **job.settings, "search_perplexity": best.evaluation.perplexity,
             "generations": state.generation, "candidates": len(state.history), "variant": job.space.variant,
             "seed": state.config.get("seed"), "version": __version__,
         })
@@ -112,7 +150,11 @@ class SearchOutputs:
 def drive(job: SearchJob, state: SearchState | None = None) -> tuple[SearchState, RopeExtension | None]:
     """Run (or continue, given `state`) one search and write its files; returns the final state
     and, on the main process, the best candidate's extension. The model's RoPE is left original."""
-    objective = OBJECTIVES[job.objective](job.model, job.docs, job.make, job.chunk_size)
+    opts = job.options
+    objective = OBJECTIVES[opts.objective](job.model, job.docs, job.make, opts.chunk_size)
+    if state is not None:
+        for key, value in DEFAULT_METHOD.items():
+            state.config.setdefault(key, value)
     outputs = SearchOutputs(job) if job.is_main else None
     bar = tqdm(total=job.config.iterations + 1, desc=job.title, unit="gen", dynamic_ncols=True,
                disable=not (job.is_main and job.progress), initial=0 if state is None else state.generation + 1)
@@ -124,9 +166,9 @@ def drive(job: SearchJob, state: SearchState | None = None) -> tuple[SearchState
             bar.update(st.generation + 1 - bar.n)
 
     try:
-        state = OPTIMIZERS[job.optimizer](job.space, job.config, objective, len(job.docs), job.seeds, state=state,
-                                          describe=job.describe, evaluate_batch=job.evaluate_batch,
-                                          on_generation=on_generation)
+        state = OPTIMIZERS[opts.optimizer](job.space, job.config, objective, len(job.docs), job.seeds, state=state,
+                                           describe=job.settings, evaluate_batch=job.evaluate_batch,
+                                           on_generation=on_generation)
     except KeyboardInterrupt:
         bar.close()
         if outputs is not None and outputs.last is not None:

@@ -167,19 +167,23 @@ class SearchState:
     population: list[int]  # indices into history of the current population
     history: list[Record]
     rng_state: dict[str, Any]
+    optimizer_state: dict[str, Any] | None = None  # e.g. CMA-ES's distribution (search/cma.py); None: the GA
 
     @property
     def best(self) -> Record:
         return min((self.history[i] for i in self.population), key=lambda r: r.evaluation.loss)
 
     def to_dict(self) -> dict[str, Any]:
-        return {"config": self.config, "generation": self.generation, "population": self.population,
-                "history": [r.to_dict() for r in self.history], "rng_state": self.rng_state}
+        d = {"config": self.config, "generation": self.generation, "population": self.population,
+             "history": [r.to_dict() for r in self.history], "rng_state": self.rng_state}
+        if self.optimizer_state is not None:
+            d["optimizer_state"] = self.optimizer_state
+        return d
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "SearchState":
         return cls(d["config"], int(d["generation"]), [int(i) for i in d["population"]],
-                   [Record.from_dict(r) for r in d["history"]], d["rng_state"])
+                   [Record.from_dict(r) for r in d["history"]], d["rng_state"], d.get("optimizer_state"))
 
     def save(self, out_dir: str | Path) -> None:
         atomic_write_json(Path(out_dir) / STATE_FILE, self.to_dict())

@@ -5,7 +5,11 @@ the factors, which rebuilds a [d/2] inverse-frequency vector and the cos/sin tab
 next forward pass (benchmarked in bench/search_speed.py). Documents are scored one at a
 time, in a fixed order, so the search can stop a hopeless candidate after the first ones.
 
-`OBJECTIVES` picks an objective class by name: `cls(model, docs, make, chunk_size)`.
+`OBJECTIVES` picks an objective class by name (`--objective`): `cls(model, docs, make,
+chunk_size)`, with `docs` made by `cls.documents` from the K search documents:
+
+    ppl     perplexity of every token (LongRoPE section 4.1)
+    needle  loss of the answer tokens only, needles at several depths (LongRoPE2 section 3.2)
 """
 from __future__ import annotations
 
@@ -20,16 +24,20 @@ from ..evaluate.ppl import document_nll
 from ..factors import RopeExtension
 from ..rope import RotarySpec
 from ..seam import install_rope
+from .needle import NeedleDocument, needle_documents, positions_nll
 
 # what a candidate stands for: (factors [d/2] float64, start_token) -> the extension to install
 MakeExtension = Callable[[np.ndarray, int], RopeExtension]
 
 
-def search_documents(tokenizer, corpus: str | None, length: int, count: int, split_seed: int = 0) -> list[torch.Tensor]:
+def search_documents(tokenizer, corpus: str | None, length: int, count: int, split_seed: int = 0,
+                     objective: str = "ppl", needles: int = 3) -> list:
     """K documents of the corpus' "search" split with at least `length` tokens, each cut to
-    [length] (the validation and test splits stay held out for eval-ppl)."""
+    [length] (the validation and test splits stay held out for eval-ppl), as `objective`
+    scores them (needle: with `needles` needles each, placed with `split_seed`)."""
     docs = split_corpus(load_corpus(corpus), split_seed)["search"]
-    return documents_of_length(tokenize_corpus(tokenizer, docs), length, count)
+    docs = documents_of_length(tokenize_corpus(tokenizer, docs), length, count)
+    return OBJECTIVES[objective].documents(tokenizer, docs, length, needles, split_seed)
 
 
 def long_factor_candidate(spec: RotarySpec, target_length: int, attention_factor: float | None = None) -> MakeExtension:
@@ -57,6 +65,11 @@ class PerplexityObjective:
         self.model, self.docs, self.make, self.chunk_size = model, list(docs), make, chunk_size
         self.rope = install_rope(model, None)  # the one seam; later candidates only swap factors
 
+    @staticmethod
+    def documents(tokenizer, docs: list[torch.Tensor], length: int, needles: int, seed: int) -> list[torch.Tensor]:
+        """The documents this objective scores, made from K search documents [length]: themselves."""
+        return docs
+
     def __call__(self, factors: np.ndarray, start_token: int) -> Iterator[float]:
         self.rope.set_extension(self.make(factors, start_token))
         for ids in self.docs:
@@ -64,4 +77,25 @@ class PerplexityObjective:
             yield nll / count
 
 
-OBJECTIVES = {"perplexity": PerplexityObjective}
+class NeedleObjective(PerplexityObjective):
+    """objective(factors [d/2], start_token) -> yields the mean NLL of the answer tokens of each
+    needle document (fitness = exp of their mean: the answers' perplexity). docs: NeedleDocuments."""
+
+    def __init__(self, model: nn.Module, docs: Sequence[NeedleDocument], make: MakeExtension, chunk_size: int = 1024):
+        super().__init__(model, [d.ids for d in docs], make, chunk_size)
+        self.positions = [d.positions for d in docs]  # [P] answer tokens of each document
+
+    @staticmethod
+    def documents(tokenizer, docs: list[torch.Tensor], length: int, needles: int, seed: int) -> list[NeedleDocument]:
+        """One needle document of exactly `length` tokens per search document (its filler)."""
+        return needle_documents(tokenizer, docs, length, needles, seed)
+
+    def __call__(self, factors: np.ndarray, start_token: int) -> Iterator[float]:
+        self.rope.set_extension(self.make(factors, start_token))
+        device = next(self.model.parameters()).device
+        for ids, pos in zip(self.docs, self.positions):
+            nll = positions_nll(self.model, ids[None].to(device), pos)
+            yield float(nll.item()) / pos.numel()  # the one host sync per document
+
+
+OBJECTIVES = {"ppl": PerplexityObjective, "needle": NeedleObjective}

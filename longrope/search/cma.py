@@ -1,0 +1,220 @@
+"""CMA-ES over the LongRoPE genome: a library optimizer next to the paper's genetic algorithm.
+
+    seeds = PI, NTK, YaRN on the grid           # generation 0, scored like the GA's
+    mean  = z(best seed); sigma = sigma0; C = I
+    for generation in 1..T:
+        z_1..z_lambda ~ N(mean, sigma^2 C)      # cmaes.CMA.ask
+        genomes = monotone_map(z)               # snapped to the grid; never scored twice
+        score(new genomes)                      # early rejection as in the GA
+        tell(z, loss)                           # mean, sigma, C and evolution paths adapt
+        checkpoint()                            # distribution + sampler state, as JSON
+
+CMA-ES is Hansen's covariance matrix adaptation evolution strategy ("The CMA Evolution
+Strategy: A Tutorial", arXiv 1604.00772), here from the maintained `cmaes` package. It works
+on a real vector z; `MonotoneMap` turns any z into a valid genome of the same search space
+as the GA (LongRoPE arXiv 2402.13753, section 3.2), so outputs, plots and resume code are shared:
+
+- factor genes: lambda_i = lo + u * (|z_0| + ... + |z_i|), clipped to hi, then snapped to the
+  grid. Increments are non-negative, so every vector is non-decreasing and inside its bounds;
+  u = (hi - lo) / n, so z = (1, ..., 1) spans the whole range. |z| rather than max(z, 0): a
+  flat stretch (zero increments) is then a minimum CMA can home in on, not a half-space plateau
+  its mean would drift into.
+- n_hat (when searched): one more coordinate, START_TOKENS index = round(z_n * (m - 1)),
+  clipped to [0, m - 1]; generation 0 scores the seeds at the first candidate (0), as the GA.
+- variants: the genes are those of the space (all d/2 dims, or dims >= cd for "critical");
+  "piecewise" reads its band off the snapped vector: beta = the first gene at the top of the
+  band's range (pinned to s from there), alpha = the genes at 1 before it.
+
+lambda (samples per generation) = config.mutations + config.crossovers (N1 + N2, 32 by default,
+as many new candidates per generation as the GA), the GA's `population` P is unused. The
+population kept in the state is the GA's: top-k of everything scored plus the new candidates.
+
+A sample that snaps to a genome scored before reuses its score (nothing is scored twice) and is
+still told to CMA. Early rejection is the GA's `RejectRule` (threshold: worst of the top-k);
+CMA needs a finite value for every sample, so a rejected one is told its lower bound
+(losses so far + best-ever loss of each remaining document) / K, which is >= the threshold.
+
+Determinism: every generation rebuilds the `cmaes.CMA` object from the state (mean, sigma, C,
+evolution paths, generation and the MT19937 state of its sampler; explicit JSON fields, floats
+round-trip exactly) and snapshots it after `tell`, so an uninterrupted run and a resumed one
+take the same path. The `cmaes` version is part of the configuration: resuming with another
+version, whose update could differ, is refused.
+"""
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import Any, Callable, Sequence
+
+import numpy as np
+
+from ..errors import UsageError
+from .evolution import (
+    EvaluateBatch,
+    Evaluation,
+    Objective,
+    RejectRule,
+    SearchConfig,
+    SearchState,
+    _reject_rule,
+    _score,
+    check_same_config,
+    evaluate_serial,
+    space_config,
+    top_k,
+)
+from .genes import Genome, SearchSpace
+
+SIGMA0 = 0.25  # initial step size in z; z = 1 spans a gene's whole range
+REJECTED = 1e9  # told for a rejected candidate when no bound exists (never in practice)
+
+
+@dataclass(frozen=True)
+class MonotoneMap:
+    """z in R^dim <-> Genome of `space`; dim = genes (+ 1 when n_hat is searched)."""
+
+    space: SearchSpace
+    lo: float = field(init=False)
+    hi: float = field(init=False)
+    unit: float = field(init=False)  # u, in grid units
+
+    def __post_init__(self):
+        s = self.space
+        lo, hi = float(s.lo[0]), float(s.hi[0])  # the bounds are the same for every gene
+        assert np.all(s.lo == s.lo[0]) and np.all(s.hi == s.hi[0])
+        object.__setattr__(self, "lo", lo)
+        object.__setattr__(self, "hi", hi)
+        object.__setattr__(self, "unit", max(hi - lo, 1.0) / s.num_genes)
+
+    @property
+    def searches_start(self) -> bool:
+        return len(self.space.start_tokens) > 1
+
+    @property
+    def dim(self) -> int:
+        return self.space.num_genes + int(self.searches_start)
+
+    def genome(self, z: np.ndarray) -> Genome:
+        """The genome of any real vector z [dim]: valid by construction."""
+        s, n = self.space, self.space.num_genes
+        assert z.shape == (self.dim,)
+        v = np.minimum(self.lo + self.unit * np.cumsum(np.abs(z[:n])), self.hi)  # [n] grid units
+        units = np.clip(np.rint(v), self.lo, self.hi)
+        start = s.start_tokens[0]
+        if self.searches_start:
+            m = len(s.start_tokens)
+            start = s.start_tokens[int(np.clip(np.rint(z[n] * (m - 1)), 0, m - 1))]
+        band = None
+        if s.variant == "piecewise":  # dims from the first one at the top are pinned to s, those at 1 below it to 1
+            at_top = np.nonzero(units >= self.hi)[0]
+            beta = int(at_top[0]) if at_top.size else s.half
+            band = (int(np.sum(units[:beta] <= self.lo)), beta)
+        return s._pin(units.astype(np.int64), band, start)
+
+    def z_of(self, g: Genome) -> np.ndarray:
+        """A z with genome(z).units == g.units (and genome(z) == g, except a piecewise band
+        that the snapped vector does not determine): CMA's mean at a seed."""
+        units = np.asarray(g.units, dtype=np.float64)
+        z = np.diff(units, prepend=self.lo) / self.unit  # increments >= 0
+        if self.searches_start:
+            m = len(self.space.start_tokens)
+            z = np.append(z, self.space.start_tokens.index(g.start_token) / (m - 1))
+        return z
+
+
+# -- the CMA state as explicit JSON fields -----------------------------------------------------
+def _snapshot(cma) -> tuple[dict[str, Any], dict[str, Any]]:
+    """(distribution, sampler RNG) of a cmaes.CMA right after `tell` (no cached eigenbasis)."""
+    dist = {"mean": cma._mean.tolist(), "sigma": float(cma._sigma), "C": cma._C.tolist(),
+            "p_sigma": cma._p_sigma.tolist(), "p_c": cma._pc.tolist(), "generation": int(cma._g)}
+    rng = cma._rng.get_state(legacy=False)
+    rng = {**rng, "state": {"key": rng["state"]["key"].tolist(), "pos": int(rng["state"]["pos"])}}
+    return dist, rng
+
+
+def _restore(dist: dict[str, Any], rng: dict[str, Any], popsize: int):
+    """The cmaes.CMA that `_snapshot` saw. Its other fields (weights, learning rates) are
+    functions of (dim, popsize); the sampler is the MT19937 `RandomState` it draws from."""
+    import cmaes
+
+    cma = cmaes.CMA(mean=np.array(dist["mean"], dtype=np.float64), sigma=float(dist["sigma"]),
+                    population_size=popsize, cov=np.array(dist["C"], dtype=np.float64))
+    cma._p_sigma = np.array(dist["p_sigma"], dtype=np.float64)
+    cma._pc = np.array(dist["p_c"], dtype=np.float64)
+    cma._g = int(dist["generation"])
+    cma._rng.set_state(rng)
+    return cma
+
+
+def told_value(ev: Evaluation, rule: RejectRule | None) -> float:
+    """What CMA is told for a scored candidate: its loss, or for a rejected one a lower bound
+    of its loss under this generation's rule (finite; >= the threshold when it was just rejected)."""
+    if not ev.rejected:
+        return ev.loss
+    if rule is None:
+        return REJECTED
+    m = len(ev.doc_losses)
+    return (sum(ev.doc_losses) + sum(rule.optimistic[m:])) / ev.num_docs
+
+
+def run_cma_search(space: SearchSpace, config: SearchConfig, objective: Objective, num_docs: int,
+                   seeds: Sequence[np.ndarray], state: SearchState | None = None, describe: dict[str, Any] | None = None,
+                   evaluate_batch: EvaluateBatch = evaluate_serial,
+                   on_generation: Callable[[SearchState], None] | None = None, sigma0: float = SIGMA0) -> SearchState:
+    """Run (or continue, given `state`) a CMA-ES search; same arguments and state as
+    `evolution.run_search` (see there), plus sigma0, the initial step size in z."""
+    import cmaes
+
+    popsize = config.mutations + config.crossovers
+    if popsize < 2:
+        raise UsageError("CMA-ES needs at least 2 samples per generation (--mutations + --crossovers)")
+    zmap = MonotoneMap(space)
+    full_config = {**asdict(config), **space_config(space), **(describe or {}), "optimizer": "cma",
+                   "sigma0": sigma0, "cmaes_version": cmaes.__version__}
+    if state is None:
+        state = SearchState(full_config, 0, [], [], {})
+        seen: set = set()
+        genomes = []
+        for lam in seeds:  # generation 0: the seeds at n_hat = the first candidate
+            g = space.from_factors(lam, space.start_tokens[0])
+            if g.key not in seen:
+                seen.add(g.key)
+                genomes.append(g)
+        state.population = _score(state, genomes, 0, space, objective, num_docs, None, evaluate_batch)
+        cma = cmaes.CMA(mean=zmap.z_of(state.best.genome), sigma=sigma0, population_size=popsize,
+                        seed=config.seed)
+        state.optimizer_state, state.rng_state = _snapshot(cma)
+        if on_generation:
+            on_generation(state)
+    else:
+        check_same_config(state.config, full_config)
+        if state.optimizer_state is None:
+            raise UsageError("the saved search has no CMA-ES state")
+
+    while state.generation < config.iterations:
+        generation = state.generation + 1
+        parents = top_k(state, state.population, config.parents)
+        cma = _restore(state.optimizer_state, state.rng_state, popsize)
+        zs = [cma.ask() for _ in range(popsize)]
+
+        # each sample -> index into history; a genome scored before (or earlier in this batch) is reused
+        where = {r.genome.key: i for i, r in enumerate(state.history)}
+        new: list[Genome] = []
+        slots = []
+        for z in zs:
+            g = zmap.genome(z)
+            if g.key not in where:
+                where[g.key] = len(state.history) + len(new)
+                new.append(g)
+            slots.append(where[g.key])
+
+        rule = None
+        if config.early_reject and len(parents) >= config.parents:
+            rule = _reject_rule(state, parents, num_docs, config.reject_slack)
+        scored = _score(state, new, generation, space, objective, num_docs, rule, evaluate_batch)
+        cma.tell([(z, told_value(state.history[i].evaluation, rule)) for z, i in zip(zs, slots)])
+        state.population = parents + scored
+        state.generation = generation
+        state.optimizer_state, state.rng_state = _snapshot(cma)
+        if on_generation:
+            on_generation(state)
+    return state

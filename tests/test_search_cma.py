@@ -1,0 +1,219 @@
+"""Every search loop (`OPTIMIZERS`: the paper's GA and CMA-ES) on synthetic objectives: valid
+and unique candidates, determinism across seeds and evaluate_batch splits, resume from a saved
+state.json, early rejection; plus CMA's monotone parametrization. (SIGKILL and two processes:
+test_search_resume.py.)"""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+from hypothesis import HealthCheck, assume, given, settings
+from hypothesis import strategies as st
+
+from longrope.errors import UsageError
+from longrope.rope import RotarySpec
+from longrope.search.cma import MonotoneMap, _restore, _snapshot, run_cma_search
+from longrope.search.driver import OPTIMIZERS
+from longrope.search.evolution import SearchConfig, SearchState, evaluate_serial, peer_seeds
+from longrope.search.genes import START_TOKENS, SearchSpace, critical_dimension
+
+SPEC = RotarySpec(dim=64, base=10000.0, original_max_position_embeddings=128)
+SMALL = SearchConfig(population=16, parents=8, mutations=4, crossovers=4, iterations=6, seed=0)
+ALL = sorted(OPTIMIZERS)
+
+
+def quadratic(half: int, scale: float, docs=(1.0, 2.0, 0.5)):
+    """Distance to a monotone target curve plus a per-document offset (as in test_search.py)."""
+    target = np.linspace(1.0, scale, half)
+
+    def objective(lam: np.ndarray, start_token: int):
+        base = float(np.mean((lam - target) ** 2)) + 0.001 * abs(start_token - 4)
+        return [w + base for w in docs]
+
+    return objective
+
+
+def space_of(variant: str, half: int = 32, scale: float = 8.0, **kw) -> SearchSpace:
+    cd = critical_dimension(2 * half, 10000.0, 128) if variant == "critical" else 0
+    return SearchSpace(half=half, scale=scale, max_factor=1.25 * scale, variant=variant, critical_dim=cd, **kw)
+
+
+def assert_valid(space: SearchSpace, g):
+    assert space.is_valid(g), g
+    lam = space.factors(g)
+    assert np.all(np.diff(lam) >= -1e-12) and lam.min() >= 1.0 - 1e-12 and lam.max() <= space.max_factor + 1e-9
+
+
+# -- the monotone parametrization ----------------------------------------------------------------
+@settings(max_examples=80, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(variant=st.sampled_from(["longrope", "piecewise", "critical"]), half=st.integers(4, 24),
+       scale=st.floats(1.1, 40.0), step=st.sampled_from([0.01, 0.05, 0.5]), fixed=st.booleans(),
+       data=st.data())
+def test_any_z_is_a_valid_genome_and_seeds_round_trip(variant, half, scale, step, fixed, data):
+    try:
+        space = space_of(variant, half=half, scale=scale, step=step, start_tokens=(8,) if fixed else START_TOKENS)
+    except UsageError:
+        assume(False)
+    zmap = MonotoneMap(space)
+    z = np.array(data.draw(st.lists(st.floats(-1e6, 1e6, allow_nan=False), min_size=zmap.dim, max_size=zmap.dim)))
+    assert_valid(space, zmap.genome(z))
+    for lam in peer_seeds(RotarySpec(2 * half, 10000.0, 128), scale):
+        g = space.from_factors(lam)
+        back = zmap.genome(zmap.z_of(g))  # CMA's mean starts exactly at the best seed
+        assert back.units == g.units and back.start_token == g.start_token
+        assert back == g or variant == "piecewise"
+
+
+def test_snapshot_restore_continues_the_same_cma():
+    """Rebuilding cmaes.CMA from the JSON state each generation gives the same samples as one
+    object kept alive (this guards the fields read from `cmaes` internals)."""
+    import cmaes
+
+    rng = np.random.default_rng(0)
+    alive = cmaes.CMA(mean=np.zeros(6), sigma=0.3, population_size=8, seed=5)
+    dist, state = _snapshot(alive)
+    for _ in range(5):
+        rebuilt = _restore(json.loads(json.dumps(dist)), json.loads(json.dumps(state)), 8)
+        xs = [alive.ask() for _ in range(8)]
+        assert all(np.array_equal(x, rebuilt.ask()) for x in xs)
+        values = [float(v) for v in rng.random(8)]
+        alive.tell(list(zip(xs, values)))
+        rebuilt.tell(list(zip(xs, values)))
+        dist, state = _snapshot(alive)
+        assert (dist, state) == _snapshot(rebuilt)
+
+
+# -- every optimizer --------------------------------------------------------------------------------
+@pytest.mark.parametrize("name", ALL)
+def test_improves_on_every_seed_and_scores_nothing_twice(name):
+    space, objective = space_of("longrope"), quadratic(32, 8.0)
+    cfg = SearchConfig(population=32, parents=16, mutations=8, crossovers=8, iterations=15)
+    state = OPTIMIZERS[name](space, cfg, objective, 3, peer_seeds(SPEC, 8.0))
+    assert state.generation == 15
+    keys = [r.genome.key for r in state.history]
+    assert len(keys) == len(set(keys))
+    assert state.best.evaluation.loss < min(r.evaluation.loss for r in state.history if r.generation == 0)
+
+
+@settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(name=st.sampled_from(ALL), variant=st.sampled_from(["longrope", "piecewise", "critical"]),
+       seed=st.integers(0, 1000), half=st.integers(3, 16), fixed=st.booleans())
+def test_every_scored_candidate_is_valid_and_unique(name, variant, seed, half, fixed):
+    space = space_of(variant, half=half, start_tokens=(8,) if fixed else START_TOKENS)
+    scored = []
+
+    def objective(lam, n):
+        scored.append((tuple(lam), n))
+        rng = np.random.default_rng(abs(hash((tuple(lam), n))) % 2**32)
+        return list(rng.random(3))
+
+    cfg = SearchConfig(population=12, parents=6, mutations=3, crossovers=3, iterations=5, seed=seed)
+    state = OPTIMIZERS[name](space, cfg, objective, 3, peer_seeds(RotarySpec(2 * half, 1e4, 128), 8.0))
+    keys = [r.genome.key for r in state.history]
+    assert len(keys) == len(set(keys)) == len(scored)
+    for r in state.history:
+        assert_valid(space, r.genome)
+        assert not fixed or r.genome.start_token == 8
+
+
+@pytest.mark.parametrize("name", ALL)
+def test_same_seed_same_search_other_seed_other_search(name):
+    run = OPTIMIZERS[name]
+    space, objective = space_of("longrope"), quadratic(32, 8.0)
+    a = run(space, SMALL, objective, 3, peer_seeds(SPEC, 8.0))
+    b = run(space, SMALL, objective, 3, peer_seeds(SPEC, 8.0))
+    c = run(space, SearchConfig(**{**SMALL.__dict__, "seed": 1}), objective, 3, peer_seeds(SPEC, 8.0))
+    assert a.to_dict() == b.to_dict()
+    assert a.to_dict()["history"] != c.to_dict()["history"]
+
+
+def split_evaluator(parts: int, reverse: bool):
+    """Scores a batch as a distributed run does: in interleaved shares, here in any order."""
+
+    def evaluate_batch(objective, factors, starts, num_docs, rule):
+        out = {}
+        ranks = range(parts)[::-1] if reverse else range(parts)
+        for r in ranks:
+            for i in range(r, len(factors), parts):
+                out[i] = evaluate_serial(objective, [factors[i]], [starts[i]], num_docs, rule)[0]
+        return [out[i] for i in range(len(factors))]
+
+    return evaluate_batch
+
+
+@pytest.mark.parametrize("name", ALL)
+def test_evaluate_batch_splits_do_not_change_the_search(name):
+    run = OPTIMIZERS[name]
+    space, objective = space_of("longrope"), quadratic(32, 8.0, docs=(1.0, 3.0, 0.5, 2.0))
+    whole = run(space, SMALL, objective, 4, peer_seeds(SPEC, 8.0)).to_dict()
+    assert any(r["rejected"] for r in whole["history"])  # the rule is exercised
+    for parts, reverse in ((2, False), (3, True), (7, True)):
+        split = run(space, SMALL, objective, 4, peer_seeds(SPEC, 8.0), evaluate_batch=split_evaluator(parts, reverse))
+        assert split.to_dict() == whole
+
+
+class Stop(Exception):
+    pass
+
+
+@pytest.mark.parametrize("name", ALL)
+def test_resume_from_any_generation_repeats_the_uninterrupted_run(name, tmp_path):
+    run = OPTIMIZERS[name]
+    space, objective = space_of("longrope"), quadratic(32, 8.0)
+    whole = run(space, SMALL, objective, 3, peer_seeds(SPEC, 8.0))
+    for stop_at in (0, 1, 4):
+        def checkpoint(state, stop_at=stop_at):
+            state.save(tmp_path)
+            if state.generation == stop_at:
+                raise Stop
+
+        with pytest.raises(Stop):
+            run(space, SMALL, objective, 3, peer_seeds(SPEC, 8.0), on_generation=checkpoint)
+        saved = SearchState.load(tmp_path)
+        assert saved.generation == stop_at
+        resumed = run(space, SMALL, objective, 3, peer_seeds(SPEC, 8.0), state=saved)
+        assert json.dumps(resumed.to_dict()) == json.dumps(whole.to_dict())
+
+
+def test_resuming_with_the_other_optimizer_is_refused(tmp_path):
+    space, objective = space_of("longrope"), quadratic(32, 8.0)
+    describe = {"model": "m", "optimizer": "ga"}
+    OPTIMIZERS["ga"](space, SMALL, objective, 3, peer_seeds(SPEC, 8.0), describe=describe).save(tmp_path)
+    with pytest.raises(UsageError, match="optimizer"):
+        run_cma_search(space, SMALL, objective, 3, peer_seeds(SPEC, 8.0), state=SearchState.load(tmp_path),
+                       describe=describe)
+    cma = run_cma_search(space, SMALL, objective, 3, peer_seeds(SPEC, 8.0), describe={"model": "m"})
+    with pytest.raises(UsageError, match="optimizer"):
+        OPTIMIZERS["ga"](space, SMALL, objective, 3, peer_seeds(SPEC, 8.0), state=cma, describe=describe)
+    with pytest.raises(UsageError, match="sigma0"):
+        run_cma_search(space, SMALL, objective, 3, peer_seeds(SPEC, 8.0), state=cma, describe={"model": "m"},
+                       sigma0=0.5)
+
+
+@pytest.mark.parametrize("name", ALL)
+def test_early_rejection_drops_only_candidates_that_miss_the_top_k(name):
+    """Fewer documents scored; a rejected candidate's full loss (the synthetic objective can
+    tell) is never better than the worst of the top-k it was compared with."""
+    run = OPTIMIZERS[name]
+    docs = (1.0, 3.0, 0.5, 2.0, 1.5)
+    space, objective = space_of("longrope"), quadratic(32, 8.0, docs=docs)
+    cfg = SearchConfig(population=32, parents=16, mutations=8, crossovers=8, iterations=12)
+    full = run(space, SearchConfig(**{**cfg.__dict__, "early_reject": False}), objective, 5, peer_seeds(SPEC, 8.0))
+    fast = run(space, cfg, objective, 5, peer_seeds(SPEC, 8.0))
+    docs_scored = [sum(len(r.evaluation.doc_losses) for r in s.history) for s in (fast, full)]
+    assert docs_scored[0] < docs_scored[1]
+    rejected = [r for r in fast.history if r.evaluation.rejected]
+    assert rejected
+    for r in rejected:
+        earlier = sorted(h.evaluation.loss for h in fast.history if h.generation < r.generation)
+        threshold = earlier[cfg.parents - 1]  # the worst of the top-k before this generation
+        true_loss = float(np.mean(objective(space.factors(r.genome), r.genome.start_token)))
+        assert true_loss >= threshold - 1e-12
+    assert fast.best.evaluation.loss < min(r.evaluation.loss for r in fast.history if r.generation == 0)
+
+
+def test_cma_refuses_a_single_sample_per_generation():
+    with pytest.raises(UsageError, match="at least 2 samples"):
+        run_cma_search(space_of("longrope"), SearchConfig(population=4, parents=2, mutations=1, crossovers=0),
+                       quadratic(32, 8.0), 3, peer_seeds(SPEC, 8.0))
