@@ -52,7 +52,42 @@ def plot_ppl_vs_length(rows: list[dict], path: str | Path, title: str = "", nati
         ax.axvline(native, color="grey", linestyle=":", linewidth=1, label=f"native context ({native})")
     ax.set_xscale("log", base=2)
     ax.set_yscale("log")
+    lengths = sorted({r["length"] for r in rows})
+    ax.set_xticks(lengths, [str(n) for n in lengths])
+    plain_log_axis(ax.yaxis)
     label_axes(ax, "context length (tokens)", "perplexity", title or "Perplexity vs context length")
+    return save_and_close(fig, path)
+
+
+def plain_log_axis(axis) -> None:
+    """Tick labels of a log axis as plain numbers (20, 50, 100), not powers of ten."""
+    from matplotlib.ticker import LogLocator, ScalarFormatter
+
+    fmt = ScalarFormatter()
+    fmt.set_scientific(False)
+    axis.set_major_formatter(fmt)
+    axis.set_minor_locator(LogLocator(subs=(2.0, 5.0)))
+    axis.set_minor_formatter(fmt)
+
+
+def band_label(start: int, end: int) -> str:
+    """A band of positions as people read it: "256-511"."""
+    return f"{start}-{end - 1}"
+
+
+def plot_ppl_by_position(rows: list[dict], path: str | Path, title: str = "") -> Path:
+    """One line per method: perplexity (log scale) of the tokens in each band of positions.
+    rows: dicts with keys method and bands (dicts with start, end, ppl), all of one length."""
+    plt = pyplot()
+    edges = sorted({(b["start"], b["end"]) for r in rows for b in r["bands"]})
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    for r in rows:
+        pts = sorted((edges.index((b["start"], b["end"])), b["ppl"]) for b in r["bands"])
+        ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", label=r["method"])
+    ax.set_xticks(range(len(edges)), [band_label(*e) for e in edges])
+    ax.set_yscale("log")
+    plain_log_axis(ax.yaxis)
+    label_axes(ax, "positions of the scored tokens", "perplexity", title or "Perplexity by position")
     return save_and_close(fig, path)
 
 

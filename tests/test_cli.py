@@ -66,6 +66,18 @@ def test_eval_ppl_end_to_end_and_resume(tiny_model_dir, tiny_corpus, tmp_path, c
     assert main(argv) == 0
     res2 = json.loads((out / "results.json").read_text())
     assert [r["ppl"] for r in res2["rows"]] == [r["ppl"] for r in res["rows"]]
+    # --by-position: the same perplexities, plus one per band of positions of the native length (32)
+    capsys.readouterr()
+    assert main(argv + ["--by-position"]) == 0
+    printed = capsys.readouterr().out
+    assert "0-31" in printed and "32-63" in printed
+    res3 = json.loads((out / "results.json").read_text())
+    for r, before in zip(res3["rows"], res["rows"]):
+        assert r["ppl"] == pytest.approx(before["ppl"], rel=1e-5)
+        assert [(b["start"], b["end"]) for b in r["bands"]] == [(0, 32), (32, 64)][: r["length"] // 32]
+    assert (out / "results_by_position.csv").read_text().startswith("method,length,band_start,band_end,ppl")
+    assert (out / "ppl_by_position.png").stat().st_size > 1000
+    assert main(argv + ["--by-position", "--stride", "16"]) == 2
 
 
 def test_too_long_length_names_the_longest(tiny_model_dir, tiny_corpus, tmp_path, capsys):

@@ -170,6 +170,11 @@ def test_extend_end_to_end_then_skips_complete_stages(tiny_model_dir, tiny_corpu
     for variant in ("original", "stage1", "final", "pi-ft"):
         assert {(variant, n) for n in (32, 64, 128)} <= got
     assert ("final-no-readjust", 32) in got
+    summary = report["summary"]  # the last band of positions at 4x against the original's own window
+    assert list(summary["final_ppl_by_position"]) == ["0-31", "32-63", "64-127"]
+    assert summary["final_last_band_over_original_native"] == pytest.approx(
+        summary["final_ppl_by_position"]["64-127"] / summary["short_ppl_original"])
+    assert "perplexity by position at 128 tokens" in (out / "report" / "report.md").read_text()
     assert (out / "report" / "report.png").stat().st_size > 1000
     assert (out / "baselines" / "pi" / "finetune.json").is_file()
 

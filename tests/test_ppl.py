@@ -53,3 +53,41 @@ def test_sliding_window_scores_every_token_once(make_tiny_model):
             lp = model(input_ids=ids[None, begin : t + 1]).logits[0, -2].float().log_softmax(-1)
             expected -= float(lp[ids[t]])
     assert nll == pytest.approx(expected, rel=1e-4)
+
+
+def test_band_nll_equals_hand_computed_full_logit_loss_per_band(make_tiny_model):
+    from longrope.evaluate.ppl import band_mean_nlls, band_nll, position_bands
+
+    model = make_tiny_model("llama")  # native context 32
+    ids = torch.randint(0, 97, (2, 150), generator=torch.Generator().manual_seed(3))
+    edges = position_bands(150, 32)
+    assert edges == [0, 32, 64, 128, 150]
+    with torch.no_grad():
+        logits = model(input_ids=ids).logits[:, :-1].float()  # [2, 149, V]: logits[:, t] predicts token t + 1
+    token_nll = F.cross_entropy(logits.transpose(1, 2), ids[:, 1:], reduction="none")  # [2, 149]
+    expected = torch.stack([token_nll[:, max(lo, 1) - 1 : hi - 1].sum(dim=1) for lo, hi in zip(edges, edges[1:])], 1)
+    got = band_nll(model, ids, edges, chunk_size=20)  # chunks straddle the band edges
+    torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-4)
+    assert got.sum(dim=1).tolist() == pytest.approx(sequence_nll(model, ids).tolist(), rel=1e-5)
+    # tokens past the last edge are not counted
+    torch.testing.assert_close(band_nll(model, ids, [0, 32, 64], chunk_size=7), expected[:, :2], rtol=1e-5, atol=1e-4)
+    means, counts = band_mean_nlls(model, list(ids), 150, edges, chunk_size=64)
+    assert counts == [31, 32, 64, 22]
+    assert means[1] == pytest.approx((expected[1] / torch.tensor(counts)).tolist(), rel=1e-5)
+
+
+def test_ppl_figures_by_position(make_tiny_model):
+    import math
+
+    from longrope.evaluate.runner import ppl_figures
+
+    model = make_tiny_model("llama")
+    docs = list(torch.randint(0, 97, (3, 100), generator=torch.Generator().manual_seed(4)))
+    plain = ppl_figures(model, docs, 100)
+    banded = ppl_figures(model, docs, 100, native=32)
+    assert banded["ppl"] == pytest.approx(plain["ppl"], rel=1e-5) and banded["tokens"] == plain["tokens"] == 297
+    assert [(b["start"], b["end"], b["tokens"]) for b in banded["bands"]] == [(0, 32, 93), (32, 64, 96), (64, 100, 108)]
+    with torch.no_grad():
+        logits = torch.stack([model(input_ids=d[None]).logits[0, :-1].float() for d in docs])
+    nll = F.cross_entropy(logits.transpose(1, 2), torch.stack(docs)[:, 1:], reduction="none")  # [3, 99]
+    assert banded["bands"][2]["ppl"] == pytest.approx(math.exp(float(nll[:, 63:].mean())), rel=1e-5)

@@ -127,16 +127,19 @@ def run_info(args, extra: dict[str, Any] | None = None) -> dict[str, Any]:
     }
 
 
-def print_table(rows: list[dict], row_key: str, col_key: str, value_key: str, fmt: str = "{:.2f}") -> str:
-    """rows -> a plain text table (rows = methods, columns = lengths); returned and printed."""
+def print_table(rows: list[dict], row_key: str, col_key: str, value_key: str, fmt: str = "{:.2f}",
+                col_name=str) -> str:
+    """rows -> a plain text table (rows = methods, columns = lengths, headed `col_name(column)`);
+    returned and printed."""
     row_labels = list(dict.fromkeys(r[row_key] for r in rows))
     cols = sorted({r[col_key] for r in rows})
     cell = {(r[row_key], r[col_key]): r[value_key] for r in rows}
     w = max(8, *(len(str(x)) for x in row_labels))
-    lines = [f"{row_key:<{w}} " + " ".join(f"{c:>9}" for c in cols)]
+    cw = max(9, *(len(col_name(c)) for c in cols))
+    lines = [f"{row_key:<{w}} " + " ".join(f"{col_name(c):>{cw}}" for c in cols)]
     for label in row_labels:
         vals = [cell.get((label, c)) for c in cols]
-        lines.append(f"{label:<{w}} " + " ".join(f"{fmt.format(v) if v is not None else '-':>9}" for v in vals))
+        lines.append(f"{label:<{w}} " + " ".join(f"{fmt.format(v) if v is not None else '-':>{cw}}" for v in vals))
     text = "\n".join(lines)
     print(text)
     return text

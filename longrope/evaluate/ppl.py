@@ -18,19 +18,37 @@ from torch import nn
 @torch.inference_mode()
 def sequence_nll(model: nn.Module, input_ids: torch.Tensor, chunk_size: int = 1024) -> torch.Tensor:
     """Summed next-token NLL of each row. input_ids: [B, T] -> [B] float32 (T-1 targets per row)."""
+    return band_nll(model, input_ids, [0, input_ids.shape[1]], chunk_size)[:, 0]
+
+
+@torch.inference_mode()
+def band_nll(model: nn.Module, input_ids: torch.Tensor, edges: Sequence[int], chunk_size: int = 1024) -> torch.Tensor:
+    """Summed next-token NLL of each row in each band of target positions, from one pass.
+
+    Band j holds the tokens at positions [edges[j], edges[j+1]) (token t is predicted from
+    tokens 0..t-1; token 0 is never a target); tokens at or past edges[-1] are not counted.
+    input_ids: [B, T] -> [B, len(edges) - 1] float32.
+    """
     B, T = input_ids.shape
     assert T >= 2, "need at least two tokens to score"
+    assert len(edges) >= 2 and all(a < b for a, b in zip(edges, edges[1:])), f"bad band edges {edges}"
+    device = input_ids.device
     hidden = model.base_model(input_ids=input_ids, use_cache=False).last_hidden_state  # [B, T, H]
     head = model.get_output_embeddings()
     h, targets = hidden[:, :-1], input_ids[:, 1:]  # position t predicts token t+1
-    total = torch.zeros(B, dtype=torch.float32, device=input_ids.device)
+    bounds = torch.tensor(edges, device=device)
+    n_bands = len(edges) - 1
+    total = torch.zeros(B, n_bands + 1, dtype=torch.float32, device=device)  # last column: outside every band
     for s in range(0, T - 1, chunk_size):
         logits = head(h[:, s : s + chunk_size]).float()  # [B, c, V]
         c = logits.shape[1]
         # rows of [B*c, V]: cross_entropy over a transposed [B, V, c] view is several times slower
         nll = F.cross_entropy(logits.reshape(B * c, -1), targets[:, s : s + c].reshape(B * c), reduction="none")
-        total += nll.view(B, c).sum(dim=1)
-    return total
+        positions = torch.arange(s + 1, s + 1 + c, device=device)  # of the target tokens
+        band = torch.bucketize(positions, bounds, right=True) - 1  # [c]; -1 below edges[0], n_bands past the end
+        band = torch.where((band >= 0) & (band < n_bands), band, n_bands)
+        total.index_add_(1, band, nll.view(B, c))
+    return total[:, :n_bands]
 
 
 def document_nll(model: nn.Module, input_ids: torch.Tensor, chunk_size: int = 1024) -> tuple[float, int]:
@@ -83,6 +101,32 @@ def perplexity(mean_nlls: list[float]) -> float:
     return math.exp(sum(mean_nlls) / len(mean_nlls))
 
 
+def position_bands(length: int, native: int) -> list[int]:
+    """Edges of the position bands [0, L), [L, 2L), [2L, 4L), ... of native length L that
+    a `length`-token sequence reaches; the last band is cut at `length`."""
+    edges, hi = [0], native
+    while edges[-1] < length:
+        edges.append(min(hi, length))
+        hi *= 2
+    return edges
+
+
+def band_mean_nlls(model: nn.Module, docs: Sequence[torch.Tensor], length: int, edges: Sequence[int],
+                   chunk_size: int = 1024, batch_size: int = 1) -> tuple[list[list[float]], list[int]]:
+    """Mean token NLL of each document [T] truncated to `length` tokens, in each band of
+    positions given by `edges` (`band_nll`), and the tokens each band holds per document.
+    Returns ([document][band] mean NLL, [band] tokens per document)."""
+    device = next(model.parameters()).device
+    counts = [min(b, length) - max(a, 1) for a, b in zip(edges, edges[1:])]  # token 0 is never a target
+    assert all(n > 0 for n in counts), f"band edges {list(edges)} reach past {length} tokens"
+    out = []
+    for s in range(0, len(docs), batch_size):
+        x = torch.stack([d[:length] for d in docs[s : s + batch_size]]).to(device)  # [B, length]
+        totals = band_nll(model, x, edges, chunk_size).tolist()  # one host sync per batch
+        out += [[t / n for t, n in zip(row, counts)] for row in totals]
+    return out, counts
+
+
 def mean_nlls(model: nn.Module, docs: Sequence[torch.Tensor], length: int, chunk_size: int = 1024,
               stride: int | None = None, batch_size: int = 1) -> tuple[list[float], int]:
     """Mean token NLL of each document [T], and the number of tokens scored.
@@ -94,11 +138,5 @@ def mean_nlls(model: nn.Module, docs: Sequence[torch.Tensor], length: int, chunk
     if stride is not None:
         scored = [sliding_window_nll(model, doc, length, stride, chunk_size) for doc in docs]
         return [nll / n for nll, n in scored], sum(n for _, n in scored)
-    device = next(model.parameters()).device
-    out, tokens = [], 0
-    for s in range(0, len(docs), batch_size):
-        x = torch.stack([d[:length] for d in docs[s : s + batch_size]]).to(device)  # [B, length]
-        totals = sequence_nll(model, x, chunk_size).tolist()  # one host sync per batch
-        out += [t / (x.shape[1] - 1) for t in totals]
-        tokens += x.numel() - x.shape[0]
-    return out, tokens
+    per_doc, counts = band_mean_nlls(model, docs, length, [0, length], chunk_size, batch_size)
+    return [d[0] for d in per_doc], counts[0] * len(docs)

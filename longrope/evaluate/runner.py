@@ -24,7 +24,7 @@ from ..factors import RopeExtension
 from ..models.load import LoadedModel, load_model
 from ..seam import install_rope
 from .passkey import run_trials
-from .ppl import mean_nlls, perplexity
+from .ppl import band_mean_nlls, mean_nlls, perplexity, position_bands
 
 
 @dataclass
@@ -84,12 +84,30 @@ def run_cells(
 
 
 def ppl_figures(model: torch.nn.Module, docs: Sequence[torch.Tensor], length: int, chunk_size: int = 1024,
-                stride: int | None = None) -> dict[str, Any]:
-    """Perplexity of documents at one length: ppl, mean NLL, each document's NLL, tokens, seconds."""
+                stride: int | None = None, native: int | None = None) -> dict[str, Any]:
+    """Perplexity of documents at one length: ppl, mean NLL, each document's NLL, tokens, seconds.
+
+    native: also the perplexity of the tokens in each band of positions [0, L), [L, 2L),
+    [2L, 4L), ... of the native length L, from the same pass ("bands": start, end, tokens,
+    ppl, mean_nll); one-pass mode only. An average over the whole prefix hides where a
+    method fails: the first tokens of a document are the hardest to predict.
+    """
     t0 = time.perf_counter()
-    nlls, tokens = mean_nlls(model, docs, length, chunk_size, stride)
-    return {"ppl": perplexity(nlls), "mean_nll": sum(nlls) / len(nlls), "doc_nlls": nlls, "tokens": tokens,
-            "seconds": time.perf_counter() - t0}
+    if native is None:
+        nlls, tokens = mean_nlls(model, docs, length, chunk_size, stride)
+        return {"ppl": perplexity(nlls), "mean_nll": sum(nlls) / len(nlls), "doc_nlls": nlls, "tokens": tokens,
+                "seconds": time.perf_counter() - t0}
+    assert stride is None, "bands of positions need one pass per document"
+    edges = position_bands(length, native)
+    per_doc, counts = band_mean_nlls(model, docs, length, edges, chunk_size)  # [doc][band], [band]
+    nlls = [sum(m * n for m, n in zip(row, counts)) / sum(counts) for row in per_doc]
+    bands = []
+    for j, (lo, hi) in enumerate(zip(edges, edges[1:])):
+        band = [row[j] for row in per_doc]
+        bands.append({"start": lo, "end": hi, "tokens": counts[j] * len(docs), "ppl": perplexity(band),
+                      "mean_nll": sum(band) / len(band)})
+    return {"ppl": perplexity(nlls), "mean_nll": sum(nlls) / len(nlls), "doc_nlls": nlls,
+            "tokens": sum(counts) * len(docs), "bands": bands, "seconds": time.perf_counter() - t0}
 
 
 def passkey_figures(lm: LoadedModel, length: int, trials: int, rng: random.Random) -> dict[str, Any]:

@@ -14,7 +14,7 @@ from ..data import documents_of_length, load_corpus, select_split, tokenize_corp
 from ..evaluate.runner import Variant, passkey_figures, ppl_figures, run_cells
 from ..factors import FACTORS_FILE, RopeExtension
 from ..io import atomic_write_json, atomic_write_text, read_json_or_none
-from ..plots import pyplot, save_and_close
+from ..plots import band_label, pyplot, save_and_close
 from ..rope import RotarySpec
 from .config import Recipe
 
@@ -59,7 +59,7 @@ def stage_evaluate(recipe: Recipe, where: Path, spec: RotarySpec, variants: list
     where.mkdir(parents=True, exist_ok=True)
     L = spec.original_max_position_embeddings
     lengths = report_lengths(recipe, L)
-    settings = {**{k: v for k, v in asdict(ev).items() if k != "baselines"}, "lengths": lengths,
+    settings = {**{k: v for k, v in asdict(ev).items() if k != "baselines"}, "lengths": lengths, "by_position": L,
                 "corpus": recipe.corpus, "split_seed": recipe.split_seed, "dtype": recipe.dtype}
     ids = {v.label: variant_identity(v.model, v.extension, where.parent) for v in variants}
     path = where / "report.json"
@@ -76,9 +76,9 @@ def stage_evaluate(recipe: Recipe, where: Path, spec: RotarySpec, variants: list
             docs.extend(documents_of_length(tokens, max(lengths), ev.docs))
             if len(docs) < ev.docs:
                 log(f"note: only {len(docs)} {ev.split} documents reach {max(lengths)} tokens")
-        f = ppl_figures(lm.model, docs, n, ev.chunk_size)
+        f = ppl_figures(lm.model, docs, n, ev.chunk_size, native=L)
         return {"variant": variant.label, "identity": ids[variant.label], "kind": "ppl", "length": n,
-                "value": f["ppl"], "doc_nlls": f["doc_nlls"], "seconds": round(f["seconds"], 1)}
+                "value": f["ppl"], "doc_nlls": f["doc_nlls"], "bands": f["bands"], "seconds": round(f["seconds"], 1)}
 
     def passkey(lm, variant, n):
         rng = random.Random(f"{ev.split}:{n}")  # the same keys and depths for every variant
@@ -100,7 +100,7 @@ def stage_evaluate(recipe: Recipe, where: Path, spec: RotarySpec, variants: list
     report = save(cells, {"lengths": lengths, "native": L, "final_target": recipe.final_target, "summary": summary,
                           "documents": len(docs) if docs else None})
     plot_report(cells, lengths, L, where / "report.png", title=f"{recipe.model}: {L} -> {recipe.final_target} tokens")
-    write_table(cells, lengths, where / "report.md")
+    write_table(cells, lengths, where / "report.md", max(n for n in lengths if n <= recipe.final_target))
     return report
 
 
@@ -109,8 +109,15 @@ def _value(cells, label, kind, n):
     return None if c is None else c["value"]
 
 
+def _bands(cells, label, n) -> dict[str, float]:
+    """{"lo-hi": ppl} of the tokens in each band of positions of one ppl cell (empty if none)."""
+    c = cells.get((label, "ppl", n))
+    return {band_label(b["start"], b["end"]): b["ppl"] for b in (c or {}).get("bands", [])}
+
+
 def summarize(cells: dict, lengths: list[int], native: int, final_target: int) -> dict[str, Any]:
-    """The issue's claims as numbers: ppl up to the final length, passkey >= 90%, short ppl within 2%."""
+    """The recipe's claims as numbers: passkey >= 90% at every length, perplexity of the last band
+    of positions no worse than 1.1x the original's in its own window, short ppl within 1%."""
     upto = [n for n in lengths if n <= final_target]
     original_native = _value(cells, "original", "ppl", native)
     final_ppl = {n: _value(cells, "final", "ppl", n) for n in upto}
@@ -127,14 +134,22 @@ def summarize(cells: dict, lengths: list[int], native: int, final_target: int) -
         "short_ppl_before_readjust": before,
         "short_ppl_after_readjust": after,
     }
+    longest = max(upto) if upto else None
+    final_bands, original_bands = _bands(cells, "final", longest), _bands(cells, "original", native)
+    if final_bands and original_bands:
+        last, first = list(final_bands.values())[-1], list(original_bands.values())[0]
+        out["final_ppl_by_position"] = final_bands
+        out["final_last_band_over_original_native"] = last / first
+        out["last_band_within_1_1x"] = last / first <= 1.1
     if original_native and after:
         out["short_ppl_after_vs_original"] = after / original_native - 1
-        out["short_within_2_percent"] = abs(after / original_native - 1) <= 0.02
+        out["short_within_1_percent"] = abs(after / original_native - 1) <= 0.01
     return out
 
 
-def write_table(cells: dict, lengths: list[int], path: Path) -> None:
-    """report.md: the ppl and passkey tables, variants x lengths."""
+def write_table(cells: dict, lengths: list[int], path: Path, band_length: int | None = None) -> None:
+    """report.md: the ppl and passkey tables, variants x lengths, and the perplexity of each
+    band of positions at `band_length`, variants x bands."""
     labels = list(dict.fromkeys(k[0] for k in cells))
     lines = []
     for kind, fmt in (("ppl", "{:.2f}"), ("passkey", "{:.0%}")):
@@ -144,6 +159,15 @@ def write_table(cells: dict, lengths: list[int], path: Path) -> None:
         for label in labels:
             vals = [_value(cells, label, kind, n) for n in lengths]
             lines.append(f"| {label} | " + " | ".join("-" if v is None else fmt.format(v) for v in vals) + " |")
+        lines.append("")
+    bands = {label: _bands(cells, label, band_length) for label in labels}
+    names = max(bands.values(), key=len, default={})
+    if names:
+        lines += [f"### perplexity by position at {band_length} tokens", "",
+                  "| variant | " + " | ".join(names) + " |", "|---|" + "---:|" * len(names)]
+        for label in labels:
+            lines.append(f"| {label} | " + " | ".join(f"{bands[label][b]:.2f}" if b in bands[label] else "-"
+                                                     for b in names) + " |")
         lines.append("")
     atomic_write_text(path, "\n".join(lines))
 
