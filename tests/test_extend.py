@@ -62,6 +62,8 @@ def _mutate(data: dict, how: str) -> dict:
         st["search"]["objective"] = "bleu"
     elif how == "bad-optimizer":
         st["readjust"]["optimizer"] = "adam"
+    elif how == "bad-reject":
+        st["search"]["reject"] = "hoeffding"
     elif how == "bad-needles":
         st["search2"]["needles"] = 0
     return d
@@ -79,6 +81,7 @@ def _mutate(data: dict, how: str) -> dict:
     ("bad-baseline", "unknown method 'warp'"),
     ("bad-objective", "recipe: search: objective must be one of ppl, needle, got 'bleu'"),
     ("bad-optimizer", "recipe: readjust: optimizer must be one of ga, cma, got 'adam'"),
+    ("bad-reject", "recipe: search: reject must be one of exact, race, got 'hoeffding'"),
     ("bad-needles", "recipe: search2: --needles must be in [1, 30], got 0"),
 ])
 def test_bad_recipe_one_line_exit_2_nothing_written(how, msg, tmp_path, capsys):

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import math
+from statistics import NormalDist
 
 import numpy as np
 import pytest
@@ -13,12 +14,16 @@ from longrope.methods import ntk_factors, pi_factors, yarn_factors
 from longrope.rope import RotarySpec
 from longrope.search.evolution import (
     Evaluation,
+    RaceRule,
+    Record,
     RejectRule,
     SearchConfig,
     SearchState,
     peer_seeds,
+    reject_rule,
     run_search,
     score_candidate,
+    top_k,
 )
 from longrope.search.genes import Genome, SearchSpace, critical_dimension
 
@@ -157,6 +162,28 @@ def test_reject_rule_bounds_the_final_mean():
     assert ev.rejected and len(ev.doc_losses) == 1 and ev.loss == math.inf and len(calls) == 1
 
 
+def test_race_rule_is_a_paired_one_sided_bound_fixed_from_history():
+    rule = RaceRule(parent=(1.0, 2.0, 3.0, 4.0), margin=(1.0, 0.7, 0.5))
+    assert rule.rejects([2.5]) and not rule.rejects([1.9])  # mean difference 1.5 > 1.0; 0.9 < 1.0
+    assert rule.rejects([1.9, 2.9]) and not rule.rejects([1.6, 2.6])  # 0.9 > 0.7; 0.6 < 0.7
+    assert not rule.rejects([9.0, 9.0, 9.0, 9.0])  # complete: scored, never rejected
+    assert rule.stopped_loss([1.9, 2.9]) == pytest.approx(2.5 + 0.9)
+
+    # margins: z * s / sqrt(m), z for confidence 0.9 split over the K - 1 = 2 looks, s pooled
+    space, K = space_of("longrope"), 3
+    losses = [[1.0, 2.0, 3.0], [1.5, 2.0, 3.5], [1.2, 2.6, 3.1], [2.0, 2.2, 3.9]]
+    history = [Record(0, space.from_factors(np.full(32, 1.0 + i)), Evaluation(x, K)) for i, x in enumerate(losses)]
+    state = SearchState({}, 0, [0, 1, 2, 3], history, {})
+    cfg = SearchConfig(population=4, parents=2, mutations=1, crossovers=1, reject="race", race_confidence=0.9)
+    parents = top_k(state, state.population, 2)  # k-th parent: [1.2, 2.6, 3.1]
+    rule = reject_rule(state, parents, K, cfg)
+    diffs = np.array([losses[0], losses[1], losses[3]]) - np.array(losses[2])
+    s = np.sqrt(np.mean(np.var(diffs, axis=1, ddof=1)))
+    z = NormalDist().inv_cdf(1 - 0.1 / 2)
+    assert rule.parent == tuple(losses[2]) and rule.margin == pytest.approx((z * s, z * s / np.sqrt(2)))
+    assert reject_rule(state, parents, K, SearchConfig(**{**cfg.__dict__, "early_reject": False})) is None
+
+
 def test_early_rejection_scores_fewer_documents_and_keeps_the_result():
     space, objective = space_of("longrope"), quadratic(32, 8.0, docs=(1.0, 3.0, 0.5, 2.0, 1.5))
     cfg = SearchConfig(population=32, parents=16, mutations=8, crossovers=8, iterations=15)
@@ -185,6 +212,13 @@ def test_resume_with_another_config_is_refused(tmp_path):
         run_search(space, SMALL, objective, 3, peer_seeds(SPEC, 8.0), state=saved, describe={"model": "b"})
     with pytest.raises(UsageError, match="nothing to resume"):
         SearchState.load(tmp_path / "elsewhere")
+    # a state saved before --reject existed ran the exact rule: it resumes, and is refused with race
+    for key in ("reject", "race_confidence"):
+        del saved.config[key]
+    run_search(space, SMALL, objective, 3, peer_seeds(SPEC, 8.0), state=saved, describe={"model": "a"})
+    with pytest.raises(UsageError, match="reject: saved 'exact' vs now 'race'"):
+        run_search(space, SearchConfig(**{**SMALL.__dict__, "reject": "race"}), objective, 3, peer_seeds(SPEC, 8.0),
+                   state=saved, describe={"model": "a"})
 
 
 def test_evaluation_perplexity():

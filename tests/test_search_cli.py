@@ -86,6 +86,14 @@ def test_bad_input_is_one_line_exit_2_and_writes_nothing(assets, tmp_path, capsy
     assert not out.exists() or not any(out.iterdir())
 
 
+def test_help_states_the_race_rule_and_its_confidence(capsys):
+    with pytest.raises(SystemExit):
+        main(["search", "--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    assert "--reject {exact,race}" in text and "--race-confidence" in text and "(default: 0.95)" in text
+    assert "z * s / sqrt(m)" in text and "Bonferroni" in text
+
+
 def test_resume_needs_a_state_and_a_new_run_refuses_an_old_one(assets, tmp_path, capsys):
     out = tmp_path / "run"
     assert main(search_args(assets, out, extra=["--resume"])) == 2

@@ -4,6 +4,7 @@ state.json, early rejection; plus CMA's monotone parametrization. (SIGKILL and t
 test_search_resume.py.)"""
 from __future__ import annotations
 
+import hashlib
 import json
 
 import numpy as np
@@ -15,7 +16,7 @@ from longrope.errors import UsageError
 from longrope.rope import RotarySpec
 from longrope.search.cma import MonotoneMap, _restore, _snapshot, run_cma_search
 from longrope.search.driver import OPTIMIZERS
-from longrope.search.evolution import SearchConfig, SearchState, evaluate_serial, peer_seeds
+from longrope.search.evolution import SearchConfig, SearchState, evaluate_serial, peer_seeds, top_k
 from longrope.search.genes import START_TOKENS, SearchSpace, critical_dimension
 
 SPEC = RotarySpec(dim=64, base=10000.0, original_max_position_embeddings=128)
@@ -32,6 +33,32 @@ def quadratic(half: int, scale: float, docs=(1.0, 2.0, 0.5)):
         return [w + base for w in docs]
 
     return objective
+
+
+def noisy(half: int, scale: float, docs=(1.0, 3.0, 0.5, 2.0, 1.5, 2.5), sigma: float = 0.05):
+    """`quadratic` plus Gaussian noise on each (candidate, document), seeded by the candidate, so
+    that documents disagree; `objective.expected` gives the noise-free losses."""
+    target = np.linspace(1.0, scale, half)
+
+    def expected(lam: np.ndarray, start_token: int) -> list[float]:
+        base = float(np.mean((lam - target) ** 2)) + 0.001 * abs(start_token - 4)
+        return [w + base for w in docs]
+
+    def objective(lam: np.ndarray, start_token: int):
+        key = hashlib.sha256(np.asarray(lam, dtype=np.float64).tobytes() + str(start_token).encode()).digest()
+        noise = np.random.default_rng(int.from_bytes(key[:8], "little")).normal(0.0, sigma, len(docs))
+        return [x + float(e) for x, e in zip(expected(lam, start_token), noise)]
+
+    objective.expected = expected
+    return objective
+
+
+def race_case(reject: str, docs: int = 4):
+    """(config, objective) exercising a rejection rule: exact on constant per-document offsets,
+    race on noisy documents."""
+    if reject == "exact":
+        return SMALL, quadratic(32, 8.0, docs=(1.0, 3.0, 0.5, 2.0)[:docs])
+    return SearchConfig(**{**SMALL.__dict__, "reject": "race"}), noisy(32, 8.0, docs=(1.0, 3.0, 0.5, 2.0)[:docs])
 
 
 def space_of(variant: str, half: int = 32, scale: float = 8.0, **kw) -> SearchSpace:
@@ -143,13 +170,14 @@ def split_evaluator(parts: int, reverse: bool):
 
 
 @pytest.mark.parametrize("name", ALL)
-def test_evaluate_batch_splits_do_not_change_the_search(name):
+@pytest.mark.parametrize("reject", ["exact", "race"])
+def test_evaluate_batch_splits_do_not_change_the_search(name, reject):
     run = OPTIMIZERS[name]
-    space, objective = space_of("longrope"), quadratic(32, 8.0, docs=(1.0, 3.0, 0.5, 2.0))
-    whole = run(space, SMALL, objective, 4, peer_seeds(SPEC, 8.0)).to_dict()
+    space, (cfg, objective) = space_of("longrope"), race_case(reject)
+    whole = run(space, cfg, objective, 4, peer_seeds(SPEC, 8.0)).to_dict()
     assert any(r["rejected"] for r in whole["history"])  # the rule is exercised
     for parts, reverse in ((2, False), (3, True), (7, True)):
-        split = run(space, SMALL, objective, 4, peer_seeds(SPEC, 8.0), evaluate_batch=split_evaluator(parts, reverse))
+        split = run(space, cfg, objective, 4, peer_seeds(SPEC, 8.0), evaluate_batch=split_evaluator(parts, reverse))
         assert split.to_dict() == whole
 
 
@@ -158,10 +186,11 @@ class Stop(Exception):
 
 
 @pytest.mark.parametrize("name", ALL)
-def test_resume_from_any_generation_repeats_the_uninterrupted_run(name, tmp_path):
+@pytest.mark.parametrize("reject", ["exact", "race"])
+def test_resume_from_any_generation_repeats_the_uninterrupted_run(name, reject, tmp_path):
     run = OPTIMIZERS[name]
-    space, objective = space_of("longrope"), quadratic(32, 8.0)
-    whole = run(space, SMALL, objective, 3, peer_seeds(SPEC, 8.0))
+    space, (cfg, objective) = space_of("longrope"), race_case(reject, docs=3)
+    whole = run(space, cfg, objective, 3, peer_seeds(SPEC, 8.0))
     for stop_at in (0, 1, 4):
         def checkpoint(state, stop_at=stop_at):
             state.save(tmp_path)
@@ -169,11 +198,32 @@ def test_resume_from_any_generation_repeats_the_uninterrupted_run(name, tmp_path
                 raise Stop
 
         with pytest.raises(Stop):
-            run(space, SMALL, objective, 3, peer_seeds(SPEC, 8.0), on_generation=checkpoint)
+            run(space, cfg, objective, 3, peer_seeds(SPEC, 8.0), on_generation=checkpoint)
         saved = SearchState.load(tmp_path)
         assert saved.generation == stop_at
-        resumed = run(space, SMALL, objective, 3, peer_seeds(SPEC, 8.0), state=saved)
+        resumed = run(space, cfg, objective, 3, peer_seeds(SPEC, 8.0), state=saved)
         assert json.dumps(resumed.to_dict()) == json.dumps(whole.to_dict())
+
+
+@pytest.mark.parametrize("name", ALL)
+def test_race_stops_only_candidates_worse_than_the_kth_parent_with_the_stated_confidence(name):
+    """Every stopped candidate's noise-free loss on the documents it was scored on is compared
+    with the k-th parent's losses there: at most 1 - confidence of them may be no worse."""
+    run, space, objective = OPTIMIZERS[name], space_of("longrope"), noisy(32, 8.0, sigma=0.3)
+    cfg = SearchConfig(population=32, parents=16, mutations=8, crossovers=8, iterations=15, reject="race",
+                       race_confidence=0.9)
+    state = run(space, cfg, objective, 6, peer_seeds(SPEC, 8.0))
+    stopped = [r for r in state.history if r.evaluation.rejected]
+    wrong = 0
+    for r in stopped:
+        before = [i for i, h in enumerate(state.history) if h.generation < r.generation]
+        kth = state.history[top_k(state, before, cfg.parents)[-1]].evaluation.doc_losses
+        m = len(r.evaluation.doc_losses)
+        wrong += sum(objective.expected(space.factors(r.genome), r.genome.start_token)[:m]) <= sum(kth[:m])
+    assert len(stopped) >= 20 and wrong <= (1 - cfg.race_confidence) * len(stopped), (wrong, len(stopped))
+    full = run(space, SearchConfig(**{**cfg.__dict__, "early_reject": False}), objective, 6, peer_seeds(SPEC, 8.0))
+    docs = [sum(len(r.evaluation.doc_losses) for r in s.history) for s in (state, full)]
+    assert docs[0] < docs[1], docs
 
 
 def test_resuming_with_the_other_optimizer_is_refused(tmp_path):

@@ -29,11 +29,13 @@ import yaml
 from ..errors import UsageError
 from ..methods import get_method
 from ..search.driver import DEFAULT_METHOD, SearchOptions
-from ..search.evolution import SearchConfig
+from ..search.evolution import ADDED_SETTINGS, SearchConfig
 from ..train.finetune import FinetuneConfig
 
 NOT_RECIPE_KEYS = ("reject_slack",)  # SearchConfig fields a recipe does not set
-METHOD_KEYS = ("optimizer", "objective", "needles")  # recorded only when not the defaults
+METHOD_KEYS = ("optimizer", "objective", "needles")  # SearchOptions.method(): needles only for needle
+# keys added after recipes were first run: a stage records them only when they differ from these
+RECORDED_WHEN_SET = {**DEFAULT_METHOD, **ADDED_SETTINGS}
 STAGES = ("search", "finetune", "search2", "readjust", "evaluate")
 REQUIRED_STAGES = ("search", "finetune")
 
@@ -44,11 +46,11 @@ class SearchSettings(SearchOptions, SearchConfig):
     `SearchOptions` (optimizer, objective, documents, grid, bound; readjust's bound: stage 1's)."""
 
     def settings(self) -> dict[str, Any]:
-        """The stage's keys as a recipe sets them (what its stage.json records). The optimizer and
-        objective appear only when they are not ga and ppl, so stages completed before these keys
-        existed still match."""
-        keys = {k: v for k, v in asdict(self).items() if k not in NOT_RECIPE_KEYS + METHOD_KEYS}
-        return keys | {k: v for k, v in self.method().items() if DEFAULT_METHOD.get(k) != v}
+        """The stage's keys as a recipe sets them (what its stage.json records). Keys added later
+        (optimizer, objective, reject, race_confidence) appear only when they are not the defaults,
+        so stages completed before these keys existed still match."""
+        keys = {k: v for k, v in asdict(self).items() if k not in NOT_RECIPE_KEYS + METHOD_KEYS} | self.method()
+        return {k: v for k, v in keys.items() if k not in RECORDED_WHEN_SET or RECORDED_WHEN_SET[k] != v}
 
 
 @dataclass(frozen=True)

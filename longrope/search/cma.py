@@ -30,9 +30,10 @@ as many new candidates per generation as the GA), the GA's `population` P is unu
 population kept in the state is the GA's: top-k of everything scored plus the new candidates.
 
 A sample that snaps to a genome scored before reuses its score (nothing is scored twice) and is
-still told to CMA. Early rejection is the GA's `RejectRule` (threshold: worst of the top-k);
-CMA needs a finite value for every sample, so a rejected one is told its lower bound
-(losses so far + best-ever loss of each remaining document) / K, which is >= the threshold.
+still told to CMA. Early rejection is the GA's (`--reject exact` or `race`, against the top-k);
+CMA needs a finite value for every sample, so a rejected one is told the rule's stand-in: for
+exact, its lower bound (losses so far + best-ever loss of each remaining document) / K; for
+race, the k-th parent's mean + the mean paired difference so far; both above the threshold.
 
 Determinism: every generation rebuilds the `cmaes.CMA` object from the state (mean, sigma, C,
 evolution paths, generation and the MT19937 state of its sampler; explicit JSON fields, floats
@@ -52,13 +53,13 @@ from .evolution import (
     EvaluateBatch,
     Evaluation,
     Objective,
-    RejectRule,
+    Rule,
     SearchConfig,
     SearchState,
-    _reject_rule,
     _score,
     check_same_config,
     evaluate_serial,
+    reject_rule,
     space_config,
     top_k,
 )
@@ -145,15 +146,15 @@ def _restore(dist: dict[str, Any], rng: dict[str, Any], popsize: int):
     return cma
 
 
-def told_value(ev: Evaluation, rule: RejectRule | None) -> float:
-    """What CMA is told for a scored candidate: its loss, or for a rejected one a lower bound
-    of its loss under this generation's rule (finite; >= the threshold when it was just rejected)."""
+def told_value(ev: Evaluation, rule: Rule | None) -> float:
+    """What CMA is told for a scored candidate: its loss, or for a rejected one the rule's finite
+    stand-in (exact: a lower bound of its loss; race: an estimate; above the threshold when it
+    was just rejected)."""
     if not ev.rejected:
         return ev.loss
     if rule is None:
         return REJECTED
-    m = len(ev.doc_losses)
-    return (sum(ev.doc_losses) + sum(rule.optimistic[m:])) / ev.num_docs
+    return rule.stopped_loss(ev.doc_losses)
 
 
 def run_cma_search(space: SearchSpace, config: SearchConfig, objective: Objective, num_docs: int,
@@ -207,9 +208,7 @@ def run_cma_search(space: SearchSpace, config: SearchConfig, objective: Objectiv
                 new.append(g)
             slots.append(where[g.key])
 
-        rule = None
-        if config.early_reject and len(parents) >= config.parents:
-            rule = _reject_rule(state, parents, num_docs, config.reject_slack)
+        rule = reject_rule(state, parents, num_docs, config)
         scored = _score(state, new, generation, space, objective, num_docs, rule, evaluate_batch)
         cma.tell([(z, told_value(state.history[i].evaluation, rule)) for z, i in zip(zs, slots)])
         state.population = parents + scored

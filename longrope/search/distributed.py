@@ -25,7 +25,7 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
-from .evolution import Evaluation, Objective, RejectRule, score_candidate
+from .evolution import Evaluation, Objective, Rule, score_candidate
 
 
 @dataclass(frozen=True)
@@ -71,7 +71,7 @@ def distributed_evaluator(d: Dist):
     """An `evaluate_batch` for `run_search` that splits candidates across ranks."""
 
     def evaluate_batch(objective: Objective, factors: list[np.ndarray], starts: list[int], num_docs: int,
-                       rule: RejectRule | None) -> list[Evaluation]:
+                       rule: Rule | None) -> list[Evaluation]:
         mine = {i: score_candidate(objective, factors[i], starts[i], num_docs, rule)
                 for i in range(d.rank, len(factors), d.world_size)}
         if d.world_size == 1:

@@ -12,7 +12,8 @@
 
 The objective is an argument: `objective(factors [d/2] float64, start_token) -> iterable of
 per-document mean NLLs`. A real model yields one document at a time, so early rejection
-can stop scoring a candidate that cannot enter the top-k (see `RejectRule`); a synthetic
+can stop scoring a candidate that cannot enter the top-k (`RejectRule`), or that is worse
+than the k-th parent with stated confidence (`RaceRule`, `--reject race`); a synthetic
 objective returns a list and the loop runs in milliseconds. Scoring a batch is delegated
 to an `evaluate_batch` function (serial here, split across ranks in `distributed.py`).
 
@@ -27,6 +28,7 @@ import json
 import math
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from statistics import NormalDist
 from typing import Any, Callable, Iterable, Sequence
 
 import numpy as np
@@ -55,9 +57,17 @@ class SearchConfig:
     mutation_prob: float = option(0.3, "p, per-gene mutation probability")
     iterations: int = option(40, "T generations")
     seed: int = option(0, "random seed of the search")
-    early_reject: bool = option(True, "score every candidate on all documents (default: stop scoring a candidate once "
-                                "its losses so far, plus the best loss ever seen on each remaining document, cannot "
-                                "beat the worst of the top-k)", flag="--no-early-reject")
+    early_reject: bool = option(True, "score every candidate on all documents (default: stop a candidate early by the "
+                                "--reject rule)", flag="--no-early-reject")
+    reject: str = option("exact", "early rejection rule. exact: stop a candidate once its losses so far, plus the "
+                         "best loss ever seen on each remaining document, cannot beat the worst of the top-k. race: "
+                         "after m of K documents, stop it once mean_j(its loss_j - the k-th parent's loss_j) over "
+                         "those m documents > z * s / sqrt(m), a one-sided paired z-test: z = the normal quantile of "
+                         "1 - (1 - race_confidence) / (K - 1) (Bonferroni over its K - 1 looks), s = the spread of "
+                         "per-document differences to the k-th parent pooled over every fully scored candidate, "
+                         "fixed before the generation", choices=("exact", "race"))
+    race_confidence: float = option(0.95, "confidence that a candidate stopped by --reject race is worse than the "
+                                    "k-th parent on the documents it was scored on")
     reject_slack: float = 0.0  # nats a candidate may beat the best-ever loss of a document by
 
     def __post_init__(self):
@@ -71,6 +81,10 @@ class SearchConfig:
             raise UsageError(f"--mutation-prob must be in (0, 1], got {self.mutation_prob}")
         if self.iterations < 0:
             raise UsageError("--iterations must be >= 0")
+        if self.reject not in REJECT_RULES:
+            raise UsageError(f"reject must be one of {', '.join(REJECT_RULES)}, got {self.reject!r}")
+        if not 0.5 <= self.race_confidence < 1:
+            raise UsageError(f"--race-confidence must be in [0.5, 1), got {self.race_confidence}")
 
 
 @dataclass
@@ -111,11 +125,47 @@ class RejectRule:
         m, K = len(losses), len(self.optimistic)
         if m >= K:
             return False
-        return (sum(losses) + sum(self.optimistic[m:])) / K >= self.threshold
+        return self.stopped_loss(losses) >= self.threshold
+
+    def stopped_loss(self, losses: Sequence[float]) -> float:
+        """A finite stand-in for a stopped candidate's mean loss (told to CMA-ES): its lower bound."""
+        return (sum(losses) + sum(self.optimistic[len(losses):])) / len(self.optimistic)
+
+
+@dataclass(frozen=True)
+class RaceRule:
+    """Statistical racing (as in irace and Hoeffding races), fixed for one generation.
+
+    After m of K documents, d_j = candidate loss_j - k-th parent loss_j (paired: the same
+    documents). Stop the candidate once mean(d_1..d_m) > margin[m-1] = z * s / sqrt(m): a
+    one-sided z-test that its mean loss on those documents exceeds the parent's, with s the
+    spread of per-document differences observed in history and z set so that the K - 1 looks
+    together keep the confidence (Bonferroni). Unlike `RejectRule`, it can stop a candidate that
+    would have entered the top-k, with probability at most 1 - confidence (if the differences are
+    Gaussian with spread s).
+    """
+
+    parent: tuple[float, ...]  # the k-th parent's loss on each of the K documents
+    margin: tuple[float, ...]  # [K - 1]: the bound on the mean difference after m = 1 .. K-1 documents
+
+    def rejects(self, losses: Sequence[float]) -> bool:
+        m = len(losses)
+        if m >= len(self.parent):
+            return False
+        return sum(c - p for c, p in zip(losses, self.parent)) / m > self.margin[m - 1]
+
+    def stopped_loss(self, losses: Sequence[float]) -> float:
+        """A finite stand-in for a stopped candidate's mean loss (told to CMA-ES): the parent's mean
+        plus the mean paired difference so far (above the parent's mean when stopped)."""
+        diff = sum(c - p for c, p in zip(losses, self.parent)) / len(losses)
+        return sum(self.parent) / len(self.parent) + diff
+
+
+Rule = RejectRule | RaceRule
 
 
 def score_candidate(objective: Objective, factors: np.ndarray, start_token: int, num_docs: int,
-                    rule: RejectRule | None) -> Evaluation:
+                    rule: Rule | None) -> Evaluation:
     """Score one candidate document by document, stopping when `rule` rejects it."""
     losses: list[float] = []
     for loss in objective(factors, start_token):
@@ -127,11 +177,11 @@ def score_candidate(objective: Objective, factors: np.ndarray, start_token: int,
     return Evaluation(losses, num_docs)
 
 
-EvaluateBatch = Callable[[Objective, list[np.ndarray], list[int], int, "RejectRule | None"], list[Evaluation]]
+EvaluateBatch = Callable[[Objective, list[np.ndarray], list[int], int, "Rule | None"], list[Evaluation]]
 
 
 def evaluate_serial(objective: Objective, factors: list[np.ndarray], starts: list[int], num_docs: int,
-                    rule: RejectRule | None) -> list[Evaluation]:
+                    rule: Rule | None) -> list[Evaluation]:
     return [score_candidate(objective, f, s, num_docs, rule) for f, s in zip(factors, starts)]
 
 
@@ -205,8 +255,15 @@ def write_history(out_dir: str | Path, state: SearchState, space: SearchSpace) -
     atomic_write_text(Path(out_dir) / HISTORY_FILE, "\n".join(lines) + ("\n" if lines else ""))
 
 
+# settings added after states were first saved: a state without them ran with these values
+ADDED_SETTINGS = {"reject": "exact", "race_confidence": 0.95}
+
+
 def check_same_config(saved: dict[str, Any], current: dict[str, Any]) -> None:
-    """Resuming with other settings would not reproduce the run: refuse, naming the keys."""
+    """Resuming with other settings would not reproduce the run: refuse, naming the keys.
+    `saved` gains the ADDED_SETTINGS it lacks."""
+    for key, value in ADDED_SETTINGS.items():
+        saved.setdefault(key, value)
     keys = changed_keys(saved, current)
     if keys:
         diffs = ", ".join(f"{k}: saved {saved.get(k)!r} vs now {current.get(k)!r}" for k in keys)
@@ -244,17 +301,42 @@ def seed_population(space: SearchSpace, seeds: Sequence[np.ndarray], size: int, 
     return population
 
 
-def _reject_rule(state: SearchState, parents: list[int], num_docs: int, slack: float) -> RejectRule:
+def exact_rule(state: SearchState, parents: list[int], num_docs: int, config: SearchConfig) -> RejectRule:
     worst_parent = max(state.history[i].evaluation.loss for i in parents)
     best = [math.inf] * num_docs
     for r in state.history:
         for j, loss in enumerate(r.evaluation.doc_losses):
             best[j] = min(best[j], loss)
-    return RejectRule(worst_parent, tuple(b - slack for b in best))
+    return RejectRule(worst_parent, tuple(b - config.reject_slack for b in best))
+
+
+def race_rule(state: SearchState, parents: list[int], num_docs: int, config: SearchConfig) -> RaceRule | None:
+    """The k-th parent's losses and the margins z * s / sqrt(m); s^2 = the mean over fully scored
+    candidates of the sample variance across documents of their differences to that parent."""
+    kth = max(parents, key=lambda i: (state.history[i].evaluation.loss, i))
+    parent = state.history[kth].evaluation
+    others = [r.evaluation.doc_losses for i, r in enumerate(state.history) if i != kth and not r.evaluation.rejected]
+    if parent.rejected or num_docs < 2 or not others:
+        return None
+    diffs = np.asarray(others, dtype=np.float64) - np.asarray(parent.doc_losses, dtype=np.float64)  # [H, K]
+    s = math.sqrt(float(np.mean(np.var(diffs, axis=1, ddof=1))))
+    z = NormalDist().inv_cdf(1 - (1 - config.race_confidence) / (num_docs - 1))
+    return RaceRule(tuple(parent.doc_losses), tuple(z * s / math.sqrt(m) for m in range(1, num_docs)))
+
+
+REJECT_RULES = {"exact": exact_rule, "race": race_rule}  # --reject NAME
+
+
+def reject_rule(state: SearchState, parents: list[int], num_docs: int, config: SearchConfig) -> Rule | None:
+    """This generation's early-rejection rule, from the state before any candidate is scored
+    (None: score everything, e.g. before there are k parents)."""
+    if not config.early_reject or len(parents) < config.parents:
+        return None
+    return REJECT_RULES[config.reject](state, parents, num_docs, config)
 
 
 def _score(state: SearchState, genomes: list[Genome], generation: int, space: SearchSpace, objective: Objective,
-           num_docs: int, rule: RejectRule | None, evaluate_batch: EvaluateBatch) -> list[int]:
+           num_docs: int, rule: Rule | None, evaluate_batch: EvaluateBatch) -> list[int]:
     evals = evaluate_batch(objective, [space.factors(g) for g in genomes], [g.start_token for g in genomes],
                            num_docs, rule)
     first = len(state.history)
@@ -331,9 +413,7 @@ def run_search(
             if g is not None:
                 children.append(g)
 
-        rule = None
-        if config.early_reject and len(parents) >= config.parents:
-            rule = _reject_rule(state, parents, num_docs, config.reject_slack)
+        rule = reject_rule(state, parents, num_docs, config)
         new = _score(state, mutants + children, generation, space, objective, num_docs, rule, evaluate_batch)
         state.population = parents + new
         state.generation = generation
