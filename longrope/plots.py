@@ -91,14 +91,15 @@ def plot_ppl_by_position(rows: list[dict], path: str | Path, title: str = "") ->
     return save_and_close(fig, path)
 
 
-def plot_passkey_heatmap(trials: list[dict], path: str | Path, depth_bins: int = 5, title: str = "") -> Path:
-    """Accuracy per (depth bin, length), one panel per method. trials: dicts with
-    method, length, depth, correct."""
-
+def plot_depth_heatmap(trials: list[dict], path: str | Path, depth_bins: int = 5, title: str = "",
+                       ylabel: str = "needle depth") -> Path:
+    """Accuracy per (depth bin, length), one panel per method; each cell shows the accuracy
+    and its trial count n, cells without a trial say so. trials: dicts with method, length,
+    depth (in [0, 1]) and correct. Passkey retrieval and every task of the suite use it."""
     plt = pyplot()
     methods = list(dict.fromkeys(t["method"] for t in trials))
     lengths = sorted({t["length"] for t in trials})
-    fig, axes = plt.subplots(1, len(methods), figsize=(2.2 + 1.1 * len(lengths) * len(methods), 3.6), squeeze=False)
+    fig, axes = plt.subplots(1, len(methods), figsize=(2.4 + 1.2 * len(lengths) * len(methods), 3.8), squeeze=False)
     for ax, method in zip(axes[0], methods):
         hits = np.zeros((depth_bins, len(lengths)))
         counts = np.zeros_like(hits)
@@ -113,16 +114,16 @@ def plot_passkey_heatmap(trials: list[dict], path: str | Path, depth_bins: int =
         im = ax.imshow(acc, vmin=0, vmax=1, cmap="RdYlGn", aspect="auto", origin="upper")
         for b in range(depth_bins):
             for j in range(len(lengths)):
-                if counts[b, j]:
-                    ax.text(j, b, f"{acc[b, j]:.0%}", ha="center", va="center", fontsize=7)
+                label = f"{acc[b, j]:.0%}\nn={int(counts[b, j])}" if counts[b, j] else "no trial"
+                ax.text(j, b, label, ha="center", va="center", fontsize=7, color="black" if counts[b, j] else "grey")
         ax.set_xticks(range(len(lengths)), [str(n) for n in lengths], rotation=45)
         ax.set_yticks(range(depth_bins), [f"{b / depth_bins:.1f}-{(b + 1) / depth_bins:.1f}" for b in range(depth_bins)])
         ax.set_xlabel("context length (tokens)")
         ax.set_title(method)
-    axes[0][0].set_ylabel("needle depth")
+    axes[0][0].set_ylabel(ylabel)
     fig.colorbar(im, ax=axes[0].tolist(), label="accuracy")
     if title:
         fig.suptitle(title)
-    out = atomic_savefig(fig, path, dpi=120)
+    out = atomic_savefig(fig, path, dpi=120, bbox_inches="tight")  # keep the axis labels of a narrow figure
     plt.close(fig)
     return out

@@ -7,7 +7,7 @@ from ..errors import UsageError
 from ..evaluate.runner import passkey_figures, run_cells
 from ..io import atomic_write_json, check_writable_dir
 from ..models.load import load_model
-from ..plots import plot_passkey_heatmap
+from ..plots import plot_depth_heatmap
 from .common import add_method_args, add_model_args, check_inputs, method_variants, print_table, run_info
 
 
@@ -59,7 +59,7 @@ def run(args) -> int:
         atomic_write_json(out / "passkey.json", {"config": info, "rows": rows, "trials": trials})
 
     rows, trials = tables(run_cells(variants, lengths, {"passkey": cell}, loaded, on_cell=save, desc="passkey"))
-    plot_passkey_heatmap(trials, out / "passkey.png", args.depth_bins, title=f"{loaded.name}: passkey retrieval")
+    plot_depth_heatmap(trials, out / "passkey.png", args.depth_bins, title=f"{loaded.name}: passkey retrieval")
     print(f"passkey accuracy over {args.trials} trial(s) per cell:")
     print_table(rows, "method", "length", "accuracy", fmt="{:.0%}")
     print(f"wrote {out / 'passkey.json'}, {out / 'passkey.png'}")
