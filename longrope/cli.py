@@ -16,6 +16,7 @@ COMMAND_MODULES = [
     "longrope.commands.pretrain",
     "longrope.commands.eval_ppl",
     "longrope.commands.passkey",
+    "longrope.commands.tasks",
     "longrope.commands.search",
     "longrope.commands.finetune",
     "longrope.commands.extend",

@@ -27,14 +27,15 @@ def add_model_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--device", default=None, help="torch device (default: cuda if available, else cpu)")
 
 
-def add_corpus_args(p: argparse.ArgumentParser, default_split: str = "validation") -> None:
+def add_corpus_args(p: argparse.ArgumentParser, default_split: str = "validation", docs: bool = True) -> None:
     p.add_argument("--corpus", default=None,
                    help="directory of .txt files, a .txt file, or a .jsonl with a 'text' field "
                         "(default: the Python standard library sources and pydoc topics)")
     p.add_argument("--split", default=default_split, choices=["search", "validation", "test", "all"],
                    help=f"which seeded split of the corpus to use (default: {default_split})")
     p.add_argument("--split-seed", type=int, default=0, help="seed of the corpus split (default: 0)")
-    p.add_argument("--docs", type=int, default=8, help="number of documents per length (default: 8)")
+    if docs:
+        p.add_argument("--docs", type=int, default=8, help="number of documents per length (default: 8)")
 
 
 def add_method_args(p: argparse.ArgumentParser, default: str = "none,pi,ntk,yarn") -> None:

@@ -1,2 +1,3 @@
-"""Evaluation: perplexity vs length (ppl.py), passkey retrieval (passkey.py), and the runner
-that fills a grid of variants x lengths x kinds of figure for every command (runner.py)."""
+"""Evaluation: perplexity vs length (ppl.py), passkey retrieval (passkey.py), the RULER-style
+task suite (tasks.py), and the runner that fills a grid of variants x lengths x kinds of
+figure for every command (runner.py)."""

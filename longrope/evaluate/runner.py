@@ -1,9 +1,9 @@
-"""One evaluation runner for `eval-ppl`, `passkey` and the recipe's report.
+"""One evaluation runner for `eval-ppl`, `passkey`, `tasks` and the recipe's report.
 
 A comparison is a grid of cells: variants (a label, an extension, optionally a model of its
 own) x context lengths x kinds of figure. Each kind is an `Evaluator`, a function that fills
 one cell: `evaluator(loaded_model, variant, length) -> dict`. Perplexity and passkey are two
-kinds; a task suite is a third one, plugged in the same way.
+kinds; each task of the synthetic suite is one more.
 
     for variant:
         model = the shared one (extension installed), or its own (loaded once, if any cell is missing)
@@ -25,6 +25,7 @@ from ..models.load import LoadedModel, load_model
 from ..seam import install_rope
 from .passkey import run_trials
 from .ppl import band_mean_nlls, mean_nlls, perplexity, position_bands
+from .tasks import TaskPrompt, run_prompt
 
 
 @dataclass
@@ -116,4 +117,15 @@ def passkey_figures(lm: LoadedModel, length: int, trials: int, rng: random.Rando
     t0 = time.perf_counter()
     results = run_trials(lm.model, lm.tokenizer, length, trials, rng)
     return {"accuracy": sum(r.correct for r in results) / len(results), "trials": [asdict(r) for r in results],
+            "seconds": time.perf_counter() - t0}
+
+
+def task_figures(lm: LoadedModel, prompts: Sequence[TaskPrompt]) -> dict[str, Any]:
+    """Exact-match figures of one task at one length: trial count, correct trials, accuracy,
+    mean score, and the trials themselves (dicts, under "results")."""
+    t0 = time.perf_counter()
+    results = [run_prompt(lm.model, lm.tokenizer, p) for p in prompts]
+    correct = sum(r.correct for r in results)
+    return {"trials": len(results), "correct": correct, "accuracy": correct / len(results),
+            "mean_score": sum(r.score for r in results) / len(results), "results": [asdict(r) for r in results],
             "seconds": time.perf_counter() - t0}

@@ -1,0 +1,187 @@
+"""`longrope tasks`: a RULER-style synthetic task suite, exact-match accuracy by length and depth."""
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import asdict
+
+from ..data import load_corpus, select_split
+from ..errors import UsageError
+from ..evaluate.runner import Variant, run_cells, task_figures
+from ..evaluate.tasks import TASKS, Haystack, TaskPrompt, TaskSettings, build_prompts, get_task, has_chat_template
+from ..io import atomic_write_json, check_writable_dir, read_json_or_none
+from ..models.load import load_model
+from ..options import add_options, build
+from ..plots import plot_depth_heatmap
+from .common import add_corpus_args, add_method_args, add_model_args, check_inputs, method_variants, print_table, run_info
+
+# config entries that must match for a finished cell of an earlier run to be reused; each
+# cell also records its extension and a digest of its prompts
+REUSE_KEYS = ("model", "dtype", "corpus", "split", "split_seed", "settings", "chat_template")
+
+
+DESCRIPTION = (
+    "For each task, length and trial, build one seeded prompt (the same for every method): needles in a "
+    "haystack of corpus text (or the passkey filler) at a stratified depth, a question and an answer prefix (in "
+    "the chat template when the tokenizer has one), filling the length minus the answer tokens. Greedy-decode "
+    "the answer with a KV cache and score it by exact match (share of expected strings in the output; a trial "
+    "is correct when all are there). Tasks: " + "; ".join(f"{k}: {v.help}" for k, v in TASKS.items()) + ". "
+    "Writes tasks.json and one <task>.png heat map (depth x length, one panel per method) to --out; rerunning "
+    "with the same arguments reuses finished cells."
+)
+
+
+def register(sub) -> None:
+    p = sub.add_parser("tasks", description=DESCRIPTION,
+                       help="synthetic long-context tasks (RULER-style needles, variable tracking) vs length")
+    add_model_args(p)
+    add_method_args(p)
+    add_corpus_args(p, docs=False)
+    p.add_argument("--tasks", default=",".join(TASKS),
+                   help=f"comma-separated tasks (default: {','.join(TASKS)})")
+    p.add_argument("--lengths", default=None,
+                   help="comma-separated lengths in tokens, prompt + answer (default: 1x,2x,4x,8x native)")
+    p.add_argument("--depth-bins", type=int, default=5, help="rows of the heat maps (default: 5)")
+    add_options(p, TaskSettings)
+    p.add_argument("--out", default="runs/tasks", help="output directory (default: runs/tasks)")
+    p.set_defaults(func=run)
+
+
+def task_names(text: str) -> list[str]:
+    names = list(dict.fromkeys(t.strip() for t in text.split(",") if t.strip()))
+    if not names:
+        raise UsageError("--tasks is empty")
+    for name in names:
+        get_task(name)
+    return names
+
+
+def check_answer_room(tasks: list[str], lengths: list[int]) -> None:
+    """The cheap part of the length check: a length must leave room for the answer tokens.
+    (The exact minimum needs the tokenizer; `fit_prompt` checks it.)"""
+    for task in tasks:
+        need = get_task(task).max_new_tokens
+        for length in lengths:
+            if length <= need:
+                raise UsageError(f"task {task} decodes {need} answer tokens; length {length} leaves no room "
+                                 "for the prompt")
+
+
+def haystacks_for(args, tasks: list[str]) -> dict[str, Haystack]:
+    """The haystack texts the tasks read: {"corpus": ..., "filler": ...} (each only if used)."""
+    kinds = {args.haystack or get_task(t).haystack for t in tasks}
+    haystacks = {}
+    if "filler" in kinds:
+        haystacks["filler"] = Haystack.filler()
+    if "corpus" in kinds:
+        docs = select_split(load_corpus(args.corpus), args.split, args.split_seed)
+        if not docs:
+            raise UsageError(f"the {args.split} split of the corpus has no documents; use --split all")
+        haystacks["corpus"] = Haystack("\n\n".join(d.text.strip() for d in docs) + "\n\n")
+    if args.haystack:  # one haystack for every task
+        haystacks = dict.fromkeys(("corpus", "filler"), haystacks[args.haystack])
+    return haystacks
+
+
+def use_chat(setting: str, loaded) -> bool:
+    chat = setting == "on" or (setting == "auto" and has_chat_template(loaded.tokenizer))
+    if chat and not has_chat_template(loaded.tokenizer):
+        raise UsageError(f"--chat on: the tokenizer of {loaded.name} has no chat template")
+    return chat
+
+
+def prompts_digest(prompts: list[TaskPrompt]) -> str:
+    """What a cell's prompts are, token by token, with their answers: part of its reuse key."""
+    h = hashlib.sha256()
+    for p in prompts:
+        h.update(json.dumps([p.input_ids.tolist(), p.expected, p.max_new_tokens, p.depth]).encode())
+    return h.hexdigest()[:32]
+
+
+def extension_dict(variant: Variant) -> dict | None:
+    return None if variant.extension is None else variant.extension.to_dict()
+
+
+def finished_cells(previous: dict | None, info: dict, variants: list[Variant], digests: dict) -> dict:
+    """The cells of an earlier tasks.json that this run would compute again: same model,
+    corpus, split and settings, and per cell the same extension (factors content) and prompts."""
+    if not previous or any(previous.get("config", {}).get(k) != info[k] for k in REUSE_KEYS):
+        return {}
+    # through JSON, as the earlier cells were
+    extensions = json.loads(json.dumps({v.label: extension_dict(v) for v in variants}))
+    done = {}
+    for r in previous.get("summary", []):
+        key = (r["method"], r["task"], r["length"])
+        if r["method"] in extensions and r.get("extension") == extensions[r["method"]] \
+                and r.get("prompts") == digests.get(key[1:]):
+            results = [{k: v for k, v in t.items() if k != "method"} for t in previous.get("trials", [])
+                       if (t["method"], t["task"], t["length"]) == key]
+            done[key] = {**r, "results": results}
+    return done
+
+
+def results_file(info: dict, cells: dict) -> dict:
+    """tasks.json: the config, one summary row per (task, method, length) cell and every trial."""
+    summary = [{k: v for k, v in c.items() if k != "results"} for c in cells.values()]
+    trials = [{"method": c["method"], **t} for c in cells.values() for t in c["results"]]
+    return {"config": info, "summary": summary, "trials": trials}
+
+
+def run(args) -> int:
+    # bad input fails here, before loading the model and before --out is created
+    tasks = task_names(args.tasks)
+    settings = build(TaskSettings, args)
+    if settings.trials < 1:
+        raise UsageError("--trials must be >= 1")
+    if args.depth_bins < 1:
+        raise UsageError("--depth-bins must be >= 1")
+    given_lengths = check_inputs(args)
+    check_answer_room(tasks, given_lengths or [])
+    haystacks = haystacks_for(args, tasks)
+
+    loaded = load_model(args.model, args.dtype, args.device)
+    L = loaded.spec.original_max_position_embeddings
+    lengths = given_lengths or [L, 2 * L, 4 * L, 8 * L]
+    check_answer_room(tasks, lengths)
+    variants = method_variants(args, loaded.spec, args.target_length or max(lengths))
+    # one prompt per (task, length, trial), shared by every method; a too short length fails here
+    chat = use_chat(settings.chat, loaded)
+    prompts: dict[tuple[str, int], list[TaskPrompt]] = {}
+    for p in build_prompts(loaded.tokenizer, haystacks, tasks, lengths, settings.trials, settings.seed, chat):
+        prompts.setdefault((p.task, p.length), []).append(p)
+    digests = {k: prompts_digest(v) for k, v in prompts.items()}
+    out = check_writable_dir(args.out)
+
+    info = run_info(args, {"model": loaded.name, "native_context": L, "tasks": tasks, "lengths": lengths,
+                           "corpus": args.corpus, "split": args.split, "split_seed": args.split_seed,
+                           "settings": asdict(settings), "chat_template": chat,
+                           "dtype": str(next(loaded.model.parameters()).dtype)})
+    done = finished_cells(read_json_or_none(out / "tasks.json"), info, variants, digests)
+
+    def evaluator(task: str):
+        def cell(lm, variant, length):
+            return {"task": task, "method": variant.label, "length": length,
+                    **task_figures(lm, prompts[task, length]), "prompts": digests[task, length],
+                    "extension": extension_dict(variant)}
+        return cell
+
+    def save(cells):  # after every cell
+        atomic_write_json(out / "tasks.json", results_file(info, cells))
+
+    cells = run_cells(variants, lengths, {t: evaluator(t) for t in tasks}, loaded, done, save,
+                      dtype=args.dtype, desc="tasks")
+    save(cells)
+    report(results_file(info, cells), tasks, out, loaded.name, args.depth_bins)
+    return 0
+
+
+def report(results: dict, tasks: list[str], out, model_name: str, depth_bins: int) -> None:
+    """One heat map per task and the accuracy tables."""
+    figures = []
+    for task in tasks:
+        figures.append(plot_depth_heatmap([t for t in results["trials"] if t["task"] == task], out / f"{task}.png",
+                                          depth_bins, title=f"{model_name}: {task} (exact match)"))
+        print(f"{task}: accuracy over {results['config']['settings']['trials']} trial(s) per cell")
+        print_table([r for r in results["summary"] if r["task"] == task], "method", "length", "accuracy",
+                    fmt="{:.0%}")
+    print(f"wrote {out / 'tasks.json'}, " + ", ".join(str(f) for f in figures))
