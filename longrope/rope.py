@@ -87,3 +87,26 @@ def rope_cos_sin(
         freqs = torch.where(keep, pos * original_inv_freq, freqs)
     emb = torch.cat((freqs, freqs), dim=-1)  # [B, T, d]
     return emb.cos() * attention_factor, emb.sin() * attention_factor
+
+
+def rope_cos_sin_rows(
+    position_ids: torch.Tensor,
+    inv_freq: torch.Tensor,
+    original_inv_freq: torch.Tensor,
+    start_tokens: torch.Tensor,
+    attention_factors: torch.Tensor,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """`rope_cos_sin` with its own factors in each batch row (several candidates in one forward).
+
+    position_ids: [B, T]. inv_freq: [B, d/2] float32; original_inv_freq: [d/2] float32;
+    start_tokens: [B] integer (n_hat of each row); attention_factors: [B] float32.
+    Row b equals `rope_cos_sin(position_ids[b:b+1], inv_freq[b], ..., start_tokens[b],
+    attention_factors[b])`. Returns cos, sin: [B, T, d] float32.
+    """
+    pos = position_ids[..., None].float()  # [B, T, 1]
+    freqs = pos * inv_freq[:, None, :]  # [B, T, d/2]
+    keep = position_ids[..., None] < start_tokens[:, None, None]  # [B, T, 1]
+    freqs = torch.where(keep, pos * original_inv_freq, freqs)
+    emb = torch.cat((freqs, freqs), dim=-1)  # [B, T, d]
+    factor = attention_factors[:, None, None]  # [B, 1, 1]
+    return emb.cos() * factor, emb.sin() * factor

@@ -8,7 +8,7 @@ it reads a transformers model's config object but never imports transformers.
 """
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Sequence
 
 import torch
 from torch import nn
@@ -16,7 +16,7 @@ from torch import nn
 from .errors import UsageError
 from .factors import RopeExtension
 from .methods import attention_factor, factors_at_length
-from .rope import RotarySpec, rope_cos_sin, scaled_inv_freq
+from .rope import RotarySpec, rope_cos_sin, rope_cos_sin_rows, scaled_inv_freq
 
 
 # -- reading a transformers config ----------------------------------------------------------
@@ -57,7 +57,8 @@ class ScaledRotaryEmbedding(nn.Module):
 
     x: any tensor whose dtype and device the tables take. position_ids: [B, T].
     Returns cos, sin: [B, T, d]. The factors in force are chosen from the largest position
-    in the call (`max(position_ids) + 1`), as transformers does for `longrope`.
+    in the call (`max(position_ids) + 1`), as transformers does for `longrope`. One extension
+    (`set_extension`) serves every row; `set_row_extensions` gives each row its own.
     """
 
     def __init__(self, spec: RotarySpec, extension: RopeExtension | None = None):
@@ -65,21 +66,38 @@ class ScaledRotaryEmbedding(nn.Module):
         self.spec = spec
         self.register_buffer("original_inv_freq", spec.inv_freq().float(), persistent=False)
         self._inv_freq_cache: dict[Any, torch.Tensor] = {}
+        self._rows_cache: dict[Any, tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = {}
         self.set_extension(extension)
 
     def set_extension(self, extension: RopeExtension | None) -> None:
-        """Use new factors from the next forward on (no weights touched)."""
+        """Use new factors, the same in every batch row, from the next forward on (no weights touched)."""
         if extension is not None:
             extension.check_fits(self.spec)
         self.extension = extension
+        self.rows: list[RopeExtension | None] | None = None
         self.attention_factor = 1.0 if extension is None else attention_factor(extension)
         self._inv_freq_cache.clear()
+        self._rows_cache.clear()
 
-    def inv_freq_at(self, seq_len: int, device: torch.device) -> torch.Tensor:
-        """Rescaled inverse frequencies (float32, [d/2]) for a sequence of seq_len tokens."""
-        if self.extension is None:
+    def set_row_extensions(self, extensions: Sequence[RopeExtension | None]) -> None:
+        """Give batch row b the factors of extensions[b] from the next forward on, so one pass
+        scores several search candidates; a forward then needs exactly len(extensions) rows.
+        `set_extension` goes back to one extension for every row."""
+        if not extensions:
+            raise ValueError("set_row_extensions needs at least one extension")
+        for ext in extensions:
+            if ext is not None:
+                ext.check_fits(self.spec)
+        self.set_extension(None)
+        self.rows = list(extensions)
+        self._row_starts = torch.tensor([0 if e is None else e.start_token for e in self.rows])  # [B]
+        self._row_factors = torch.tensor([1.0 if e is None else attention_factor(e) for e in self.rows],
+                                         dtype=torch.float32)  # [B]
+
+    def _inv_freq_of(self, extension: RopeExtension | None, seq_len: int, device: torch.device) -> torch.Tensor:
+        if extension is None:
             return self.original_inv_freq.to(device)
-        lam = factors_at_length(self.extension, self.spec, seq_len)
+        lam = factors_at_length(extension, self.spec, seq_len)
         key = (tuple(lam.tolist()), str(device))
         inv = self._inv_freq_cache.get(key)
         if inv is None:
@@ -87,12 +105,37 @@ class ScaledRotaryEmbedding(nn.Module):
             self._inv_freq_cache[key] = inv
         return inv
 
+    def inv_freq_at(self, seq_len: int, device: torch.device) -> torch.Tensor:
+        """Rescaled inverse frequencies (float32, [d/2]) for a sequence of seq_len tokens."""
+        return self._inv_freq_of(self.extension, seq_len, device)
+
     @torch.no_grad()
     def forward(self, x: torch.Tensor, position_ids: torch.Tensor, layer_type=None):
+        if self.rows is not None:
+            return self._forward_rows(x, position_ids)
         seq_len = int(position_ids.max()) + 1  # one host sync per forward
         inv = self.inv_freq_at(seq_len, x.device)
         start = 0 if self.extension is None else self.extension.start_token
         cos, sin = rope_cos_sin(position_ids, inv, self.original_inv_freq.to(x.device), start, self.attention_factor)
+        return cos.to(x.dtype), sin.to(x.dtype)
+
+    def _forward_rows(self, x: torch.Tensor, position_ids: torch.Tensor):
+        """forward with row extensions: x [B, T, ...], position_ids [B or 1, T] -> cos, sin [B, T, d];
+        each row picks short or long factors from its own max(position_ids) + 1."""
+        B = x.shape[0]
+        if B != len(self.rows) or position_ids.shape[0] not in (1, B):
+            raise ValueError(f"a forward with {B} rows (position_ids {tuple(position_ids.shape)}) but "
+                             f"{len(self.rows)} row extensions set")
+        position_ids = position_ids.expand(B, -1)  # [B, T]
+        seq_lens = tuple((position_ids.amax(dim=-1) + 1).tolist())  # one host sync per forward
+        key = (seq_lens, str(x.device))
+        tables = self._rows_cache.get(key)
+        if tables is None:  # once per set of rows (and lengths)
+            inv = torch.stack([self._inv_freq_of(e, n, x.device) for e, n in zip(self.rows, seq_lens)])  # [B, d/2]
+            tables = inv, self._row_starts.to(x.device), self._row_factors.to(x.device)
+            self._rows_cache[key] = tables
+        inv, starts, factors = tables
+        cos, sin = rope_cos_sin_rows(position_ids, inv, self.original_inv_freq.to(x.device), starts, factors)
         return cos.to(x.dtype), sin.to(x.dtype)
 
 

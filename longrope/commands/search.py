@@ -24,7 +24,8 @@ from ..io import check_writable_dir
 from ..models.device import resolve_dtype
 from ..models.load import load_model
 from ..rope import RotarySpec
-from ..search.distributed import Dist, broadcast, close_distributed, distributed_evaluator, init_distributed
+from ..search.distributed import (Dist, broadcast, close_distributed, distributed_evaluator, init_distributed,
+                                  min_over_ranks)
 from ..options import add_options, build
 from ..search.driver import SearchJob, SearchOptions, drive, has_state
 from ..search.evolution import STATE_FILE, SearchConfig, SearchState, peer_seeds
@@ -140,7 +141,7 @@ def search(args: argparse.Namespace, d: Dist) -> int:
     job = SearchJob(lm.model, docs, long_factor_candidate(lm.spec, N), search_space(args, lm.spec, N), config,
                     peer_seeds(lm.spec, N / L), out, describe, options, peers=lm.spec,
                     title=f"search at {N} tokens ({args.model})", is_main=d.is_main,
-                    evaluate_batch=distributed_evaluator(d))
+                    evaluate_batch=distributed_evaluator(d), agree=lambda n: min_over_ranks(n, d))
     state, ext = drive(job, state)
     if d.is_main:
         best = state.best.evaluation

@@ -36,6 +36,7 @@ NOT_RECIPE_KEYS = ("reject_slack",)  # SearchConfig fields a recipe does not set
 METHOD_KEYS = ("optimizer", "objective", "needles")  # SearchOptions.method(): needles only for needle
 # keys added after recipes were first run: a stage records them only when they differ from these
 RECORDED_WHEN_SET = {**DEFAULT_METHOD, **ADDED_SETTINGS}
+SPEED_KEYS = ("candidates_per_forward",)  # not recorded: a complete stage stays complete (its search state keeps it)
 STAGES = ("search", "finetune", "search2", "readjust", "evaluate")
 REQUIRED_STAGES = ("search", "finetune")
 
@@ -49,7 +50,8 @@ class SearchSettings(SearchOptions, SearchConfig):
         """The stage's keys as a recipe sets them (what its stage.json records). Keys added later
         (optimizer, objective, reject, race_confidence) appear only when they are not the defaults,
         so stages completed before these keys existed still match."""
-        keys = {k: v for k, v in asdict(self).items() if k not in NOT_RECIPE_KEYS + METHOD_KEYS} | self.method()
+        skip = NOT_RECIPE_KEYS + METHOD_KEYS + SPEED_KEYS
+        keys = {k: v for k, v in asdict(self).items() if k not in skip} | self.method()
         return {k: v for k, v in keys.items() if k not in RECORDED_WHEN_SET or RECORDED_WHEN_SET[k] != v}
 
 

@@ -7,7 +7,9 @@ populations and random generators stay identical; rank 0 alone writes files. Bec
 generation's rejection thresholds are fixed before it starts, a candidate scores the
 same on any rank: the result equals a single-process run with the same seed, given
 bit-identical scores (same kind of device, same threads per process: torchrun sets
-OMP_NUM_THREADS=1).
+OMP_NUM_THREADS=1; one candidate per forward pass, since which candidates share a pass can
+change the last bits of their scores). With `candidates_per_forward` > 1 each rank batches
+its own share.
 
     torchrun --standalone --nproc-per-node 8 -m longrope search --model M ...  # one node, 8 GPUs
     torchrun --nnodes 2 --node-rank R --nproc-per-node 8 \\
@@ -25,7 +27,7 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
-from .evolution import Evaluation, Objective, Rule, score_candidate
+from .evolution import Evaluation, Objective, Rule, evaluate_serial
 
 
 @dataclass(frozen=True)
@@ -67,13 +69,23 @@ def broadcast(obj: Any, d: Dist) -> Any:
     return box[0]
 
 
+def min_over_ranks(value: int, d: Dist) -> int:
+    """The smallest of every rank's `value` (e.g. the candidates per forward pass all can hold)."""
+    if d.world_size == 1:
+        return value
+    gathered: list[Any] = [None] * d.world_size
+    dist.all_gather_object(gathered, value)
+    return min(gathered)
+
+
 def distributed_evaluator(d: Dist):
     """An `evaluate_batch` for `run_search` that splits candidates across ranks."""
 
     def evaluate_batch(objective: Objective, factors: list[np.ndarray], starts: list[int], num_docs: int,
                        rule: Rule | None) -> list[Evaluation]:
-        mine = {i: score_candidate(objective, factors[i], starts[i], num_docs, rule)
-                for i in range(d.rank, len(factors), d.world_size)}
+        share = range(d.rank, len(factors), d.world_size)  # each rank batches its own share
+        evals = evaluate_serial(objective, [factors[i] for i in share], [starts[i] for i in share], num_docs, rule)
+        mine = dict(zip(share, evals))
         if d.world_size == 1:
             return [mine[i] for i in range(len(factors))]
         gathered: list[Any] = [None] * d.world_size

@@ -29,7 +29,7 @@ from ..options import option
 from ..rope import RotarySpec
 from .cma import run_cma_search
 from .evolution import STATE_FILE, SearchConfig, SearchState, evaluate_serial, population_curve, run_search, write_history
-from .fitness import OBJECTIVES, MakeExtension
+from .fitness import OBJECTIVES, MakeExtension, auto_candidates_per_forward
 from .genes import SearchSpace
 from .needle import KEYS
 from .plots import plot_factors, plot_progress
@@ -58,6 +58,10 @@ class SearchOptions:
                             "needles inserted at several depths of each document (LongRoPE2)",
                             choices=tuple(OBJECTIVES))
     needles: int = option(3, f"needles per document for --objective needle (1 to {len(KEYS)})")
+    candidates_per_forward: int = option(0, "candidates scored together in one forward pass, a batch row each, on "
+                                         "a GPU for little more than the cost of one (scores equal one at a time "
+                                         "up to float rounding); 0: sized from free GPU memory, 1 on CPU, or a "
+                                         "resumed search's value")
 
     def __post_init__(self):
         for key, names in (("optimizer", OPTIMIZERS), ("objective", OBJECTIVES)):
@@ -65,6 +69,9 @@ class SearchOptions:
                 raise UsageError(f"{key} must be one of {', '.join(names)}, got {getattr(self, key)!r}")
         if not 1 <= self.needles <= len(KEYS):
             raise UsageError(f"--needles must be in [1, {len(KEYS)}], got {self.needles}")
+        if self.candidates_per_forward < 0:
+            raise UsageError(f"--candidates-per-forward must be >= 1, or 0 to size it automatically; "
+                             f"got {self.candidates_per_forward}")
         # a settings class that also derives from SearchConfig checks its fields too
         getattr(super(), "__post_init__", lambda: None)()
 
@@ -99,6 +106,7 @@ class SearchJob:
     evaluate_batch: Callable = evaluate_serial
     resume_hint: str = "continue with --resume"
     progress: bool = True
+    agree: Callable[[int], int] = int  # the value every rank uses of a per-rank one (distributed: the smallest)
 
     @property
     def settings(self) -> dict[str, Any]:
@@ -147,14 +155,31 @@ class SearchOutputs:
         return ext
 
 
+def candidates_per_forward(job: SearchJob, objective, state: SearchState | None) -> int:
+    """--candidates-per-forward resolved: the value given; else a resumed search's (1 for a state
+    written before the option existed); else sized from free GPU memory, 1 on CPU."""
+    if job.options.candidates_per_forward:
+        return job.options.candidates_per_forward
+    if state is not None:
+        return int(state.config.get("candidates_per_forward", 1))
+    probe = job.space.from_factors(np.asarray(job.seeds[0]), job.space.start_tokens[0])
+    n = job.agree(auto_candidates_per_forward(objective, (job.space.factors(probe), probe.start_token)))
+    if job.is_main and next(job.model.parameters()).is_cuda:
+        print(f"scoring {n} candidates per forward pass (sized from free GPU memory)", file=sys.stderr)
+    return n
+
+
 def drive(job: SearchJob, state: SearchState | None = None) -> tuple[SearchState, RopeExtension | None]:
     """Run (or continue, given `state`) one search and write its files; returns the final state
     and, on the main process, the best candidate's extension. The model's RoPE is left original."""
     opts = job.options
     objective = OBJECTIVES[opts.objective](job.model, job.docs, job.make, opts.chunk_size)
     if state is not None:
-        for key, value in DEFAULT_METHOD.items():
+        for key, value in {**DEFAULT_METHOD, "candidates_per_forward": 1}.items():  # as before these keys existed
             state.config.setdefault(key, value)
+    # recorded in the state: batch rows share matmuls, so another value changes the last bits of scores
+    objective.candidates_per_forward = candidates_per_forward(job, objective, state)
+    settings = {**job.settings, "candidates_per_forward": objective.candidates_per_forward}
     outputs = SearchOutputs(job) if job.is_main else None
     bar = tqdm(total=job.config.iterations + 1, desc=job.title, unit="gen", dynamic_ncols=True,
                disable=not (job.is_main and job.progress), initial=0 if state is None else state.generation + 1)
@@ -167,7 +192,7 @@ def drive(job: SearchJob, state: SearchState | None = None) -> tuple[SearchState
 
     try:
         state = OPTIMIZERS[opts.optimizer](job.space, job.config, objective, len(job.docs), job.seeds, state=state,
-                                           describe=job.settings, evaluate_batch=job.evaluate_batch,
+                                           describe=settings, evaluate_batch=job.evaluate_batch,
                                            on_generation=on_generation)
     except KeyboardInterrupt:
         bar.close()

@@ -15,7 +15,9 @@ per-document mean NLLs`. A real model yields one document at a time, so early re
 can stop scoring a candidate that cannot enter the top-k (`RejectRule`), or that is worse
 than the k-th parent with stated confidence (`RaceRule`, `--reject race`); a synthetic
 objective returns a list and the loop runs in milliseconds. Scoring a batch is delegated
-to an `evaluate_batch` function (serial here, split across ranks in `distributed.py`).
+to an `evaluate_batch` function (in this process here, split across ranks in `distributed.py`);
+an objective that scores several candidates in one forward pass gets them in batch rows
+(`score_rows`).
 
 Determinism: one numpy Generator drives every random choice, its state is saved with the
 population after each generation, and the rejection thresholds of a generation are fixed
@@ -180,8 +182,36 @@ def score_candidate(objective: Objective, factors: np.ndarray, start_token: int,
 EvaluateBatch = Callable[[Objective, list[np.ndarray], list[int], int, "Rule | None"], list[Evaluation]]
 
 
+def score_rows(objective, factors: list[np.ndarray], starts: list[int], num_docs: int, rule: Rule | None,
+               per_forward: int) -> list[Evaluation]:
+    """Score candidates `per_forward` at a time, as `score_candidate` does one at a time.
+
+    Each forward pass (`objective.losses`, one batch row per candidate) scores every active
+    candidate on its next document; then a candidate that has all its documents, or that
+    `rule` rejects, leaves, and the next waiting candidate takes its row (starting at document
+    0), so rows freed by early rejection are not left idle. Losses equal one-at-a-time scoring
+    up to float rounding (the rows share matmuls).
+    """
+    losses: list[list[float]] = [[] for _ in factors]
+    waiting = list(range(len(factors)))[::-1]  # pop() gives the next candidate in order
+    active: list[int] = []
+    while waiting or active:
+        while waiting and len(active) < per_forward:
+            active.append(waiting.pop())
+        values = objective.losses([(factors[i], starts[i], len(losses[i])) for i in active])
+        for i, loss in zip(active, values):
+            losses[i].append(float(loss))
+        active = [i for i in active if len(losses[i]) < num_docs and not (rule is not None and rule.rejects(losses[i]))]
+    return [Evaluation(ls, num_docs, rejected=len(ls) < num_docs) for ls in losses]
+
+
 def evaluate_serial(objective: Objective, factors: list[np.ndarray], starts: list[int], num_docs: int,
                     rule: Rule | None) -> list[Evaluation]:
+    """Score the candidates in this process: one at a time, or `objective.candidates_per_forward`
+    of them in each forward pass where the objective sets that above 1 (`score_rows`)."""
+    per_forward = getattr(objective, "candidates_per_forward", 1)
+    if per_forward > 1:
+        return score_rows(objective, factors, starts, num_docs, rule, per_forward)
     return [score_candidate(objective, f, s, num_docs, rule) for f, s in zip(factors, starts)]
 
 

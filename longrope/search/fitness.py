@@ -4,6 +4,8 @@ The model is loaded once and its rotary module installed once; a candidate only 
 the factors, which rebuilds a [d/2] inverse-frequency vector and the cos/sin tables of the
 next forward pass (benchmarked in bench/search_speed.py). Documents are scored one at a
 time, in a fixed order, so the search can stop a hopeless candidate after the first ones.
+`losses` scores several (candidate, document) pairs in one forward pass, one batch row each
+with its own factors (`candidates_per_forward` of them; bench/batched_candidates.py).
 
 `OBJECTIVES` picks an objective class by name (`--objective`): `cls(model, docs, make,
 chunk_size)`, with `docs` made by `cls.documents` from the K search documents:
@@ -20,14 +22,16 @@ import torch
 from torch import nn
 
 from ..data import documents_of_length, load_corpus, split_corpus, tokenize_corpus
-from ..evaluate.ppl import document_nll
+from ..evaluate.ppl import document_nll, sequence_nll
 from ..factors import RopeExtension
 from ..rope import RotarySpec
 from ..seam import install_rope
-from .needle import NeedleDocument, needle_documents, positions_nll
+from .needle import NeedleDocument, needle_documents, positions_nll, rows_positions_nll
 
 # what a candidate stands for: (factors [d/2] float64, start_token) -> the extension to install
 MakeExtension = Callable[[np.ndarray, int], RopeExtension]
+# one batch row of `losses`: (factors [d/2], start_token, index of the document)
+Row = tuple[np.ndarray, int, int]
 
 
 def search_documents(tokenizer, corpus: str | None, length: int, count: int, split_seed: int = 0,
@@ -61,6 +65,8 @@ class PerplexityObjective:
     (LongRoPE section 4.1).
     """
 
+    candidates_per_forward = 1  # rows per `losses` call the search makes (search.evolution.score_rows)
+
     def __init__(self, model: nn.Module, docs: Sequence[torch.Tensor], make: MakeExtension, chunk_size: int = 1024):
         self.model, self.docs, self.make, self.chunk_size = model, list(docs), make, chunk_size
         self.rope = install_rope(model, None)  # the one seam; later candidates only swap factors
@@ -75,6 +81,20 @@ class PerplexityObjective:
         for ids in self.docs:
             nll, count = document_nll(self.model, ids[None], self.chunk_size)
             yield nll / count
+
+    def _install_rows(self, rows: Sequence[Row]) -> torch.Tensor:
+        """Row b's factors into the rotary module; its document as row b of the input [B, T]."""
+        self.rope.set_row_extensions([self.make(factors, start) for factors, start, _ in rows])
+        device = next(self.model.parameters()).device
+        return torch.stack([self.docs[doc] for _, _, doc in rows]).to(device)
+
+    def losses(self, rows: Sequence[Row]) -> list[float]:
+        """The value `__call__` yields for each (factors, start_token, document) row, all rows
+        in one forward pass [B, T] (equal up to float rounding). The LM head's chunk is divided
+        by B, so its logits take the memory of one row's."""
+        x = self._install_rows(rows)
+        nll = sequence_nll(self.model, x, max(1, self.chunk_size // len(rows))).tolist()  # one host sync
+        return [v / (x.shape[1] - 1) for v in nll]
 
 
 class NeedleObjective(PerplexityObjective):
@@ -97,5 +117,38 @@ class NeedleObjective(PerplexityObjective):
             nll = positions_nll(self.model, ids[None].to(device), pos)
             yield float(nll.item()) / pos.numel()  # the one host sync per document
 
+    def losses(self, rows: Sequence[Row]) -> list[float]:
+        """The value `__call__` yields for each (factors, start_token, document) row, all rows
+        in one forward pass [B, T] (equal up to float rounding)."""
+        x = self._install_rows(rows)
+        positions = [self.positions[doc] for _, _, doc in rows]
+        nll = rows_positions_nll(self.model, x, positions).tolist()  # one host sync
+        return [v / p.numel() for v, p in zip(nll, positions)]
+
 
 OBJECTIVES = {"ppl": PerplexityObjective, "needle": NeedleObjective}
+
+
+def auto_candidates_per_forward(objective: PerplexityObjective, probe: tuple[np.ndarray, int], limit: int = 64,
+                                headroom: float = 0.8) -> int:
+    """How many candidates one forward pass can score: on CUDA, as many rows as `headroom` of
+    the free memory holds, from the measured peak of a 1-row and a 2-row pass (the difference
+    is one row's activations) of the candidate `probe` (factors [d/2], start_token); at most
+    `limit`. 1 on other devices, where a batch row costs about as much as a pass of its own."""
+    device = next(objective.model.parameters()).device
+    if device.type != "cuda":
+        return 1
+
+    def peak(rows: int) -> int:
+        torch.cuda.synchronize(device)
+        torch.cuda.reset_peak_memory_stats(device)
+        base = torch.cuda.memory_allocated(device)
+        objective.losses([(*probe, 0)] * rows)
+        return torch.cuda.max_memory_allocated(device) - base
+
+    one, two = peak(1), peak(2)
+    objective.rope.set_extension(None)
+    torch.cuda.empty_cache()
+    free, _ = torch.cuda.mem_get_info(device)
+    row = max(two - one, 1)
+    return int(max(1, min(limit, 1 + (headroom * free - one) // row)))

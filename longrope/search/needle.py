@@ -113,3 +113,18 @@ def positions_nll(model: nn.Module, input_ids: torch.Tensor, positions: torch.Te
     positions = positions.to(input_ids.device)
     logits = model.get_output_embeddings()(hidden[0, positions - 1]).float()  # [P, V]: t-1 predicts t
     return F.cross_entropy(logits, input_ids[0, positions], reduction="sum")
+
+
+@torch.inference_mode()
+def rows_positions_nll(model: nn.Module, input_ids: torch.Tensor, positions: Sequence[torch.Tensor]) -> torch.Tensor:
+    """`positions_nll` of each row at its own positions, from one pass. input_ids: [B, T];
+    positions: B tensors [P_b] (>= 1). Returns [B] float32."""
+    B, T = input_ids.shape
+    assert len(positions) == B
+    device = input_ids.device
+    hidden = model.base_model(input_ids=input_ids, use_cache=False).last_hidden_state  # [B, T, H]
+    row = torch.cat([torch.full((p.numel(),), b) for b, p in enumerate(positions)]).to(device)  # [sum P]
+    pos = torch.cat(list(positions)).to(device)  # [sum P]
+    logits = model.get_output_embeddings()(hidden[row, pos - 1]).float()  # [sum P, V]: t-1 predicts t
+    nll = F.cross_entropy(logits, input_ids[row, pos], reduction="none")  # [sum P]
+    return torch.zeros(B, device=device).index_add_(0, row, nll)
