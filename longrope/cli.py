@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import re
 import sys
 
 from .errors import UsageError
@@ -24,9 +25,38 @@ COMMAND_MODULES = [
 ]
 
 
+class _Formatter(argparse.HelpFormatter):
+    """Descriptions wrapped to the terminal; a paragraph whose lines are indented (command
+    examples in an epilog) kept as written."""
+
+    def _fill_text(self, text, width, indent):
+        out = []
+        for para in text.strip("\n").split("\n\n"):
+            lines = para.splitlines()
+            if len(lines) > 1 and any(line.startswith(" ") for line in lines):
+                out.append("\n".join(indent + line for line in lines))
+            else:
+                out.append(super()._fill_text(" ".join(line.strip() for line in lines), width, indent))
+        return "\n\n".join(out)
+
+
 class _Parser(argparse.ArgumentParser):
+    def __init__(self, *args, **kwargs):
+        kwargs["formatter_class"] = _Formatter
+        super().__init__(*args, **kwargs)
+
     def error(self, message):  # argparse's own errors: one line, exit 2
+        # "argument --docs: must be >= 1, got 0" -> "--docs must be >= 1, got 0", as our own checks say it
+        message = re.sub(r"^argument (--[\w-]+): (must |expected )", r"\1 \2", message)
         self.exit(2, f"{self.prog}: error: {message}\n")
+
+
+def _close_progress_bars() -> None:
+    """End any progress bar still open, so the error that follows starts on its own line."""
+    from tqdm import tqdm
+
+    for bar in list(getattr(tqdm, "_instances", [])):
+        bar.close()
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -39,13 +69,20 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as e:  # argparse's one-line error (--help exits 0 as usual)
+        if not e.code:
+            raise
+        return e.code if isinstance(e.code, int) else 2
     try:
         result = args.func(args)
     except UsageError as e:
+        _close_progress_bars()
         print(f"longrope {args.command}: error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
+        _close_progress_bars()
         print(f"longrope {args.command}: interrupted", file=sys.stderr)
         return 130
     return int(result or 0)

@@ -145,13 +145,28 @@ def split_corpus(docs: list[Document], seed: int = 0) -> dict[str, list[Document
     return {split: [d for i, d in enumerate(docs) if where[i] == split] for split in SPLIT_NAMES}
 
 
-def select_split(docs: list[Document], split: str, seed: int = 0) -> list[Document]:
-    """One split of a corpus by name; "all" returns every document."""
+def select_split(docs: list[Document], split: str, seed: int = 0, flag: str = "--split") -> list[Document]:
+    """One split of a corpus by name; "all" returns every document. UsageError when the split
+    is empty (a corpus of one or two documents fills only the first splits)."""
     if split == "all":
         return list(docs)
     if split not in SPLIT_NAMES:
         raise UsageError(f"unknown split {split!r}; choose one of {', '.join(SPLIT_NAMES)} or all")
-    return split_corpus(docs, seed)[split]
+    chosen = split_corpus(docs, seed)[split]
+    if not chosen:
+        raise UsageError(f"the {split} split of this corpus is empty ({len(docs)} document(s), dealt 40/30/30 "
+                         f"into search/validation/test); use {flag} all to use every document, or a larger corpus")
+    return chosen
+
+
+def tokens_fingerprint(docs: list[torch.Tensor]) -> str:
+    """A hash of token documents [T] (what a result was computed on): equal only for the same
+    documents, in the same order, cut to the same lengths."""
+    h = hashlib.sha256()
+    for ids in docs:
+        h.update(len(ids).to_bytes(8, "little"))
+        h.update(ids.to(torch.int64).numpy().tobytes())
+    return h.hexdigest()[:16]
 
 
 # -- tokenizing ------------------------------------------------------------------------------

@@ -8,6 +8,7 @@ The JSON file has these top-level keys, so other tools can write one:
 from __future__ import annotations
 
 import math
+import numbers
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any, Sequence
@@ -30,7 +31,21 @@ JSON_KEYS = (
 )
 
 
+def _is_number(v: Any) -> bool:
+    return isinstance(v, numbers.Real) and not isinstance(v, bool)
+
+
+def _is_integer(v: Any) -> bool:
+    return isinstance(v, numbers.Integral) and not isinstance(v, bool)
+
+
 def _check_factor_vector(name: str, values: Sequence[float]) -> tuple[float, ...]:
+    if isinstance(values, (str, bytes, dict)) or not hasattr(values, "__iter__"):
+        raise UsageError(f"{name} must be a list of numbers, got {values!r}")
+    values = list(values)
+    for i, v in enumerate(values):
+        if not _is_number(v):  # "2.0", true: a file that says something else than it seems
+            raise UsageError(f"{name}[{i}] must be a number, got {v!r}")
     vals = tuple(float(v) for v in values)
     if not vals:
         raise UsageError(f"{name} is empty")
@@ -77,19 +92,25 @@ class RopeExtension:
             object.__setattr__(self, "short_factor", short)
         if not isinstance(self.method, str) or not self.method:
             raise UsageError("method must be a non-empty string")
-        if int(self.start_token) != self.start_token or self.start_token < 0:
-            raise UsageError(f"start_token must be a non-negative integer, got {self.start_token}")
-        object.__setattr__(self, "start_token", int(self.start_token))
-        if int(self.original_max_position_embeddings) < 1:
+        for name in ("original_max_position_embeddings", "max_position_embeddings", "start_token"):
+            if not _is_integer(getattr(self, name)):
+                raise UsageError(f"{name} must be an integer, got {getattr(self, name)!r}")
+        object.__setattr__(self, "original_max_position_embeddings", int(self.original_max_position_embeddings))
+        object.__setattr__(self, "max_position_embeddings", int(self.max_position_embeddings))
+        if self.original_max_position_embeddings < 1:
             raise UsageError("original_max_position_embeddings must be >= 1")
-        if int(self.max_position_embeddings) <= int(self.original_max_position_embeddings):
+        if self.max_position_embeddings <= self.original_max_position_embeddings:
             raise UsageError(
                 f"target context max_position_embeddings={self.max_position_embeddings} must exceed "
                 f"the original context {self.original_max_position_embeddings}"
             )
-        object.__setattr__(self, "original_max_position_embeddings", int(self.original_max_position_embeddings))
-        object.__setattr__(self, "max_position_embeddings", int(self.max_position_embeddings))
+        if not 0 <= self.start_token < self.max_position_embeddings:
+            raise UsageError(f"start_token must be a non-negative integer below max_position_embeddings="
+                             f"{self.max_position_embeddings}, got {self.start_token}")
+        object.__setattr__(self, "start_token", int(self.start_token))
         if self.attention_factor is not None:
+            if not _is_number(self.attention_factor):
+                raise UsageError(f"attention_factor must be a number or null, got {self.attention_factor!r}")
             af = float(self.attention_factor)
             if not math.isfinite(af) or af <= 0:
                 raise UsageError(f"attention_factor must be a positive number, got {self.attention_factor}")
@@ -153,12 +174,13 @@ class RopeExtension:
             d.get("short_factor") is not None and not isinstance(d["short_factor"], list)
         ):
             raise UsageError(f"{source}: long_factor and short_factor must be lists of numbers")
+        start = d.get("start_token")
         try:
             return cls(
                 method=d["method"],
                 long_factor=d["long_factor"],
                 short_factor=d.get("short_factor"),
-                start_token=d.get("start_token", 0) or 0,
+                start_token=0 if start is None else start,
                 attention_factor=d.get("attention_factor"),
                 original_max_position_embeddings=d["original_max_position_embeddings"],
                 max_position_embeddings=d["max_position_embeddings"],

@@ -250,10 +250,31 @@ def load_factors(path_or_dir: str | Path) -> RopeExtension:
         raise UsageError(f"{p}: expected a JSON object")
     if "method" in d and "long_factor" in d:  # our own format (longrope.factors.JSON_KEYS)
         _factor_list(d["long_factor"], "long_factor", str(p))
-        return RopeExtension.from_dict(d, source=str(p))
+        return _check_file_method(RopeExtension.from_dict(d, source=str(p)), str(p))
     if any(k in d for k in ("rope_scaling", "rope_parameters", "model_type")):
         return extension_from_hf_config(d, source=str(p))
     raise UsageError(f"{p}: neither a longrope factors file (method, long_factor, ...) nor an HF config")
+
+
+def _check_file_method(ext: RopeExtension, source: str) -> RopeExtension:
+    """A factors file holds fixed factors: its method must be longrope or a static peer."""
+    method = METHODS.get(ext.method)
+    if method is None:
+        raise UsageError(f"{source}: method {ext.method!r} is unknown; a factors file is one of "
+                         f"{', '.join(n for n, m in METHODS.items() if not m.dynamic)}")
+    if method.dynamic:
+        raise UsageError(f"{source}: method {ext.method!r} recomputes its factors at every length, which a "
+                         f"factors file cannot hold; evaluate it with --methods {ext.method}")
+    return ext
+
+
+def carried_extension(config: Any) -> RopeExtension | None:
+    """The longrope factors an HF config carries (None when its RoPE is not longrope)."""
+    d = _config_dict(config)
+    params = [d.get(k) for k in ("rope_parameters", "rope_scaling")]
+    if not any(isinstance(p, dict) and (p.get("rope_type") or p.get("type")) in LONGROPE_TYPES for p in params):
+        return None
+    return extension_from_hf_config(d)
 
 
 def describe_rope_config(config: Any) -> dict[str, Any]:

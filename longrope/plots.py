@@ -29,6 +29,16 @@ def label_axes(ax, xlabel: str, ylabel: str, title: str, legend: bool = True) ->
         ax.legend()
 
 
+def length_axis(ax, lengths) -> None:
+    """A log2 x axis whose ticks are exactly the context lengths evaluated, as plain numbers."""
+    from matplotlib.ticker import NullLocator
+
+    ax.set_xscale("log", base=2)
+    ticks = sorted(set(lengths))
+    ax.set_xticks(ticks, [str(n) for n in ticks])
+    ax.xaxis.set_minor_locator(NullLocator())
+
+
 def save_and_close(fig, path: str | Path, dpi: int = 120) -> Path:
     """Lay out `fig`, save it atomically and free it."""
     fig.tight_layout()
@@ -50,10 +60,8 @@ def plot_ppl_vs_length(rows: list[dict], path: str | Path, title: str = "", nati
         ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", label=method)
     if native:
         ax.axvline(native, color="grey", linestyle=":", linewidth=1, label=f"native context ({native})")
-    ax.set_xscale("log", base=2)
+    length_axis(ax, [r["length"] for r in rows])
     ax.set_yscale("log")
-    lengths = sorted({r["length"] for r in rows})
-    ax.set_xticks(lengths, [str(n) for n in lengths])
     plain_log_axis(ax.yaxis)
     label_axes(ax, "context length (tokens)", "perplexity", title or "Perplexity vs context length")
     return save_and_close(fig, path)
@@ -99,7 +107,9 @@ def plot_depth_heatmap(trials: list[dict], path: str | Path, depth_bins: int = 5
     plt = pyplot()
     methods = list(dict.fromkeys(t["method"] for t in trials))
     lengths = sorted({t["length"] for t in trials})
-    fig, axes = plt.subplots(1, len(methods), figsize=(2.4 + 1.2 * len(lengths) * len(methods), 3.8), squeeze=False)
+    height = max(3.8, 2.2 + 0.42 * depth_bins)  # room for every depth label
+    fig, axes = plt.subplots(1, len(methods), figsize=(2.4 + 1.2 * len(lengths) * len(methods), height),
+                             squeeze=False)
     for ax, method in zip(axes[0], methods):
         hits = np.zeros((depth_bins, len(lengths)))
         counts = np.zeros_like(hits)
@@ -117,9 +127,10 @@ def plot_depth_heatmap(trials: list[dict], path: str | Path, depth_bins: int = 5
                 label = f"{acc[b, j]:.0%}\nn={int(counts[b, j])}" if counts[b, j] else "no trial"
                 ax.text(j, b, label, ha="center", va="center", fontsize=7, color="black" if counts[b, j] else "grey")
         ax.set_xticks(range(len(lengths)), [str(n) for n in lengths], rotation=45)
-        ax.set_yticks(range(depth_bins), [f"{b / depth_bins:.1f}-{(b + 1) / depth_bins:.1f}" for b in range(depth_bins)])
+        ax.set_yticks(range(depth_bins), [f"{b / depth_bins:.2g}-{(b + 1) / depth_bins:.2g}" for b in range(depth_bins)],
+                      fontsize=8)
         ax.set_xlabel("context length (tokens)")
-        ax.set_title(method)
+        ax.set_title(f"{method} ({int(counts.sum())} trials)")
     axes[0][0].set_ylabel(ylabel)
     fig.colorbar(im, ax=axes[0].tolist(), label="accuracy")
     if title:

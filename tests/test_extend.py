@@ -79,10 +79,10 @@ def _mutate(data: dict, how: str) -> dict:
     ("missing-search", "stage 'search' is required"),
     ("bad-type", "finetune.steps must be an integer"),
     ("bad-baseline", "unknown method 'warp'"),
-    ("bad-objective", "recipe: search: objective must be one of ppl, needle, got 'bleu'"),
-    ("bad-optimizer", "recipe: readjust: optimizer must be one of ga, cma, got 'adam'"),
-    ("bad-reject", "recipe: search: reject must be one of exact, race, got 'hoeffding'"),
-    ("bad-needles", "recipe: search2: --needles must be in [1, 30], got 0"),
+    ("bad-objective", "recipe: search.objective must be one of ppl, needle, got 'bleu'"),
+    ("bad-optimizer", "recipe: readjust.optimizer must be one of ga, cma, got 'adam'"),
+    ("bad-reject", "recipe: search.reject must be one of exact, race, got 'hoeffding'"),
+    ("bad-needles", "recipe: search2.needles must be in [1, 30], got 0"),
 ])
 def test_bad_recipe_one_line_exit_2_nothing_written(how, msg, tmp_path, capsys):
     data = _mutate(small_recipe("tiny", "stdlib"), how)
@@ -142,7 +142,7 @@ def test_search_stage_with_the_needle_objective_and_cma(tiny_model_dir, tiny_cor
     assert state["config"]["optimizer"] == "cma" and state["optimizer_state"] is not None
 
 
-def test_extend_end_to_end_then_skips_complete_stages(tiny_model_dir, tiny_corpus, tmp_path, capsys):
+def test_extend_end_to_end_then_skips_complete_stages(tiny_model_dir, tiny_corpus, tmp_path, capsys, monkeypatch):
     from longrope.factors import RopeExtension
     from longrope.factors import FACTORS_FILE
     from longrope.models.load import load_model
@@ -188,6 +188,12 @@ def test_extend_end_to_end_then_skips_complete_stages(tiny_model_dir, tiny_corpu
     for stage in ("search", "finetune", "search2", "readjust", "final"):
         assert f"{stage}: complete" in err, err
     assert mtimes == {p: p.stat().st_mtime_ns for p in out.rglob("stage.json")}
+
+    # an interrupted stage resumes however --out is spelled (here relative, before absolute)
+    (out / "3-search2" / "stage.json").unlink()
+    monkeypatch.chdir(tmp_path)
+    assert main(["extend", "--recipe", str(recipe_path), "--out", "run"]) == 0, capsys.readouterr().err
+    capsys.readouterr()
 
     # a completed stage with other settings is refused, not silently mixed
     data["stages"]["search2"]["seed"] = 7

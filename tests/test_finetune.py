@@ -113,9 +113,11 @@ def test_mixed_context_window(tiny_model_dir, tiny_corpus, tmp_path):
 
 @pytest.mark.parametrize("argv,msg", [
     (["--length", "128"], "exceeds"),  # the factors cover 64 tokens
-    (["--length", "64", "--steps", "0"], "steps must be a positive integer"),
-    (["--length", "64", "--mixed-context", "1.5"], "mixed_context"),
-    (["--length", "64", "--warmup-steps", "9"], "warmup_steps"),
+    (["--length", "64", "--steps", "0"], "--steps must be >= 1"),
+    (["--length", "64", "--mixed-context", "1.5"], "--mixed-context must be < 1"),
+    (["--length", "64", "--warmup-steps", "9"], "--warmup-steps 9 exceeds --steps 2"),
+    (["--length", "64", "--lr", "inf"], "--lr must be a finite number"),
+    (["--length", "64", "--save-every", "-1"], "--save-every must be >= 0"),
 ])
 def test_bad_input_one_line_exit_2_nothing_written(argv, msg, tiny_model_dir, tmp_path, capsys):
     factors = tmp_path / "f.json"

@@ -13,10 +13,11 @@ from .. import __version__
 from ..data import documents_of_length, load_corpus, select_split, tokenize_corpus
 from ..errors import UsageError
 from ..evaluate.runner import Variant
+from ..models.load import LoadedModel
+from ..options import ranged
 from ..factors import RopeExtension
 from ..hf_config import load_factors
 from ..methods import build_extension, get_method
-from ..rope import RotarySpec
 
 
 def add_model_args(p: argparse.ArgumentParser) -> None:
@@ -32,19 +33,28 @@ def add_corpus_args(p: argparse.ArgumentParser, default_split: str = "validation
                    help="directory of .txt files, a .txt file, or a .jsonl with a 'text' field "
                         "(default: the Python standard library sources and pydoc topics)")
     p.add_argument("--split", default=default_split, choices=["search", "validation", "test", "all"],
-                   help=f"which seeded split of the corpus to use (default: {default_split})")
-    p.add_argument("--split-seed", type=int, default=0, help="seed of the corpus split (default: 0)")
+                   help=f"which seeded split of the corpus to use; a corpus of one or two documents has only "
+                        f"the first splits, use all (default: {default_split})")
+    p.add_argument("--split-seed", type=ranged(int, min=0), default=0, help="seed of the corpus split (default: 0)")
     if docs:
-        p.add_argument("--docs", type=int, default=8, help="number of documents per length (default: 8)")
+        p.add_argument("--docs", type=ranged(int, min=1, max=100_000), default=8,
+                       help="number of documents per length (default: 8)")
 
 
-def add_method_args(p: argparse.ArgumentParser, default: str = "none,pi,ntk,yarn") -> None:
-    p.add_argument("--methods", default=default,
-                   help=f"comma-separated peer methods: none, pi, ntk, dynamic-ntk, yarn, llama3 (default: {default})")
+DEFAULT_METHODS = "none,pi,ntk,yarn"
+OWN = "model"  # the method name of the factors a model carries
+
+
+def add_method_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--methods", default=None,
+                   help=f"comma-separated methods: none (the original RoPE, even for a model that carries "
+                        f"factors), {OWN} (the factors the model carries: a fine-tuned or exported longrope model), "
+                        f"pi, ntk, dynamic-ntk, yarn, llama3 (default: {DEFAULT_METHODS}, plus {OWN} for a model "
+                        f"that carries factors)")
     p.add_argument("--factors", action="append", default=[], metavar="F.json",
                    help="a factors file (longrope search output, or an HF config with longrope factors); "
                         "may be repeated; each is evaluated as one more method")
-    p.add_argument("--target-length", type=int, default=None,
+    p.add_argument("--target-length", type=ranged(int, min=2), default=None,
                    help="context every peer method is configured for, in tokens (default: the largest length)")
 
 
@@ -60,9 +70,11 @@ def parse_int_list(text: str, flag: str) -> list[int]:
 
 def method_names(args) -> list[str]:
     """The --methods list, checked (cheap: call before loading a model)."""
-    names = [m.strip() for m in args.methods.split(",") if m.strip()] if args.methods else []
+    text = DEFAULT_METHODS if args.methods is None else args.methods
+    names = list(dict.fromkeys(m.strip() for m in text.split(",") if m.strip()))
     for name in names:
-        get_method(name)
+        if name != OWN:
+            get_method(name)
     if not names and not args.factors:
         raise UsageError("nothing to evaluate: give --methods and/or --factors")
     return names
@@ -76,22 +88,28 @@ def factor_files(args) -> list[tuple[str, RopeExtension]]:
 def check_inputs(args) -> list[int] | None:
     """Fail on bad --methods, --factors or --lengths before loading anything; the lengths given."""
     method_names(args), factor_files(args)
-    return parse_int_list(args.lengths, "--lengths") if args.lengths else None
+    lengths = parse_int_list(args.lengths, "--lengths") if args.lengths else None
+    if lengths and getattr(args, "stride", None) is not None and args.stride > min(lengths):
+        raise UsageError(f"--stride {args.stride} exceeds the shortest length {min(lengths)} (windows would skip tokens)")
+    return lengths
 
 
-def method_variants(args, spec: RotarySpec, target_length: int) -> list[Variant]:
-    """One variant per --methods name (set for `target_length`) and per --factors file."""
-    variants = []
-    for name in method_names(args):
-        if name == "none":
-            variants.append(Variant("none", None))
-        elif target_length <= spec.original_max_position_embeddings:
-            raise UsageError(
-                f"target length {target_length} must exceed the model's native context "
-                f"{spec.original_max_position_embeddings} for method {name!r}"
-            )
-        else:
-            variants.append(Variant(name, build_extension(name, spec, target_length)))
+def method_variants(args, loaded: LoadedModel, target_length: int) -> list[Variant]:
+    """One variant per --methods name (set for `target_length`) and per --factors file, each
+    checked against the model before anything is evaluated."""
+    spec, native = loaded.spec, loaded.spec.original_max_position_embeddings
+    names = method_names(args)
+    if args.methods is None:  # the defaults: the model's own factors too; nothing to scale within 1x
+        names += [OWN] if loaded.own_extension is not None else []
+        if target_length <= native:
+            print(f"note: {target_length} tokens is within the native context {native}: the default scaled "
+                  f"methods have nothing to extend; evaluating {', '.join(n for n in names if n in ('none', OWN))} "
+                  f"(set --target-length above {native} to compare them)")
+            names = [n for n in names if n in ("none", OWN)]
+    if "none" in names and loaded.own_extension is not None:
+        print(f"note: {loaded.name} carries its own factors; 'none' is the original RoPE without them, "
+              f"'{OWN}' the model with them")
+    variants = [_named_variant(name, loaded, target_length) for name in names]
     for path, ext in factor_files(args):
         try:  # before any cell runs, not when its turn comes
             ext.check_fits(spec)
@@ -106,11 +124,23 @@ def method_variants(args, spec: RotarySpec, target_length: int) -> list[Variant]
     return variants
 
 
+def _named_variant(name: str, loaded: LoadedModel, target_length: int) -> Variant:
+    native = loaded.spec.original_max_position_embeddings
+    if name == "none":
+        return Variant("none", None)
+    if name == OWN:
+        if loaded.own_extension is None:
+            raise UsageError(f"--methods {OWN}: {loaded.name} carries no factors of its own")
+        return Variant(OWN, loaded.own_extension)
+    if target_length <= native:
+        raise UsageError(f"--target-length {target_length} (default: the largest length) must exceed the model's "
+                         f"native context {native} for method {name!r}")
+    return Variant(name, build_extension(name, loaded.spec, target_length))
+
+
 def evaluation_documents(args, tokenizer, min_length: int):
     """Token documents of the chosen split with at least `min_length` tokens, at most --docs."""
     token_docs = tokenize_corpus(tokenizer, select_split(load_corpus(args.corpus), args.split, args.split_seed))
-    if args.docs < 1:
-        raise UsageError("--docs must be >= 1")
     return documents_of_length(token_docs, min_length, args.docs)
 
 

@@ -9,8 +9,10 @@ import torch
 
 from ..errors import UsageError
 from ..evaluate.runner import ppl_figures, run_cells
-from ..io import atomic_write_json, atomic_write_text, check_writable_dir, read_json_or_none
-from ..models.load import load_model
+from ..data import tokens_fingerprint
+from ..io import atomic_write_json, atomic_write_text, output_dir, read_json_or_none
+from ..models.load import load_model, model_fingerprint
+from ..options import ranged
 from ..plots import band_label, plot_ppl_by_position, plot_ppl_vs_length
 from .common import (
     add_corpus_args, add_method_args, add_model_args, check_inputs, evaluation_documents, method_variants, print_table,
@@ -26,54 +28,64 @@ def register(sub) -> None:
         "(or in sliding windows with --stride). Every peer method is configured for --target-length "
         "(default: the largest length), so shorter lengths show short-context regression. "
         "Writes results.json, results.csv and ppl_vs_length.png to --out (with --by-position also "
-        "results_by_position.csv and ppl_by_position.png); rerunning with the same arguments reuses "
-        "finished cells.",
+        "results_by_position.csv and ppl_by_position.png); a rerun reuses a finished cell only when the "
+        "model files, documents (corpus, split, split seed, lengths), dtype, chunking and the method's "
+        "factors are all the same.",
     )
     add_model_args(p)
     add_corpus_args(p)
     add_method_args(p)
     p.add_argument("--lengths", default=None,
                    help="comma-separated context lengths in tokens (default: 1x,2x,4x,8x the native context)")
-    p.add_argument("--stride", type=int, default=None,
+    p.add_argument("--stride", type=ranged(int, min=1), default=None,
                    help="sliding-window mode: score whole documents in windows of each length advancing by "
-                        "this many tokens (default: off, one truncated pass per document)")
+                        "this many tokens, at most the shortest length (default: off, one truncated pass per document)")
     p.add_argument("--by-position", action="store_true",
                    help="also report the perplexity of the tokens in each band of positions [0, L), [L, 2L), "
                         "[2L, 4L), ... of the native length L, from the same pass (not with --stride)")
-    p.add_argument("--chunk-size", type=int, default=1024, help="LM-head chunk in tokens (default: 1024)")
-    p.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")
+    p.add_argument("--chunk-size", type=ranged(int, min=1), default=1024, help="LM-head chunk in tokens (default: 1024)")
+    p.add_argument("--seed", type=ranged(int, min=0), default=0, help="random seed (default: 0)")
     p.add_argument("--out", default="runs/eval-ppl", help="output directory (default: runs/eval-ppl)")
     p.set_defaults(func=run)
 
 
 def run(args) -> int:
-    out = check_writable_dir(args.out)
-    if args.stride is not None and args.stride < 1:
-        raise UsageError("--stride must be >= 1")
     if args.by_position and args.stride is not None:
         raise UsageError("--by-position scores each document in one pass; it does not combine with --stride")
-    torch.manual_seed(args.seed)
     given_lengths = check_inputs(args)  # fail on bad input before loading anything
+    with output_dir(args.out) as out:
+        return evaluate(args, out, given_lengths)
+
+
+def evaluate(args, out, given_lengths: list[int] | None) -> int:
+    torch.manual_seed(args.seed)
     loaded = load_model(args.model, args.dtype, args.device)
     L = loaded.spec.original_max_position_embeddings
     lengths = given_lengths or [L, 2 * L, 4 * L, 8 * L]
+    if args.stride is not None and args.stride > min(lengths):
+        raise UsageError(f"--stride {args.stride} exceeds the shortest length {min(lengths)}")
     target = args.target_length or max(lengths)
-    variants = method_variants(args, loaded.spec, target)
+    variants = method_variants(args, loaded, target)
     longest = max(lengths)
     # sliding mode scores whole documents; any document longer than the window will do
     docs = evaluation_documents(args, loaded.tokenizer, longest if args.stride is None else longest + 1)
     if len(docs) < args.docs:
         print(f"note: only {len(docs)} document(s) of the split reach {longest} tokens")
 
+    dtype = str(next(loaded.model.parameters()).dtype)
+    # everything a cell's number depends on besides its method and length: reuse only identical work
+    key = {"model": loaded.name, "model_files": model_fingerprint(args.model), "corpus": args.corpus or "stdlib",
+           "split": args.split, "split_seed": args.split_seed, "documents": tokens_fingerprint(docs),
+           "dtype": dtype, "chunk_size": args.chunk_size, "stride": args.stride, "by_position": args.by_position}
     info = run_info(args, {"model": loaded.name, "native_context": L, "rotary": vars(loaded.spec) | {},
-                           "target_length": target, "lengths": lengths, "documents": len(docs),
-                           "dtype": str(next(loaded.model.parameters()).dtype)})
-    key_fields = ("model", "lengths", "target_length", "documents", "dtype")
+                           "target_length": target, "lengths": lengths, "documents": len(docs), "dtype": dtype,
+                           "key": key})
     previous = read_json_or_none(out / "results.json")
     done = {}
-    if previous and all(previous.get("config", {}).get(k) == info[k] for k in key_fields) \
-            and all(previous["config"]["args"].get(k) == getattr(args, k) for k in ("stride", "by_position")):
-        done = {(r["method"], "ppl", r["length"]): r for r in previous.get("rows", [])}
+    if isinstance(previous, dict) and previous.get("config", {}).get("key") == key:
+        ext_of = {v.label: None if v.extension is None else v.extension.to_dict() for v in variants}
+        done = {(r["method"], "ppl", r["length"]): r for r in previous.get("rows", [])
+                if r.get("method") in ext_of and r.get("extension") == ext_of[r["method"]]}
 
     def cell(lm, variant, length):
         figures = ppl_figures(lm.model, docs, length, args.chunk_size, args.stride, L if args.by_position else None)
@@ -84,7 +96,9 @@ def run(args) -> int:
         atomic_write_json(out / "results.json", {"config": info, "rows": list(cells.values())})
 
     rows = list(run_cells(variants, lengths, {"ppl": cell}, loaded, done, save, desc="eval-ppl").values())
-    save_outputs(rows, out, L, f"{loaded.name}: perplexity vs context length (methods set for {target} tokens)")
+    title = (f"{loaded.name}: perplexity vs context length\n{len(docs)} {args.split} document(s), "
+             f"methods set for {target} tokens")
+    save_outputs(rows, out, L, title)
     print(f"perplexity of {len(docs)} {args.split} document(s), methods configured for {target} tokens:")
     print_table(rows, "method", "length", "ppl")
     written = [out / "results.json", out / "results.csv", out / "ppl_vs_length.png"]

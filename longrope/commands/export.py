@@ -14,7 +14,7 @@ from ..export.gguf import export_gguf
 from ..export.hf import export_hf
 from ..export.vllm import serve_hint
 from ..hf_config import load_factors
-from ..io import check_destination
+from ..io import check_destination, output_dir
 
 
 def register(sub) -> None:
@@ -22,7 +22,8 @@ def register(sub) -> None:
     p.add_argument("--model", required=True, help="preset, Hugging Face model directory, or .gguf file")
     p.add_argument("--factors", required=True, metavar="F",
                    help="longrope factors JSON, or an HF config.json / model directory carrying longrope factors")
-    p.add_argument("--out", required=True, metavar="DIR", help="output directory (must not exist unless --force)")
+    p.add_argument("--out", required=True, metavar="DIR", help="output directory (must not exist unless --force; never replaced without it, even if "
+                        "it appears while the export runs)")
     p.add_argument("--format", default="hf", choices=["hf", "gguf"], help="hf: transformers and vLLM; gguf: llama.cpp (default: hf)")
     p.add_argument("--force", action="store_true", help="replace DIR if it exists")
     p.add_argument("--drop-start-token", action="store_true",
@@ -33,6 +34,11 @@ def register(sub) -> None:
 def run(args) -> int:
     check_destination(args.out, args.force)  # before any loading: an existing DIR is an instant error
     ext = load_factors(args.factors)
+    with output_dir(args.out, create=False):  # DIR itself appears only when complete
+        return export(args, ext)
+
+
+def export(args, ext) -> int:
     if args.format == "hf":
         result = export_hf(args.model, ext, args.out, force=args.force, drop_start_token=args.drop_start_token)
         where = result.path

@@ -5,12 +5,11 @@ short-context readjustment -> final model and report), each stage resumable.
 """
 from __future__ import annotations
 
-import argparse
 import json
 from pathlib import Path
 
 from ..errors import UsageError
-from ..io import check_writable_dir
+from ..io import output_dir
 from ..models.load import model_spec
 from ..recipe.config import load_recipe
 from ..recipe.stages import check_recipe_against_model, run_recipe
@@ -21,8 +20,7 @@ def register(subparsers) -> None:
         "extend", help="progressive extension recipe: search, fine-tune, search again, readjust, report",
         description="Run the stages of a recipe YAML (see recipes/) into --out. Complete stages are skipped, "
         "an interrupted search or fine-tuning resumes where it stopped; a stage completed with other settings "
-        "is refused. Writes OUT/final (HF model directory) and OUT/report (report.json, report.md, report.png).",
-        formatter_class=argparse.RawDescriptionHelpFormatter)
+        "is refused. Writes OUT/final (HF model directory) and OUT/report (report.json, report.md, report.png).")
     p.add_argument("--recipe", required=True, help="recipe YAML file")
     p.add_argument("--out", required=True, help="output folder (one subfolder per stage)")
     p.set_defaults(func=run)
@@ -34,8 +32,8 @@ def run(args) -> int:
     if out.exists() and not out.is_dir():
         raise UsageError(f"--out {out} exists and is not a directory")
     check_recipe_against_model(recipe, model_spec(recipe.model))
-    check_writable_dir(out.parent if not out.exists() else out)
-    summary = run_recipe(recipe, out)
+    with output_dir(out):
+        summary = run_recipe(recipe, out)
     print(json.dumps(summary.get("report", {}), indent=2))
     print(f"final model: {summary['final']}")
     return 0

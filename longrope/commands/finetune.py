@@ -7,12 +7,12 @@
 """
 from __future__ import annotations
 
-import argparse
 import os
 from pathlib import Path
 
 from ..factors import FACTORS_FILE
 from ..hf_config import load_factors
+from ..io import output_dir
 from ..options import add_options, build
 from ..train.finetune import FinetuneConfig, check_covers, finetune, prepare_out
 
@@ -33,7 +33,7 @@ def register(subparsers) -> None:
         "finetune", help="fine-tune at the extended length with rescaled RoPE (LongRoPE section 3.3)",
         description="Train --model with the factors of --factors on corpus documents packed into --length-token "
         "sequences (BOS/EOS between documents). Writes an HF model directory whose config carries the factors.",
-        epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+        epilog=EPILOG)
     p.add_argument("--model", default="tiny", help="preset, HF model directory or .gguf file (default: tiny)")
     p.add_argument("--factors", default=None,
                    help="factors file (search output or HF config with longrope factors); default: the model's own "
@@ -55,9 +55,10 @@ def run(args) -> int:
     check_covers(ext, cfg.length)
     if ext is None:
         print("note: no --factors: fine-tuning with the original RoPE")
-    out = Path(args.out)
-    prepare_out(out, args.resume)
-    result = finetune(args.model, ext, out, cfg, resume=args.resume)
+    out = Path(args.out).expanduser()
+    with output_dir(out):  # rank 0 owns it: lock, writability, leftovers of a killed run
+        prepare_out(out, args.resume)
+        result = finetune(args.model, ext, out, cfg, resume=args.resume)
     if int(os.environ.get("RANK", "0")) != 0:  # one report per run, not per process
         return 0
     if result.skipped:

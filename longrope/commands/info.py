@@ -5,13 +5,15 @@ import json
 
 from ..hf_config import describe_rope_config
 from ..models.load import load_model
+from ..models.presets import resolve_model
 from ..seam import rope_type_of, rotary_spec
 from ..shipped import shipped_for
 from .common import add_model_args
 
 
 def register(sub) -> None:
-    p = sub.add_parser("info", help="print a model's RoPE facts (architecture, head dim, base, context, rope type)")
+    p = sub.add_parser("info", help="print a model's path, stored dtype and RoPE facts (architecture, head dim, base, context, "
+                        "rope type, carried factors)")
     add_model_args(p)
     p.add_argument("--json", action="store_true", help="print as JSON")
     p.set_defaults(func=run)
@@ -40,7 +42,10 @@ def describe(model) -> dict:
 
 def run(args) -> int:
     loaded = load_model(args.model, "fp32", "cpu", need_tokenizer=False)
-    facts = describe(loaded.model)
+    source = resolve_model(args.model)
+    stored = getattr(loaded.model.config, "dtype", None) or getattr(loaded.model.config, "torch_dtype", None)
+    facts = {"path": str((source.path / source.gguf_file) if source.gguf_file else source.path.resolve()),
+             "dtype": str(stored or "unknown").removeprefix("torch."), **describe(loaded.model)}
     if args.json:
         print(json.dumps(facts, indent=2))
     else:

@@ -5,7 +5,8 @@ import random
 
 from ..errors import UsageError
 from ..evaluate.runner import passkey_figures, run_cells
-from ..io import atomic_write_json, check_writable_dir
+from ..io import atomic_write_json, output_dir
+from ..options import ranged
 from ..models.load import load_model
 from ..plots import plot_depth_heatmap
 from .common import add_method_args, add_model_args, check_inputs, method_variants, print_table, run_info
@@ -24,22 +25,26 @@ def register(sub) -> None:
     add_method_args(p)
     p.add_argument("--lengths", default=None,
                    help="comma-separated lengths in tokens, prompt + answer (default: 1x,2x,4x,8x native)")
-    p.add_argument("--trials", type=int, default=10, help="trials per length and method (default: 10)")
-    p.add_argument("--depth-bins", type=int, default=5, help="rows of the heat map (default: 5)")
-    p.add_argument("--seed", type=int, default=0, help="seed of keys and depths (default: 0)")
+    p.add_argument("--trials", type=ranged(int, min=1, max=100_000), default=10,
+                   help="trials per length and method (default: 10)")
+    p.add_argument("--depth-bins", type=ranged(int, min=1, max=50), default=5,
+                   help="rows of the heat map (default: 5)")
+    p.add_argument("--seed", type=ranged(int, min=0), default=0, help="seed of keys and depths (default: 0)")
     p.add_argument("--out", default="runs/passkey", help="output directory (default: runs/passkey)")
     p.set_defaults(func=run)
 
 
 def run(args) -> int:
-    if args.trials < 1:
-        raise UsageError("--trials must be >= 1")
-    out = check_writable_dir(args.out)
     given_lengths = check_inputs(args)  # fail on bad input before loading anything
+    with output_dir(args.out) as out:
+        return evaluate(args, out, given_lengths)
+
+
+def evaluate(args, out, given_lengths: list[int] | None) -> int:
     loaded = load_model(args.model, args.dtype, args.device)
     L = loaded.spec.original_max_position_embeddings
     lengths = given_lengths or [L, 2 * L, 4 * L, 8 * L]
-    variants = method_variants(args, loaded.spec, args.target_length or max(lengths))
+    variants = method_variants(args, loaded, args.target_length or max(lengths))
     info = run_info(args, {"model": loaded.name, "lengths": lengths})
 
     def cell(lm, variant, length):
@@ -59,7 +64,8 @@ def run(args) -> int:
         atomic_write_json(out / "passkey.json", {"config": info, "rows": rows, "trials": trials})
 
     rows, trials = tables(run_cells(variants, lengths, {"passkey": cell}, loaded, on_cell=save, desc="passkey"))
-    plot_depth_heatmap(trials, out / "passkey.png", args.depth_bins, title=f"{loaded.name}: passkey retrieval")
+    plot_depth_heatmap(trials, out / "passkey.png", args.depth_bins,
+                       title=f"{loaded.name}: passkey retrieval, {args.trials} trial(s) per length")
     print(f"passkey accuracy over {args.trials} trial(s) per cell:")
     print_table(rows, "method", "length", "accuracy", fmt="{:.0%}")
     print(f"wrote {out / 'passkey.json'}, {out / 'passkey.png'}")

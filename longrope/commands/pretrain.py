@@ -1,7 +1,7 @@
 """`longrope pretrain`: train the tiny reference Llama (native context 128) from scratch."""
 from __future__ import annotations
 
-from ..errors import UsageError
+from ..io import output_dir
 from ..options import add_options, build
 from ..train.pretrain import PretrainConfig, pretrain_tiny, read_training_record
 
@@ -25,18 +25,10 @@ def register(sub) -> None:
 
 
 def run(args) -> int:
-    if args.batch_size < 1:
-        raise UsageError(f"--batch-size must be at least 1, got {args.batch_size}")
-    if not 0.0 <= args.passkey_fraction <= 1.0:
-        raise UsageError(f"--passkey-fraction must be between 0 and 1, got {args.passkey_fraction}")
-    if args.vocab_size < 300:
-        raise UsageError(f"--vocab-size must be at least 300 (256 bytes + merges), got {args.vocab_size}")
-    if args.n_layer < 1 or args.lr <= 0:
-        raise UsageError("--layers must be >= 1 and --lr > 0")
-    cfg = build(PretrainConfig, args, min_lr=args.lr / 10, passkey_trials=max(args.passkey_trials, 0),
-                bf16={"auto": None, "fp32": False, "bf16": True}[args.dtype])
-    out = pretrain_tiny(args.out, steps=args.steps, seed=args.seed, corpus=args.corpus, config=cfg,
-                        overwrite=args.overwrite, progress=not args.quiet)
+    cfg = build(PretrainConfig, args, min_lr=args.lr / 10, bf16={"auto": None, "fp32": False, "bf16": True}[args.dtype])
+    with output_dir(args.out, create=False):  # the folder appears whole, when training is done
+        out = pretrain_tiny(args.out, steps=args.steps, seed=args.seed, corpus=args.corpus, config=cfg,
+                            overwrite=args.overwrite, progress=not args.quiet)
     record = read_training_record(out)
     ev = record["eval"]
     print(f"saved {out}: final loss {record['final_loss']:.3f}, "

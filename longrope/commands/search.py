@@ -14,20 +14,21 @@ factors.png to --out.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import sys
 from pathlib import Path
 
 import torch
 
 from ..errors import UsageError
-from ..io import check_writable_dir
+from ..io import output_dir
 from ..models.device import resolve_dtype
-from ..models.load import load_model
+from ..models.load import load_model, model_fingerprint
 from ..rope import RotarySpec
 from ..search.distributed import (Dist, broadcast, close_distributed, distributed_evaluator, init_distributed,
                                   min_over_ranks)
-from ..options import add_options, build
-from ..search.driver import SearchJob, SearchOptions, drive, has_state
+from ..options import add_options, build, ranged
+from ..search.driver import SearchJob, SearchOptions, drive, has_state, seed_scores
 from ..search.evolution import STATE_FILE, SearchConfig, SearchState, peer_seeds
 from ..search.fitness import long_factor_candidate, search_documents
 from ..search.genes import START_TOKENS, SearchSpace, critical_dimension
@@ -52,21 +53,23 @@ def register(subparsers) -> None:
         description="Search per-dimension RoPE rescale factors and the start token for a target context "
         "length, with perplexity on long documents (or LongRoPE2's needle loss) as the fitness, by the paper's "
         "evolutionary search or CMA-ES. Defaults are the paper's.",
-        epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+        epilog=EPILOG)
     add_model_args(p)
     p.add_argument("--corpus", default=None, help="stdlib (default), a folder of .txt, a .txt or a .jsonl file")
-    p.add_argument("--target-length", type=int, required=True, help="target context L' in tokens")
+    p.add_argument("--target-length", type=ranged(int, min=2), required=True, help="target context L' in tokens")
     p.add_argument("--out", required=True, help="output folder (state.json, factors.json, history.jsonl, plots)")
     add_options(p, SearchConfig)
     add_options(p, SearchOptions)
-    p.add_argument("--start-token", type=int, default=None,
-                   help="fix n_hat to this value (default: search it over the paper's candidates)")
+    p.add_argument("--start-token", type=ranged(int, min=0), default=None,
+                   help="fix n_hat to this value, below --target-length (default: search it over the paper's "
+                        "candidates)")
     p.add_argument("--variant", choices=("longrope", "piecewise", "critical"), default="longrope",
                    help="search every dim (longrope), a band between 1 and s (piecewise), or only dims >= "
                    "the critical dim, LongRoPE2 (critical)")
-    p.add_argument("--critical-dim", type=int, default=None,
+    p.add_argument("--critical-dim", type=ranged(int, min=1), default=None,
                    help="cd for --variant critical (default: ceil(d/2 * log_b(L / 2pi)))")
-    p.add_argument("--split-seed", type=int, default=0, help="seed of the search/validation/test split (0)")
+    p.add_argument("--split-seed", type=ranged(int, min=0), default=0,
+                   help="seed of the search/validation/test split (default: 0)")
     p.add_argument("--resume", action="store_true", help="continue the search saved in --out")
     p.set_defaults(func=run)
 
@@ -94,7 +97,6 @@ def _on_main(d: Dist, fn):
 
 
 def _prepare_out(out: Path, resume: bool) -> None:
-    check_writable_dir(out)
     if resume and not has_state(out):
         raise UsageError(f"nothing to resume: {out / STATE_FILE} does not exist")
     if not resume and has_state(out):
@@ -115,18 +117,22 @@ def search_space(args: argparse.Namespace, spec: RotarySpec, target_length: int)
 
 def search(args: argparse.Namespace, d: Dist) -> int:
     # -- check the cheap things before loading anything ---------------------------------------
-    config, options = build(SearchConfig, args), build(SearchOptions, args)
-    if args.docs < 1:
-        raise UsageError("--docs must be at least 1")
-    if args.start_token is not None and args.start_token < 0:
-        raise UsageError("--start-token must be >= 0")
-    out = Path(args.out)
-    _on_main(d, lambda: _prepare_out(out, args.resume))
+    config, options, N = build(SearchConfig, args), build(SearchOptions, args), args.target_length
+    if args.start_token is not None and args.start_token >= N:
+        raise UsageError(f"--start-token {args.start_token} must be below --target-length {N}")
+    out = Path(args.out).expanduser()
+    with contextlib.ExitStack() as owned:  # rank 0 owns --out (lock, writability, cleanup)
+        _on_main(d, lambda: _prepare_out(owned.enter_context(output_dir(out)), args.resume))
+        return _search(args, d, config, options, out)
 
+
+def _search(args: argparse.Namespace, d: Dist, config: SearchConfig, options: SearchOptions, out: Path) -> int:
     # -- the model, loaded once; candidates only swap its RoPE factors -------------------------
     device = args.device or (f"cuda:{d.local_rank}" if torch.cuda.is_available() else "cpu")
     lm = load_model(args.model, dtype=args.dtype, device=device)
     L, N = lm.spec.original_max_position_embeddings, args.target_length
+    if args.critical_dim is not None and args.critical_dim > lm.spec.half:
+        raise UsageError(f"--critical-dim {args.critical_dim} exceeds the model's {lm.spec.half} frequencies")
     if N <= L:
         raise UsageError(f"--target-length {N} must exceed the model's native context {L}")
 
@@ -134,7 +140,8 @@ def search(args: argparse.Namespace, d: Dist) -> int:
     docs = search_documents(lm.tokenizer, args.corpus, N, args.docs, args.split_seed, options.objective, options.needles)
     if d.is_main and len(docs) < args.docs:
         print(f"note: only {len(docs)} search documents reach {N} tokens (asked for {args.docs})", file=sys.stderr)
-    describe = {"model": args.model, "corpus": args.corpus or "stdlib", "target_length": N,
+    describe = {"model": args.model, "model_files": model_fingerprint(args.model),
+                "corpus": args.corpus or "stdlib", "target_length": N,
                 "docs": len(docs), "split_seed": args.split_seed,
                 "dtype": str(resolve_dtype(args.dtype, device)).removeprefix("torch.")}
     state = _on_main(d, lambda: SearchState.load(out)) if args.resume else None
@@ -145,6 +152,8 @@ def search(args: argparse.Namespace, d: Dist) -> int:
     state, ext = drive(job, state)
     if d.is_main:
         best = state.best.evaluation
+        peers = ", ".join(f"{name} {ppl:.4f}" for name, ppl in seed_scores(job, state).items())
         print(f"best perplexity {best.perplexity:.4f} at {N} tokens (n_hat={ext.start_token}) after "
-              f"{state.generation} generations, {len(state.history)} candidates; wrote {out / 'factors.json'}")
+              f"{state.generation} generations, {len(state.history)} candidates"
+              + (f"; the seeds scored {peers}" if peers else "") + f"; wrote {out / 'factors.json'}")
     return 0

@@ -9,9 +9,9 @@ from ..data import load_corpus, select_split
 from ..errors import UsageError
 from ..evaluate.runner import Variant, run_cells, task_figures
 from ..evaluate.tasks import TASKS, Haystack, TaskPrompt, TaskSettings, build_prompts, get_task, has_chat_template
-from ..io import atomic_write_json, check_writable_dir, read_json_or_none
+from ..io import atomic_write_json, output_dir, read_json_or_none
 from ..models.load import load_model
-from ..options import add_options, build
+from ..options import add_options, build, ranged
 from ..plots import plot_depth_heatmap
 from .common import add_corpus_args, add_method_args, add_model_args, check_inputs, method_variants, print_table, run_info
 
@@ -41,7 +41,7 @@ def register(sub) -> None:
                    help=f"comma-separated tasks (default: {','.join(TASKS)})")
     p.add_argument("--lengths", default=None,
                    help="comma-separated lengths in tokens, prompt + answer (default: 1x,2x,4x,8x native)")
-    p.add_argument("--depth-bins", type=int, default=5, help="rows of the heat maps (default: 5)")
+    p.add_argument("--depth-bins", type=ranged(int, min=1, max=50), default=5, help="rows of the heat maps (default: 5)")
     add_options(p, TaskSettings)
     p.add_argument("--out", default="runs/tasks", help="output directory (default: runs/tasks)")
     p.set_defaults(func=run)
@@ -138,19 +138,22 @@ def run(args) -> int:
     given_lengths = check_inputs(args)
     check_answer_room(tasks, given_lengths or [])
     haystacks = haystacks_for(args, tasks)
+    with output_dir(args.out) as out:
+        return evaluate(args, out, tasks, settings, given_lengths, haystacks)
 
+
+def evaluate(args, out, tasks: list[str], settings, given_lengths: list[int] | None, haystacks) -> int:
     loaded = load_model(args.model, args.dtype, args.device)
     L = loaded.spec.original_max_position_embeddings
     lengths = given_lengths or [L, 2 * L, 4 * L, 8 * L]
     check_answer_room(tasks, lengths)
-    variants = method_variants(args, loaded.spec, args.target_length or max(lengths))
+    variants = method_variants(args, loaded, args.target_length or max(lengths))
     # one prompt per (task, length, trial), shared by every method; a too short length fails here
     chat = use_chat(settings.chat, loaded)
     prompts: dict[tuple[str, int], list[TaskPrompt]] = {}
     for p in build_prompts(loaded.tokenizer, haystacks, tasks, lengths, settings.trials, settings.seed, chat):
         prompts.setdefault((p.task, p.length), []).append(p)
     digests = {k: prompts_digest(v) for k, v in prompts.items()}
-    out = check_writable_dir(args.out)
 
     info = run_info(args, {"model": loaded.name, "native_context": L, "tasks": tasks, "lengths": lengths,
                            "corpus": args.corpus, "split": args.split, "split_seed": args.split_seed,

@@ -41,6 +41,8 @@ from ..hf_config import check_exportable
 from ..io import atomic_write_json, check_destination, staged_dir
 from ..methods import attention_factor
 from ..models import presets
+from ..models.load import check_weights
+from ..models.presets import ModelSource
 from ..rope import RotarySpec
 from .hf import SIDECAR
 
@@ -164,6 +166,7 @@ def export_gguf(
     check_destination(out, force)
     ext, notes = check_exportable(ext, drop_start_token=drop_start_token, target="llama.cpp")
     src = _source_gguf(model)
+    check_weights(ModelSource(src.parent, src.name))  # one line for a truncated or foreign file
     reader = gguf.GGUFReader(str(src))
     rope = read_gguf_rope(reader)
     if rope.arch not in LONGROPE_ARCHS:
@@ -182,7 +185,7 @@ def export_gguf(
     new_keys = rope_metadata(rope.arch, ext)
     dropped = {n["factor"].format(arch=rope.arch)}
     new_tensors = rope_tensors(ext)
-    with staged_dir(out) as tmp:
+    with staged_dir(out, replace=force) as tmp:
         path = tmp / GGUF_NAME
         writer = gguf.GGUFWriter(str(path), arch=rope.arch, endianess=reader.endianess)
         alignment = _field(reader, gguf.Keys.General.ALIGNMENT)

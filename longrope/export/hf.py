@@ -17,10 +17,10 @@ import torch
 
 from .. import __version__
 from ..errors import UsageError
-from ..factors import RopeExtension
+from ..factors import FACTORS_FILE, RopeExtension
 from ..hf_config import PHI3_STYLE, check_exportable, hf_config_dict
 from ..io import atomic_write_json, check_destination, staged_dir
-from ..models.load import load_config
+from ..models.load import check_weights, load_config
 from ..models.presets import dequantized_copy, resolve_model
 from ..rope import RotarySpec
 from ..seam import ScaledRotaryEmbedding, rotary_spec_from_config
@@ -104,10 +104,12 @@ def export_hf(
     source = resolve_model(model)
     spec = rotary_spec_from_config(load_config(source))
     ext, _ = check_exportable(ext, spec)
-    with staged_dir(out) as tmp:
+    check_weights(source)  # a truncated weights file is copied nowhere
+    with staged_dir(out, replace=force) as tmp:
         if source.gguf_file is None and _safetensors_dir(source.path):
             for item in source.path.iterdir():
-                if item.name in ("config.json", SIDECAR) or item.name.startswith("."):
+                # the config (and a fine-tuned model's own factors file) carry the new factors instead
+                if item.name in ("config.json", SIDECAR, FACTORS_FILE) or item.name.startswith("."):
                     continue
                 (shutil.copytree if item.is_dir() else shutil.copy2)(item, tmp / item.name)
             config = json.loads((source.path / "config.json").read_text())

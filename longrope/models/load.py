@@ -6,14 +6,18 @@ A model directory written by `longrope finetune` / `extend` also carries its ext
 """
 from __future__ import annotations
 
+import hashlib
+import json
 import os
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from torch import nn
 
 from ..errors import UsageError
 from ..factors import FACTORS_FILE, RopeExtension
+from ..hf_config import carried_extension, load_factors
 from ..rope import RotarySpec
 from ..seam import install_rope, rotary_slots, rotary_spec, rotary_spec_from_config
 from .device import default_device, resolve_dtype
@@ -25,6 +29,9 @@ class LoadedModel:
     tokenizer: Any
     name: str
     spec: RotarySpec
+    # the factors the model carries (our longrope_factors.json, or a longrope config), installed
+    # at load; None for a model with plain RoPE (or a model-specific scaling we do not replace)
+    own_extension: RopeExtension | None = None
 
 
 def _offline_transformers():
@@ -52,6 +59,17 @@ def load_config(name_or_path: str | os.PathLike | ModelSource):
         raise UsageError(f"cannot read the config of {str(source.path)!r}: {_first_line(e)}") from None
 
 
+def load_tokenizer(name_or_path: str):
+    """The tokenizer of a model alone (cheap: no weights), UsageError if it has none."""
+    source = resolve_model(name_or_path)
+    transformers = _offline_transformers()
+    kwargs = {"gguf_file": source.gguf_file} if source.gguf_file else {}
+    try:
+        return transformers.AutoTokenizer.from_pretrained(str(source.path), **kwargs)
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        raise UsageError(f"cannot load the tokenizer of {name_or_path!r}: {_first_line(e)}") from None
+
+
 def model_spec(name_or_path: str) -> RotarySpec:
     """The RotarySpec of a model from its config only (cheap: no weights are loaded)."""
     return rotary_spec_from_config(load_config(name_or_path))
@@ -69,6 +87,7 @@ def load_model(
     if source.gguf_file is not None:
         kwargs["gguf_file"] = source.gguf_file
     tok_kwargs = {"gguf_file": source.gguf_file} if source.gguf_file else {}
+    check_weights(source)
 
     def fail(e: Exception, what: str = "model"):
         raise UsageError(f"cannot load {what} of {name_or_path!r}: {_first_line(e)}") from None
@@ -86,6 +105,59 @@ def load_model(
     model.to(device).eval()
     if not rotary_slots(model):
         raise UsageError(f"{type(model).__name__} ({name_or_path}) does not use rotary embeddings")
-    if (source.path / FACTORS_FILE).is_file():  # our fine-tuned model: load it with its factors
-        install_rope(model, RopeExtension.load(source.path / FACTORS_FILE))
-    return LoadedModel(model=model, tokenizer=tokenizer, name=str(name_or_path), spec=rotary_spec(model))
+    own = None
+    if source.gguf_file is None and (source.path / FACTORS_FILE).is_file():  # our fine-tuned model
+        own = load_factors(source.path / FACTORS_FILE)
+    elif source.gguf_file is None:
+        own = carried_extension(model.config)  # e.g. an export, a Phi-3-128k
+    if own is not None:
+        install_rope(model, own)  # the seam, with the model's own factors (n_hat included)
+    return LoadedModel(model=model, tokenizer=tokenizer, name=str(name_or_path), spec=rotary_spec(model),
+                       own_extension=own)
+
+
+def check_weights(source: ModelSource) -> None:
+    """UsageError when a weights file is cut short (a copy or download that stopped): every
+    safetensors header must fit its file and every tensor lie inside it; a GGUF file must parse."""
+    if source.gguf_file is not None:
+        path = source.path / source.gguf_file
+        try:
+            import gguf
+
+            gguf.GGUFReader(str(path))
+        except Exception as e:  # the reader raises anything from ValueError to IndexError on a bad file
+            raise UsageError(f"{path} is not a readable GGUF file ({_first_line(e)})") from None
+        return
+    for path in sorted(source.path.glob("*.safetensors")):
+        _check_safetensors(path)
+
+
+def _check_safetensors(path: Path) -> None:
+    size = path.stat().st_size
+    problem = None
+    try:
+        with open(path, "rb") as f:
+            head = f.read(8)
+            n = int.from_bytes(head, "little") if len(head) == 8 else -1
+            header = json.loads(f.read(n)) if 0 < n <= size - 8 else None
+    except (OSError, ValueError) as e:
+        header, problem = None, str(e)
+    if not isinstance(header, dict):
+        raise UsageError(f"{path} is not a complete safetensors file ({problem or 'bad header'}): copy it again")
+    end = max((v["data_offsets"][1] for k, v in header.items() if k != "__metadata__" and isinstance(v, dict)
+               and isinstance(v.get("data_offsets"), list) and len(v["data_offsets"]) == 2), default=0)
+    if 8 + n + end > size:
+        raise UsageError(f"{path} is truncated ({size} bytes, its header describes {8 + n + end}): copy it again")
+
+
+def model_fingerprint(name_or_path: str) -> str:
+    """What identifies a model's weights for reusing results: its files' names, sizes and
+    modification times (a preset, a directory, or a .gguf file), hashed."""
+    source = resolve_model(name_or_path)
+    files = [source.path / source.gguf_file] if source.gguf_file else sorted(
+        p for p in source.path.rglob("*") if p.is_file() and not p.name.startswith("."))
+    h = hashlib.sha256()
+    for p in files:
+        st = p.stat()
+        h.update(f"{p.relative_to(source.path)}\0{st.st_size}\0{st.st_mtime_ns}\0".encode())
+    return h.hexdigest()[:16]

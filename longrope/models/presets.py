@@ -52,7 +52,7 @@ def _build_once(name: str, build: Callable[[Path], None]) -> Path:
         for stale in cache_dir().glob(f".{name}.*"):  # left by a killed build; we hold the lock
             shutil.rmtree(stale, ignore_errors=True)
         # build creates the folder; a leftover `final` without config.json is replaced
-        with staged_dir(final, create=False) as tmp:
+        with staged_dir(final, create=False, replace=True) as tmp:
             build(tmp)
     return final
 

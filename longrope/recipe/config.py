@@ -28,6 +28,7 @@ import yaml
 
 from ..errors import UsageError
 from ..methods import get_method
+from ..options import check_options, option, rename_flags
 from ..search.driver import DEFAULT_METHOD, SearchOptions
 from ..search.evolution import ADDED_SETTINGS, SearchConfig
 from ..train.finetune import FinetuneConfig
@@ -59,17 +60,18 @@ class SearchSettings(SearchOptions, SearchConfig):
 class SearchStage(SearchSettings):
     """`search` (on the original model) and `search2` (on the fine-tuned one, a factor on top)."""
 
-    target_length: int = 0  # required: L' of this stage
+    target_length: int = option(0, "L' of this stage (required)", min=0)
     start_tokens: list[int] | None = None  # n_hat candidates (None: the paper's; search2 keeps stage 1's)
     variant: str = "longrope"  # longrope, piecewise or critical (longrope.search.genes)
-    attention_factor: float | None = None  # None: search: the longrope default; search2: the fine-tuned one
+    attention_factor: float | None = option(None, "None: search: the longrope default; search2: the fine-tuned one",
+                                            above=0)
 
 
 @dataclass(frozen=True)
 class ReadjustStage(SearchSettings):
     """Short-context readjustment: search `short_factor` at the native length (paper section 3.3)."""
 
-    docs: int = 8
+    docs: int = option(8, "K documents at the native length", min=1, max=10_000)
 
 
 @dataclass
@@ -77,11 +79,14 @@ class EvaluateStage:
     """The report: perplexity and passkey at each length for every stage and baseline."""
 
     lengths: list[int] | None = None  # None: 1x, 2x, 4x, ... up to the final target
-    docs: int = 4  # held-out documents per length (truncated, one pass each)
+    docs: int = option(4, "held-out documents per length (truncated, one pass each)", min=1, max=100_000)
     split: str = "test"  # the split neither pretraining of the tiny preset nor fine-tuning saw
-    passkey_trials: int = 10
+    passkey_trials: int = option(10, "passkey trials per length, 0 = none", min=0, max=100_000)
     baselines: list[str] = field(default_factory=lambda: ["pi", "yarn"])  # fine-tuned with the same budget
-    chunk_size: int = 1024
+    chunk_size: int = option(1024, "tokens per LM-head chunk", min=1)
+
+    def __post_init__(self):
+        check_options(self)
 
 
 @dataclass
@@ -156,9 +161,12 @@ def _build(cls, data: Any, where: str, exclude: tuple[str, ...] = ()):
                          f"allowed: {', '.join(allowed)}")
     values = {k: _check_value(v, hints[k], f"{where}.{k}") for k, v in data.items()}
     try:
-        return cls(**values)
-    except UsageError as e:  # a setting the dataclass itself refuses
-        raise UsageError(f"recipe: {where}: {e}") from None
+        obj = cls(**values)
+        if hasattr(obj, "validate"):
+            obj.validate()
+        return obj
+    except UsageError as e:  # a setting the dataclass itself refuses: named by its recipe key
+        raise UsageError(f"recipe: {rename_flags(str(e), cls, where)}") from None
     except TypeError as e:  # a required key is missing
         missing = [f.name for f in fields(cls) if f.name not in values and f.name in allowed
                    and f.default is f.default_factory is dataclasses.MISSING]
@@ -168,11 +176,12 @@ def _build(cls, data: Any, where: str, exclude: tuple[str, ...] = ()):
 def _check_search(stage: SearchStage, where: str) -> None:
     if stage.target_length < 2:
         raise UsageError(f"recipe: {where}.target_length is required (tokens, > the native context)")
-    for name in ("docs", "population", "parents", "chunk_size"):
-        if getattr(stage, name) < 1:
-            raise UsageError(f"recipe: {where}.{name} must be >= 1")
-    if stage.iterations < 0 or stage.mutations < 0 or stage.crossovers < 0:
-        raise UsageError(f"recipe: {where}: iterations, mutations and crossovers must be >= 0")
+    for i, t in enumerate(stage.start_tokens or []):
+        if not 0 <= t < stage.target_length:
+            raise UsageError(f"recipe: {where}.start_tokens[{i}] = {t} must be in [0, {where}.target_length "
+                             f"{stage.target_length})")
+    if stage.variant not in ("longrope", "piecewise", "critical"):
+        raise UsageError(f"recipe: {where}.variant must be longrope, piecewise or critical, got {stage.variant!r}")
 
 
 def parse_recipe(data: Any, source: str = "recipe") -> Recipe:
@@ -189,6 +198,8 @@ def parse_recipe(data: Any, source: str = "recipe") -> Recipe:
         raise UsageError("recipe: 'model' is required (a preset, HF directory or .gguf)")
     corpus = _check_value(data.get("corpus"), str | None, "corpus")
     split_seed = _check_value(data.get("split_seed", 0), int, "split_seed")
+    if split_seed < 0:
+        raise UsageError(f"recipe: split_seed must be >= 0, got {split_seed}")
     dtype = _check_value(data.get("dtype", "auto"), str, "dtype")
     if dtype not in ("auto", "fp32", "bf16", "fp16"):
         raise UsageError(f"recipe: dtype must be auto, fp32, bf16 or fp16, got {dtype!r}")
@@ -217,10 +228,6 @@ def parse_recipe(data: Any, source: str = "recipe") -> Recipe:
                 raise UsageError(f"recipe: finetune.{k} is set once for the whole recipe, at the top level")
     finetune = _build(FinetuneConfig, ft_data, "finetune", exclude=_FINETUNE_FROM_TOP)
     finetune.corpus, finetune.split_seed = corpus, split_seed
-    try:
-        finetune.validate()
-    except UsageError as e:
-        raise UsageError(f"recipe: finetune: {e}") from None
     if finetune.length > search.target_length:
         raise UsageError(f"recipe: finetune.length {finetune.length} exceeds what the stage-1 factors cover "
                          f"(search.target_length {search.target_length})")
@@ -237,8 +244,6 @@ def parse_recipe(data: Any, source: str = "recipe") -> Recipe:
     readjust = _build(ReadjustStage, stages["readjust"], "readjust", NOT_RECIPE_KEYS) if "readjust" in stages else None
     evaluate = _build(EvaluateStage, stages["evaluate"], "evaluate") if "evaluate" in stages else None
     if evaluate is not None:
-        if evaluate.docs < 1 or evaluate.passkey_trials < 0:
-            raise UsageError("recipe: evaluate.docs must be >= 1 and evaluate.passkey_trials >= 0")
         if evaluate.lengths is not None and (not evaluate.lengths or min(evaluate.lengths) < 2):
             raise UsageError("recipe: evaluate.lengths must be a non-empty list of lengths >= 2")
         if evaluate.split not in ("search", "validation", "test", "all"):

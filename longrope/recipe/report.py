@@ -14,7 +14,7 @@ from ..data import documents_of_length, load_corpus, select_split, tokenize_corp
 from ..evaluate.runner import Variant, passkey_figures, ppl_figures, run_cells
 from ..factors import FACTORS_FILE, RopeExtension
 from ..io import atomic_write_json, atomic_write_text, read_json_or_none
-from ..plots import band_label, pyplot, save_and_close
+from ..plots import band_label, length_axis, plain_log_axis, pyplot, save_and_close
 from ..rope import RotarySpec
 from .config import Recipe
 
@@ -72,7 +72,8 @@ def stage_evaluate(recipe: Recipe, where: Path, spec: RotarySpec, variants: list
 
     def ppl(lm, variant, n):
         if not docs:
-            tokens = tokenize_corpus(lm.tokenizer, select_split(load_corpus(recipe.corpus), ev.split, recipe.split_seed))
+            tokens = tokenize_corpus(lm.tokenizer, select_split(load_corpus(recipe.corpus), ev.split, recipe.split_seed,
+                                                                  "evaluate.split:"))
             docs.extend(documents_of_length(tokens, max(lengths), ev.docs))
             if len(docs) < ev.docs:
                 log(f"note: only {len(docs)} {ev.split} documents reach {max(lengths)} tokens")
@@ -97,9 +98,12 @@ def stage_evaluate(recipe: Recipe, where: Path, spec: RotarySpec, variants: list
     evaluators = {"ppl": ppl, **({"passkey": passkey} if ev.passkey_trials > 0 else {})}
     cells = run_cells(variants, lengths, evaluators, done=done, on_cell=save, dtype=recipe.dtype, desc="report")
     summary = summarize(cells, lengths, L, recipe.final_target)
+    n_docs = len(docs) if docs else (previous or {}).get("documents")  # every cell reused: as recorded
     report = save(cells, {"lengths": lengths, "native": L, "final_target": recipe.final_target, "summary": summary,
-                          "documents": len(docs) if docs else None})
-    plot_report(cells, lengths, L, where / "report.png", title=f"{recipe.model}: {L} -> {recipe.final_target} tokens")
+                          "documents": n_docs})
+    plot_report(cells, lengths, L, where / "report.png",
+                title=f"{recipe.model}: {L} -> {recipe.final_target} tokens; perplexity of {n_docs} {ev.split} "
+                      f"document(s), passkey {ev.passkey_trials} trial(s) per length")
     write_table(cells, lengths, where / "report.md", max(n for n in lengths if n <= recipe.final_target))
     return report
 
@@ -185,10 +189,11 @@ def plot_report(cells: dict, lengths: list[int], native: int, path: Path, title:
                 ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", label=label)
     for ax in (a, b):
         ax.axvline(native, color="grey", linestyle=":", linewidth=1)
-        ax.set_xscale("log", base=2)
+        length_axis(ax, lengths)
         ax.set_xlabel("context length (tokens)")
         ax.grid(True, which="both", alpha=0.3)
     a.set_yscale("log")
+    plain_log_axis(a.yaxis)
     a.set_ylabel("perplexity (held-out)")
     b.set_ylabel("passkey accuracy")
     b.set_ylim(-0.05, 1.05)

@@ -27,6 +27,7 @@ from typing import Any
 
 import numpy as np
 
+from ..data import documents_of_length, load_corpus, split_corpus, tokenize_corpus
 from ..errors import UsageError
 from ..evaluate.runner import Variant
 from ..export.hf import export_hf
@@ -34,7 +35,7 @@ from ..factors import FACTORS_FILE, RopeExtension
 from ..io import atomic_write_json, changed_keys, staged_dir
 from ..methods import attention_factor, build_extension
 from ..options import build
-from ..models.load import load_model, model_spec
+from ..models.load import load_model, load_tokenizer, model_spec
 from ..rope import RotarySpec
 from ..search.driver import SearchJob, SearchOptions, drive, has_state
 from ..search.evolution import SearchConfig, SearchState, peer_seeds
@@ -42,7 +43,7 @@ from ..search.fitness import MakeExtension, long_factor_candidate, search_docume
 from ..search.genes import START_TOKENS, SearchSpace, critical_dimension
 from ..train.finetune import finetune, has_checkpoint, is_complete
 from .config import Recipe
-from .report import log, stage_evaluate
+from .report import log, report_lengths, stage_evaluate
 
 DIRS = {"search": "1-search", "finetune": "2-finetune", "search2": "3-search2", "readjust": "4-readjust",
         "final": "final", "evaluate": "report", "baselines": "baselines"}
@@ -88,6 +89,33 @@ def check_recipe_against_model(recipe: Recipe, spec) -> None:
                          f"native context {L}")
     if recipe.finetune.mixed_context > 0 and recipe.finetune.length <= L:
         raise UsageError(f"recipe: mixed context window needs finetune.length above the native context {L}")
+    if recipe.readjust is not None and recipe.readjust.max_factor is not None \
+            and recipe.readjust.max_factor > 1.25 * recipe.search.target_length / L:
+        log(f"note: readjust.max_factor {recipe.readjust.max_factor} exceeds stage 1's bound "
+            f"{1.25 * recipe.search.target_length / L:g}")
+
+
+def check_recipe_corpus(recipe: Recipe, spec: RotarySpec) -> None:
+    """Every length the recipe needs is reached by a document of the split it reads (checked
+    before any stage runs, with the tokenizer only): UsageError naming the recipe key."""
+    tokenizer = load_tokenizer(recipe.model)
+    corpus = load_corpus(recipe.corpus)
+    splits = split_corpus(corpus, recipe.split_seed)
+    needs = [("search.target_length", "search", recipe.search.target_length)]
+    if recipe.search2 is not None:
+        needs.append(("search2.target_length", "search", recipe.search2.target_length))
+    if recipe.evaluate is not None:
+        lengths = report_lengths(recipe, spec.original_max_position_embeddings)
+        needs.append(("evaluate.lengths", recipe.evaluate.split, max(lengths)))
+    for key, split, length in needs:
+        docs = corpus if split == "all" else splits[split]
+        if not docs:
+            raise UsageError(f"recipe: {key}: the {split} split of the corpus is empty; use a larger corpus"
+                             + (" or evaluate.split: all" if key.startswith("evaluate") else ""))
+        try:
+            documents_of_length(tokenize_corpus(tokenizer, docs), length, 1)
+        except UsageError as e:
+            raise UsageError(f"recipe: {key}: in the {split} split, {e}") from None
 
 
 def _search(recipe: Recipe, stage, where: Path, settings: dict[str, Any], model: str, length: int, make: MakeExtension,
@@ -181,7 +209,7 @@ def stage_search2(recipe: Recipe, out: Path, spec: RotarySpec, ext1: RopeExtensi
     # the fine-tuned model's context is N1 now: PI/NTK/YaRN seeds for N1 -> N2
     seeds = peer_seeds(RotarySpec(spec.dim, spec.base, N1), scale2)
     ext, seconds = _search(recipe, stage, where, settings, str(ft_dir), N2, make, space, seeds,
-                           {"stage": "search2", "model": str(ft_dir), "target_length": N2},
+                           {"stage": "search2", "model": ft_dir.name, "target_length": N2},
                            f"search 2: {N1} -> {N2} (x lambda1)")
     log(f"search2: {N1} -> {N2} tokens, ppl {ext.metadata['search_perplexity']:.3f} ({seconds:.0f}s)")
     return ext
@@ -195,9 +223,7 @@ def stage_readjust(recipe: Recipe, out: Path, spec: RotarySpec, ext1: RopeExtens
     if (done := _completed_search("readjust", where, settings)) is not None:
         return done
     L = spec.original_max_position_embeddings
-    bound = stage.max_factor or 1.25 * ext1.scale  # stage 1's bound: smaller than the final one
-    if bound <= 1:
-        raise UsageError(f"recipe: readjust.max_factor must exceed 1, got {bound}")
+    bound = stage.max_factor or 1.25 * ext1.scale  # stage 1's bound: smaller than the final one (> 1)
     space = _space(stage, bound, bound, (ext.start_token,), spec.half)
 
     def make(factors: np.ndarray, start_token: int) -> RopeExtension:
@@ -209,7 +235,7 @@ def stage_readjust(recipe: Recipe, out: Path, spec: RotarySpec, ext1: RopeExtens
         return found.with_(metadata=dict(ext.metadata) | {"short_search_perplexity": found.metadata["search_perplexity"]})
 
     found, seconds = _search(recipe, stage, where, settings, str(ft_dir), L, make, space, seeds,
-                             {"stage": "readjust", "model": str(ft_dir), "length": L}, f"readjust short_factor at {L}",
+                             {"stage": "readjust", "model": ft_dir.name, "length": L}, f"readjust short_factor at {L}",
                              keep_metadata)
     log(f"readjust: short_factor at {L} tokens, ppl {found.metadata['short_search_perplexity']:.3f} ({seconds:.0f}s)")
     return found
@@ -237,9 +263,10 @@ def stage_final(out: Path, ext: RopeExtension, ft_dir: Path) -> Path:
 # -- the whole recipe ------------------------------------------------------------------------------------------
 def run_recipe(recipe: Recipe, out: str | os.PathLike) -> dict[str, Any]:
     """Run every stage of `recipe` into `out`, skipping the complete ones. Returns the summary."""
-    out = Path(out)
+    out = Path(out).expanduser().resolve()  # however --out is spelled, the same run
     spec = model_spec(recipe.model)
     check_recipe_against_model(recipe, spec)
+    check_recipe_corpus(recipe, spec)  # a length no document reaches: before any stage runs
     out.mkdir(parents=True, exist_ok=True)
     atomic_write_json(out / "recipe.json", recipe.to_dict())
     timings: dict[str, float] = {}

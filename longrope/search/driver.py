@@ -22,10 +22,11 @@ import torch
 from tqdm.auto import tqdm
 
 from .. import __version__
+from ..data import tokens_fingerprint
 from ..errors import UsageError
 from ..factors import RopeExtension
 from ..methods import ntk_factors, pi_factors, yarn_factors
-from ..options import option
+from ..options import check_options, option
 from ..rope import RotarySpec
 from .cma import run_cma_search
 from .evolution import STATE_FILE, SearchConfig, SearchState, evaluate_serial, population_curve, run_search, write_history
@@ -47,10 +48,10 @@ class SearchOptions:
     the fitness documents, the grid and bound of the factors, the loss chunk. `longrope search`
     flags, recipe keys."""
 
-    docs: int = option(5, "K search documents (as the paper)")
-    step: float = option(0.01, "grid step of the factors")
-    max_factor: float | None = option(None, "upper bound of lambda", default_help="1.25*s")
-    chunk_size: int = option(1024, "tokens per LM-head chunk in the loss")
+    docs: int = option(5, "K search documents (as the paper)", min=1, max=10_000)
+    step: float = option(0.01, "grid step of the factors", above=0)
+    max_factor: float | None = option(None, "upper bound of lambda", default_help="1.25*s", above=1)
+    chunk_size: int = option(1024, "tokens per LM-head chunk in the loss", min=1)
     optimizer: str = option("ga", "ga: the paper's evolutionary search; cma: CMA-ES (cmaes) on a monotone "
                             "parametrization of the same genome, mutations + crossovers samples per generation",
                             choices=tuple(OPTIMIZERS))
@@ -64,9 +65,10 @@ class SearchOptions:
                                          "resumed search's value")
 
     def __post_init__(self):
+        check_options(self)
         for key, names in (("optimizer", OPTIMIZERS), ("objective", OBJECTIVES)):
             if getattr(self, key) not in names:
-                raise UsageError(f"{key} must be one of {', '.join(names)}, got {getattr(self, key)!r}")
+                raise UsageError(f"--{key} must be one of {', '.join(names)}, got {getattr(self, key)!r}")
         if not 1 <= self.needles <= len(KEYS):
             raise UsageError(f"--needles must be in [1, {len(KEYS)}], got {self.needles}")
         if self.candidates_per_forward < 0:
@@ -169,30 +171,88 @@ def candidates_per_forward(job: SearchJob, objective, state: SearchState | None)
     return n
 
 
+# what a state records about its inputs since these were added; a state saved before lacks them
+FINGERPRINTS = ("documents", "chunk_size", "model_files")
+
+
+def _describe(job: SearchJob, state: SearchState | None) -> dict[str, Any]:
+    """`job.settings` plus the fingerprint of the scored documents and the chunking, so a resume
+    on edited documents or another --chunk-size is refused (a state from before: noted, taken)."""
+    ids = [d if isinstance(d, torch.Tensor) else d.ids for d in job.docs]  # needle documents carry .ids
+    describe = {**job.settings, "documents": tokens_fingerprint(ids), "chunk_size": job.options.chunk_size}
+    if state is not None and job.is_main:
+        missing = [k for k in FINGERPRINTS if k in describe and k not in state.config]
+        if missing:
+            print(f"note: {job.out / STATE_FILE} predates {', '.join(missing)} checks; resuming without them",
+                  file=sys.stderr)
+            describe = {k: v for k, v in describe.items() if k not in missing}
+    return describe
+
+
+def seed_scores(job: SearchJob, state: SearchState) -> dict[str, float]:
+    """Perplexity of the PI / NTK / YaRN seeds (as snapped onto the grid) among the scored
+    candidates: what the search result is to be compared with."""
+    keys = {job.space.from_factors(np.asarray(seed)).key: name
+            for name, seed in zip(("PI", "NTK", "YaRN"), job.seeds)} if len(job.seeds) == 3 else {}
+    found = {}
+    for r in state.history:
+        name = keys.get(r.genome.key)
+        if name and name not in found and not r.evaluation.rejected:
+            found[name] = r.evaluation.perplexity
+    return {name: found[name] for name in ("PI", "NTK", "YaRN") if name in found}
+
+
+def _candidates(config: SearchConfig) -> int:
+    return config.population + config.iterations * (config.mutations + config.crossovers)
+
+
+class _Ticking:
+    """The objective, ticking the progress bar once for each candidate it starts to score (one at
+    a time, or as a batch row: `losses` rows that have scored no document yet)."""
+
+    def __init__(self, objective, tick: Callable[[int], Any]):
+        self._objective, self._tick = objective, tick
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._objective, name)
+
+    def __call__(self, factors, start_token):
+        self._tick(1)
+        return self._objective(factors, start_token)
+
+    def losses(self, rows):
+        self._tick(sum(1 for row in rows if row[2] == 0))
+        return self._objective.losses(rows)
+
+
 def drive(job: SearchJob, state: SearchState | None = None) -> tuple[SearchState, RopeExtension | None]:
     """Run (or continue, given `state`) one search and write its files; returns the final state
     and, on the main process, the best candidate's extension. The model's RoPE is left original."""
     opts = job.options
-    objective = OBJECTIVES[opts.objective](job.model, job.docs, job.make, opts.chunk_size)
+    scorer = OBJECTIVES[opts.objective](job.model, job.docs, job.make, opts.chunk_size)
     if state is not None:
         for key, value in {**DEFAULT_METHOD, "candidates_per_forward": 1}.items():  # as before these keys existed
             state.config.setdefault(key, value)
     # recorded in the state: batch rows share matmuls, so another value changes the last bits of scores
-    objective.candidates_per_forward = candidates_per_forward(job, objective, state)
-    settings = {**job.settings, "candidates_per_forward": objective.candidates_per_forward}
+    scorer.candidates_per_forward = candidates_per_forward(job, scorer, state)
+    describe = {**_describe(job, state), "candidates_per_forward": scorer.candidates_per_forward}
     outputs = SearchOutputs(job) if job.is_main else None
-    bar = tqdm(total=job.config.iterations + 1, desc=job.title, unit="gen", dynamic_ncols=True,
-               disable=not (job.is_main and job.progress), initial=0 if state is None else state.generation + 1)
+    # one tick per candidate this process starts (resynchronised after each generation)
+    bar = tqdm(total=_candidates(job.config), desc=job.title, unit="cand", dynamic_ncols=True,
+               disable=not (job.is_main and job.progress), initial=0 if state is None else len(state.history))
+    bar.set_postfix(gen=0 if state is None else state.generation + 1)
+
+    objective = _Ticking(scorer, bar.update)
 
     def on_generation(st: SearchState) -> None:
         if outputs is not None:
             outputs.checkpoint(st)
-            bar.set_postfix(best_ppl=f"{st.best.evaluation.perplexity:.3f}", scored=len(st.history))
-            bar.update(st.generation + 1 - bar.n)
+            bar.set_postfix(gen=st.generation + 1, best_ppl=f"{st.best.evaluation.perplexity:.3f}")
+            bar.update(len(st.history) - bar.n)
 
     try:
         state = OPTIMIZERS[opts.optimizer](job.space, job.config, objective, len(job.docs), job.seeds, state=state,
-                                           describe=settings, evaluate_batch=job.evaluate_batch,
+                                           describe=describe, evaluate_batch=job.evaluate_batch,
                                            on_generation=on_generation)
     except KeyboardInterrupt:
         bar.close()
@@ -202,6 +262,6 @@ def drive(job: SearchJob, state: SearchState | None = None) -> tuple[SearchState
                   file=sys.stderr)
         raise
     finally:
-        objective.rope.set_extension(None)
+        scorer.rope.set_extension(None)
     bar.close()
     return state, (outputs.finish(state) if outputs is not None else None)

@@ -38,7 +38,7 @@ import numpy as np
 from ..errors import UsageError
 from ..io import atomic_write_json, atomic_write_text, changed_keys
 from ..methods import ntk_factors, pi_factors, yarn_factors
-from ..options import option
+from ..options import check_options, option
 from ..rope import RotarySpec
 from .genes import Genome, SearchSpace
 
@@ -52,13 +52,13 @@ class SearchConfig:
     """Hyper-parameters of Algorithm 1; defaults are the paper's (section 4.1). The fields are
     `longrope search`'s flags and a recipe search stage's keys."""
 
-    population: int = option(64, "P, candidates per generation")
-    parents: int = option(32, "top-k kept each generation")
-    mutations: int = option(16, "N1 mutants per generation")
-    crossovers: int = option(16, "N2 crossovers per generation")
-    mutation_prob: float = option(0.3, "p, per-gene mutation probability")
-    iterations: int = option(40, "T generations")
-    seed: int = option(0, "random seed of the search")
+    population: int = option(64, "P, candidates per generation", min=1, max=100_000)
+    parents: int = option(32, "top-k kept each generation", min=1, max=100_000)
+    mutations: int = option(16, "N1 mutants per generation", min=0, max=100_000)
+    crossovers: int = option(16, "N2 crossovers per generation", min=0, max=100_000)
+    mutation_prob: float = option(0.3, "p, per-gene mutation probability", above=0, max=1)
+    iterations: int = option(40, "T generations", min=0, max=100_000)
+    seed: int = option(0, "random seed of the search", min=0)
     early_reject: bool = option(True, "score every candidate on all documents (default: stop a candidate early by the "
                                 "--reject rule)", flag="--no-early-reject")
     reject: str = option("exact", "early rejection rule. exact: stop a candidate once its losses so far, plus the "
@@ -73,18 +73,13 @@ class SearchConfig:
     reject_slack: float = 0.0  # nats a candidate may beat the best-ever loss of a document by
 
     def __post_init__(self):
-        if self.population < 1 or self.parents < 1:
-            raise UsageError("population and parents must be positive")
+        check_options(self)
         if self.population < self.parents:
             raise UsageError(f"--population {self.population} is smaller than --parents {self.parents}")
-        if self.mutations < 0 or self.crossovers < 0 or self.mutations + self.crossovers < 1:
-            raise UsageError("need at least one mutation or crossover per generation")
-        if not 0 < self.mutation_prob <= 1:
-            raise UsageError(f"--mutation-prob must be in (0, 1], got {self.mutation_prob}")
-        if self.iterations < 0:
-            raise UsageError("--iterations must be >= 0")
+        if self.mutations + self.crossovers < 1:
+            raise UsageError("need at least one mutation or crossover per generation (--mutations, --crossovers)")
         if self.reject not in REJECT_RULES:
-            raise UsageError(f"reject must be one of {', '.join(REJECT_RULES)}, got {self.reject!r}")
+            raise UsageError(f"--reject must be one of {', '.join(REJECT_RULES)}, got {self.reject!r}")
         if not 0.5 <= self.race_confidence < 1:
             raise UsageError(f"--race-confidence must be in [0.5, 1), got {self.race_confidence}")
 
@@ -274,9 +269,17 @@ class SearchState:
         if not path.is_file():
             raise UsageError(f"nothing to resume: {path} does not exist")
         try:
-            return cls.from_dict(json.loads(path.read_text()))
-        except (json.JSONDecodeError, KeyError, TypeError, ValueError) as e:
-            raise UsageError(f"{path} is not a search state: {e}") from None
+            state = cls.from_dict(json.loads(path.read_text()))
+            if not isinstance(state.config, dict) or not state.history:
+                raise ValueError("config must be an object and history non-empty")
+            if not all(0 <= i < len(state.history) for i in state.population) or not state.population:
+                raise ValueError("population must index the history")
+            if not isinstance(state.rng_state, dict):
+                raise ValueError("rng_state must be an object")
+            return state
+        except (json.JSONDecodeError, KeyError, TypeError, ValueError, AttributeError, IndexError) as e:
+            raise UsageError(f"{path} is not a search state ({type(e).__name__}: {e}); remove it to start "
+                             f"afresh") from None
 
 
 def write_history(out_dir: str | Path, state: SearchState, space: SearchSpace) -> None:

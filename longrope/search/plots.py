@@ -4,7 +4,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Sequence
 
-from ..plots import label_axes, pyplot, save_and_close
+from ..plots import label_axes, plain_log_axis, pyplot, save_and_close
 
 
 def plot_progress(curve: list[tuple[int, float, float]], path: str | Path, title: str = "") -> Path:
@@ -17,6 +17,10 @@ def plot_progress(curve: list[tuple[int, float, float]], path: str | Path, title
     ax.plot(gens, median, marker=".", ms=3, alpha=0.7, label="median of the population")
     if max(median) > 3 * min(best):  # log scale only when the range is wide
         ax.set_yscale("log")
+        plain_log_axis(ax.yaxis)
+    from matplotlib.ticker import MaxNLocator
+
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # generations are whole numbers
     label_axes(ax, "generation", "perplexity", title or "LongRoPE evolutionary search")
     return save_and_close(fig, path)
 

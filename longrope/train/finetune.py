@@ -23,6 +23,7 @@ the rest long sequences with the rescaled RoPE; the model then keeps `short_fact
 from __future__ import annotations
 
 import json
+import math
 import os
 import random
 import sys
@@ -38,9 +39,9 @@ from ..data import load_corpus, split_corpus, tokenize_corpus
 from ..errors import UsageError
 from ..evaluate.passkey import MAX_KEY, build_prompt
 from ..factors import RopeExtension
-from ..io import atomic_write_json, changed_keys, check_writable_dir
+from ..io import atomic_write_json, changed_keys
 from ..models.device import auto_mixed_precision
-from ..options import option
+from ..options import check_options, option
 from ..models.load import load_model
 from ..seam import install_rope
 from .pretrain import TRAIN_SPLITS  # the tiny preset's pretraining data; "test" stays held out
@@ -56,51 +57,41 @@ PRECISIONS = ("auto", "no", "bf16", "fp16")
 class FinetuneConfig:
     """Settings of one fine-tuning run (the `longrope finetune` flags and a recipe's `finetune`)."""
 
-    length: int = option(help="tokens per training sequence (N)")
-    steps: int = option(help="optimizer steps")
-    batch_size: int = option(1, "sequences per micro-batch and process")
-    grad_accum: int = option(1, "micro-batches per optimizer step")
-    lr: float = option(2e-5, "peak learning rate (the paper's for LLaMA2)")
+    length: int = option(help="tokens per training sequence (N)", min=2)
+    steps: int = option(help="optimizer steps", min=1)
+    batch_size: int = option(1, "sequences per micro-batch and process", min=1)
+    grad_accum: int = option(1, "micro-batches per optimizer step", min=1)
+    lr: float = option(2e-5, "peak learning rate (the paper's for LLaMA2)", above=0)
     schedule: str = option("linear", "decay after warm-up (linear: the paper's)", choices=SCHEDULES)
-    warmup_steps: int = option(0, "linear warm-up steps")
-    min_lr_ratio: float = option(0.0, "decay floor as a share of --lr")
-    weight_decay: float = option(0.0, "AdamW weight decay")
-    grad_clip: float = option(1.0, "max global gradient norm, 0 = off")
+    warmup_steps: int = option(0, "linear warm-up steps", min=0)
+    min_lr_ratio: float = option(0.0, "decay floor as a share of --lr", min=0, max=1)
+    weight_decay: float = option(0.0, "AdamW weight decay", min=0)
+    grad_clip: float = option(1.0, "max global gradient norm, 0 = off", min=0)
     gradient_checkpointing: bool = option(False, "recompute activations in backward (memory for time)")
     mixed_precision: str = option("auto", "autocast; auto = bf16 on GPUs and AMX/AVX512-BF16 CPUs", choices=PRECISIONS)
     mixed_context: float = option(0.0, "LongRoPE2 mixed context window: share of micro-batches that are native-length "
-                                  "sequences trained with the original RoPE (0 = off)")
-    passkey_fraction: float = option(0.0, "share of rows replaced by passkey prompts of random length")
-    save_every: int = option(0, "checkpoint every this many steps (0: only at the end, or when stopped early)")
+                                  "sequences trained with the original RoPE (0 = off)", min=0, below=1)
+    passkey_fraction: float = option(0.0, "share of rows replaced by passkey prompts of random length", min=0, max=1)
+    save_every: int = option(0, "checkpoint every this many steps (0: only at the end, or when stopped early "
+                             "or interrupted)", min=0)
     keep_checkpoints: bool = option(False, "keep checkpoints/ after the run completes")
-    seed: int = option(0, "seed of the data order and passkey rows")
+    seed: int = option(0, "seed of the data order and passkey rows", min=0)
     corpus: str | None = option(None, "stdlib, a folder of .txt, a .txt or a .jsonl file", default_help="stdlib")
-    split_seed: int = option(0, "seed of the corpus split")
+    split_seed: int = option(0, "seed of the corpus split", min=0)
 
     def validate(self) -> None:
-        """UsageError on the first bad setting (cheap: call before loading anything)."""
-        positive = {"length": self.length, "steps": self.steps, "batch_size": self.batch_size,
-                    "grad_accum": self.grad_accum}
-        for name, value in positive.items():
-            if not isinstance(value, int) or value < 1:
-                raise UsageError(f"{name} must be a positive integer, got {value!r}")
-        if self.length < 2:
-            raise UsageError(f"length must be at least 2 tokens, got {self.length}")
-        if not self.lr > 0:
-            raise UsageError(f"lr must be positive, got {self.lr}")
+        """UsageError on the first bad setting, naming its flag (cheap: call before loading anything)."""
+        for name in ("length", "steps", "batch_size", "grad_accum"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int):
+                raise UsageError(f"--{name.replace('_', '-')} must be an integer, got {value!r}")
+        check_options(self)
         if self.schedule not in SCHEDULES:
-            raise UsageError(f"unknown schedule {self.schedule!r}; choose {', '.join(SCHEDULES)}")
+            raise UsageError(f"unknown --schedule {self.schedule!r}; choose {', '.join(SCHEDULES)}")
         if self.mixed_precision not in PRECISIONS:
-            raise UsageError(f"unknown mixed precision {self.mixed_precision!r}; choose {', '.join(PRECISIONS)}")
-        if not 0 <= self.warmup_steps <= self.steps:
-            raise UsageError(f"warmup_steps must be in [0, steps={self.steps}], got {self.warmup_steps}")
-        for name in ("min_lr_ratio", "passkey_fraction"):
-            if not 0 <= getattr(self, name) <= 1:
-                raise UsageError(f"{name} must be in [0, 1], got {getattr(self, name)}")
-        if not 0 <= self.mixed_context < 1:
-            raise UsageError(f"mixed_context must be in [0, 1), got {self.mixed_context}")
-        if self.grad_clip < 0 or self.weight_decay < 0 or self.save_every < 0:
-            raise UsageError("grad_clip, weight_decay and save_every must be >= 0")
+            raise UsageError(f"unknown --mixed-precision {self.mixed_precision!r}; choose {', '.join(PRECISIONS)}")
+        if self.warmup_steps > self.steps:
+            raise UsageError(f"--warmup-steps {self.warmup_steps} exceeds --steps {self.steps}")
 
     def lr_schedule(self) -> Schedule:
         """Linear warm-up to lr over warmup_steps, then constant, linear or cosine decay to min_lr."""
@@ -232,17 +223,32 @@ class FinetuneResult:
     skipped: bool = False  # the run was already complete
 
 
+def _holds_nothing(out: Path) -> bool:
+    """No file anywhere under `out` (a run killed before its first checkpoint leaves empty folders)."""
+    return not any(p.is_file() for p in out.rglob("*"))
+
+
 def prepare_out(out: Path, resume: bool) -> None:
-    """Refuse to mix runs: a fresh run needs an empty --out, --resume needs a checkpoint."""
+    """Refuse to mix runs: a fresh run needs an --out without files, --resume needs a checkpoint
+    (or a folder a run killed before its first checkpoint left empty: that starts afresh)."""
     if out.exists() and not out.is_dir():
         raise UsageError(f"--out {out} exists and is not a directory")
     if resume:
-        if not is_complete(out) and not has_checkpoint(out):
+        if not is_complete(out) and not has_checkpoint(out) and not (out.is_dir() and _holds_nothing(out)):
             raise UsageError(f"nothing to resume: {out / Checkpoints.FOLDER} holds no checkpoint")
         return
-    if out.is_dir() and any(out.iterdir()):
+    if out.is_dir() and not _holds_nothing(out):
         raise UsageError(f"--out {out} is not empty; pass --resume to continue the run there, or choose another")
-    check_writable_dir(out.parent)
+
+
+def check_finished(out: Path, model: str, extension: RopeExtension | None, cfg: FinetuneConfig) -> None:
+    """--resume of a complete run: refuse unless it was made with these settings (naming the keys)."""
+    record = json.loads((out / RECORD_FILE).read_text())
+    want = {"config": asdict(cfg), "model": str(model), "extension": None if extension is None else extension.to_dict()}
+    changed = changed_keys({k: record.get(k) for k in want}, want)
+    if changed:
+        raise UsageError(f"{out} holds a finished run with different settings ({', '.join(changed)}); "
+                         f"choose another --out")
 
 
 @dataclass
@@ -269,9 +275,10 @@ class Run:
                               {"losses": self.losses, "curve": self.curve, "describe": self.describe})
 
     def resume(self) -> int:
-        """Load the last checkpoint; returns the step to continue from."""
+        """Load the last checkpoint; returns the step to continue from (0 when there is none yet)."""
         if not self.checkpoints.list():
-            raise UsageError(f"nothing to resume: {self.checkpoints.folder} holds no checkpoint")
+            self.log(f"no checkpoint in {self.out} yet: starting from step 0")
+            return 0
         last, state = self.checkpoints.load_record()
         changed = changed_keys(state["describe"], self.describe)
         if changed:
@@ -349,24 +356,21 @@ def finetune(
     cfg.validate()
     out = Path(out).expanduser()
     if resume and is_complete(out):
+        check_finished(out, model, extension, cfg)
         return FinetuneResult(out, json.loads((out / RECORD_FILE).read_text())["losses"], skipped=True)
     prepare_out(out, resume)
     run, lm = _start(model, extension, out, cfg, progress)
     start = run.resume() if resume else 0
     t0 = time.time()
     end = cfg.steps if stop_after is None else min(cfg.steps, stop_after)
-    bar = tqdm(range(start, end), initial=start, total=cfg.steps, desc="finetune",
-               disable=not (progress and run.accelerator.is_main_process), dynamic_ncols=True)
-    for step in bar:
-        loss = _train_step(run, step)
-        lr = lr_at(step, cfg)
-        run.losses.append(loss)
-        run.curve.append({"step": step, "loss": loss, "lr": lr})
-        bar.set_postfix(loss=f"{loss:.3f}", lr=f"{lr:.1e}")
-        done = step + 1
-        if cfg.save_every and done % cfg.save_every == 0 and done < cfg.steps:
+    try:
+        _loop(run, start, end, progress)
+    except KeyboardInterrupt:  # Ctrl-C: keep every finished step
+        done = len(run.losses)  # steps finished, resumed ones included
+        if done > (run.checkpoints.last_step() or 0):
             run.checkpoint(done)
-    bar.close()
+        run.log(f"interrupted: step {done} is saved in {out / Checkpoints.FOLDER}; continue with --resume")
+        raise
     run.rope.set_extension(extension)
     if end < cfg.steps:  # stopped early on purpose: leave a checkpoint to resume from
         if run.checkpoints.last_step() != end:
@@ -375,6 +379,28 @@ def finetune(
     run.log(f"finetune: {cfg.steps} steps, loss {run.losses[0]:.3f} -> {run.losses[-1]:.3f} in {time.time() - t0:.0f}s")
     _save(run, lm.tokenizer, start, t0)
     return FinetuneResult(out, run.losses)
+
+
+def _loop(run: Run, start: int, end: int, progress: bool) -> None:
+    """Steps start..end-1, checkpointing every save_every steps; UsageError when the loss stops
+    being finite (a diverged model is never saved)."""
+    cfg = run.cfg
+    bar = tqdm(range(start, end), initial=start, total=cfg.steps, desc="finetune",
+               disable=not (progress and run.accelerator.is_main_process), dynamic_ncols=True)
+    for step in bar:
+        loss = _train_step(run, step)
+        if not math.isfinite(loss):
+            bar.close()
+            raise UsageError(f"training diverged at step {step}: loss {loss}; lower --lr (nothing was saved "
+                             f"from this run)")
+        lr = lr_at(step, cfg)
+        run.losses.append(loss)
+        run.curve.append({"step": step, "loss": loss, "lr": lr})
+        bar.set_postfix(loss=f"{loss:.3f}", lr=f"{lr:.1e}")
+        done = step + 1
+        if cfg.save_every and done % cfg.save_every == 0 and done < cfg.steps:
+            run.checkpoint(done)
+    bar.close()
 
 
 def _save(run: Run, tokenizer, start: int, t0: float) -> None:

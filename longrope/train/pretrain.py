@@ -31,9 +31,9 @@ from ..data import TokenDoc, corpus_summary, documents_of_length, load_corpus, s
 from ..errors import UsageError
 from ..evaluate.passkey import MAX_KEY, passkey_text, run_trials
 from ..evaluate.ppl import mean_nlls, perplexity
-from ..io import atomic_write_json, check_writable_dir
+from ..io import atomic_write_json
 from ..models.device import cpu_has_fast_bf16
-from ..options import option
+from ..options import check_options, option
 from .toolkit import Schedule, adamw, lr_at, next_token_loss, padded_row, set_lr, write_model_dir
 
 BOS, EOS, PAD = "<s>", "</s>", "<pad>"
@@ -44,8 +44,8 @@ HELD_OUT_SPLIT = "test"
 @dataclass
 class PretrainConfig:
     # tokenizer and model
-    vocab_size: int = option(8192, "BPE vocabulary size")
-    n_layer: int = option(4, "transformer layers", flag="--layers")
+    vocab_size: int = option(8192, "BPE vocabulary size (256 bytes + merges)", min=300)
+    n_layer: int = option(4, "transformer layers", flag="--layers", min=1, max=1000)
     n_embd: int = 256
     n_head: int = 4
     head_dim: int = 64  # 32 rotary frequencies for the search to rescale
@@ -53,24 +53,27 @@ class PretrainConfig:
     block_size: int = 128  # native context: max_position_embeddings
     rope_theta: float = 10000.0
     # optimisation
-    steps: int = option(1000, "optimizer steps")
-    batch_size: int = option(24, "rows of block_size (128) tokens per step")
-    lr: float = option(2e-3, "peak learning rate")
+    steps: int = option(1000, "optimizer steps", min=1)
+    batch_size: int = option(24, "rows of block_size (128) tokens per step", min=1)
+    lr: float = option(2e-3, "peak learning rate", above=0)
     min_lr: float = 2e-4
     warmup_steps: int = 50
     weight_decay: float = 0.1
     grad_clip: float = 1.0
-    passkey_fraction: float = option(0.3, "share of training rows that are in-window passkey prompts, 0..1")
+    passkey_fraction: float = option(0.3, "share of training rows that are in-window passkey prompts, 0..1", min=0, max=1)
     bf16: bool | None = None  # None: bf16 autocast where the CPU/GPU runs it fast
-    seed: int = option(0, "seed of initialisation and batches")
+    seed: int = option(0, "seed of initialisation and batches", min=0)
     threads: int | None = option(None, "torch CPU threads (1 is often faster on a busy machine)",
-                                 default_help="torch's choice")
+                                 default_help="torch's choice", min=1)
     # data and evaluation
     corpus: str | None = option(None, "directory of .txt files, a .txt file, or a .jsonl with a 'text' field",
                                 default_help="the Python standard library sources and pydoc topics", metavar="PATH")
     split_seed: int = 0
     eval_docs: int = 200  # held-out documents scored at block_size tokens
-    passkey_trials: int = option(100, "in-window passkey trials measured after training, 0 = skip")
+    passkey_trials: int = option(100, "in-window passkey trials measured after training, 0 = skip", min=0)
+
+    def __post_init__(self):
+        check_options(self)
 
     def lr_schedule(self) -> Schedule:
         """Linear warm-up, then cosine decay from lr to min_lr over the remaining steps."""
@@ -216,7 +219,6 @@ def _prepare_out_dir(out_dir: Path, overwrite: bool) -> None:
         raise UsageError(f"--out {out_dir} exists and is not a directory")
     if out_dir.is_dir() and any(out_dir.iterdir()) and not overwrite:
         raise UsageError(f"--out {out_dir} is not empty; choose another folder or pass --overwrite")
-    check_writable_dir(out_dir.parent)
 
 
 @dataclass
@@ -317,7 +319,8 @@ def pretrain_tiny(
     log(f"final loss {final_loss:.3f}; held-out ppl@{B} {figures[f'heldout_ppl_{B}']:.2f} "
         f"({figures['heldout_ppl_docs']} docs); passkey@{B} {'-' if acc is None else f'{acc:.0%}'}; {train_seconds:.0f}s")
     record = training_record(cfg, data, n_params, final_loss, train_seconds, bf16, figures, curve)
-    write_model_dir(model, data.tokenizer, out_dir, lambda tmp, notes: _write_record(tmp, record), replace=True)
+    write_model_dir(model, data.tokenizer, out_dir, lambda tmp, notes: _write_record(tmp, record), replace=True,
+                    overwrite=overwrite)
     return out_dir
 
 

@@ -134,18 +134,19 @@ Finish = Callable[[Path, list[str]], str]  # (folder, export notes) -> name of t
 
 
 def write_model_dir(model, tokenizer, out: Path, finish: Finish, extension: RopeExtension | None = None,
-                    state_dict: dict | None = None, replace: bool = False) -> None:
+                    state_dict: dict | None = None, replace: bool = False, overwrite: bool = False) -> None:
     """Write an HF model directory: weights, tokenizer, a config.json carrying `extension`
     (transformers' longrope keys) and our factors file (it also keeps the start token, which
     HF configs cannot express); `finish(folder, notes)` adds the run's own record files.
 
-    replace=True: the whole folder is staged beside `out` and renamed into place. Otherwise
+    replace=True: the whole folder is staged beside `out` and renamed into place (an `out` holding
+    files is replaced only with overwrite=True, see `staged_dir`). Otherwise
     `out` may already hold other files (checkpoints): the files are staged in a temporary
     folder inside it and moved in one by one, config.json and the record last, so a
     half-written directory never looks complete.
     """
     if replace:
-        with staged_dir(out) as tmp:
+        with staged_dir(out, replace=overwrite) as tmp:
             _write_model_files(model, tokenizer, tmp, finish, extension, state_dict)
         return
     out.mkdir(parents=True, exist_ok=True)
