@@ -116,28 +116,74 @@ def test_a_state_without_optimizer_and_objective_resumes_as_ga_on_perplexity(ass
     assert "optimizer: saved 'ga' vs now 'cma'" in capsys.readouterr().err
 
 
+def _interrupt_after(monkeypatch, n: int) -> dict:
+    """Make the n-th forward pass of the search objective raise KeyboardInterrupt; count passes."""
+    from longrope.search import fitness
+
+    real = fitness.PerplexityObjective.losses
+    calls = {"n": 0, "real": real}
+
+    def counted(self, rows):
+        calls["n"] += 1
+        if calls["n"] == n:
+            raise KeyboardInterrupt
+        return real(self, rows)
+
+    monkeypatch.setattr(fitness.PerplexityObjective, "losses", counted)
+    return calls
+
+
 def test_ctrl_c_saves_and_resume_finishes_like_an_uninterrupted_run(assets, tmp_path, monkeypatch):
     from longrope.search import fitness
 
     whole, broken = tmp_path / "whole", tmp_path / "broken"
     assert main(search_args(assets, whole)) == 0
-
-    real_call = fitness.PerplexityObjective.__call__
-    calls = {"n": 0}
-
-    def interrupted(self, factors, start_token):
-        calls["n"] += 1
-        if calls["n"] == 9:  # in the middle of generation 1
-            raise KeyboardInterrupt
-        return real_call(self, factors, start_token)
-
-    monkeypatch.setattr(fitness.PerplexityObjective, "__call__", interrupted)
+    calls = _interrupt_after(monkeypatch, 17)  # in the middle of generation 1 (6 x 2 passes in generation 0)
     assert main(search_args(assets, broken)) == 130
     assert json.loads((broken / "state.json").read_text())["generation"] == 0
-    monkeypatch.setattr(fitness.PerplexityObjective, "__call__", real_call)
+    monkeypatch.setattr(fitness.PerplexityObjective, "losses", calls["real"])
     assert main(search_args(assets, broken, extra=["--resume"])) == 0
     assert (broken / "history.jsonl").read_text() == (whole / "history.jsonl").read_text()
     assert (broken / "factors.json").read_text() == (whole / "factors.json").read_text()
+
+
+def test_a_stop_in_the_first_generation_loses_only_the_pass_in_flight(assets, tmp_path, monkeypatch, capsys):
+    whole, broken = tmp_path / "whole", tmp_path / "broken"
+    calls = _interrupt_after(monkeypatch, 10**9)
+    assert main(search_args(assets, whole)) == 0
+    total = calls["n"]
+    assert not (whole / "scored.jsonl").exists()  # emptied at every checkpoint
+
+    calls = _interrupt_after(monkeypatch, 8)  # generation 0 is 12 passes: no state.json yet
+    assert main(search_args(assets, broken)) == 130
+    assert not (broken / "state.json").exists()
+    assert len((broken / "scored.jsonl").read_text().splitlines()) == 1 + 7  # header + 7 document losses
+    capsys.readouterr()
+
+    calls = _interrupt_after(monkeypatch, 10**9)
+    assert main(search_args(assets, broken, extra=["--resume"])) == 0
+    assert calls["n"] == total - 7  # nothing scored twice
+    assert "reusing 7 document losses" in capsys.readouterr().err
+    assert (broken / "history.jsonl").read_text() == (whole / "history.jsonl").read_text()
+    assert (broken / "factors.json").read_text() == (whole / "factors.json").read_text()
+
+
+def test_a_scored_log_of_other_work_is_not_reused(tmp_path):
+    from longrope.search.scored import ScoredLog
+
+    path = tmp_path / "scored.jsonl"
+    log = ScoredLog(path, {"model": "a", "documents": "x"})
+    log.add([1.0, 2.0], 0, 0, 3.5)
+    log.add([1.0, 2.0], 0, 1, 4.5)
+    log.close()
+    with open(path, "a") as f:
+        f.write('{"factors": [1.0, 2.5], "start_tok')  # a line cut by a kill
+    again = ScoredLog(path, {"model": "a", "documents": "x"})
+    assert again.get([1.0, 2.0], 0, 1) == 4.5 and len(again.losses) == 2
+    again.add([1.0, 2.5], 4, 0, 5.0)  # rewrites the file clean before appending
+    again.close()
+    assert len(path.read_text().splitlines()) == 4
+    assert ScoredLog(path, {"model": "b", "documents": "x"}).losses == {}  # another search's log
 
 
 @pytest.mark.slow

@@ -29,6 +29,7 @@ from ..search.distributed import (Dist, broadcast, close_distributed, distribute
                                   min_over_ranks)
 from ..options import add_options, build, ranged
 from ..search.driver import SearchJob, SearchOptions, drive, has_state, seed_scores
+from ..search.scored import SCORED_FILE
 from ..search.evolution import STATE_FILE, SearchConfig, SearchState, peer_seeds
 from ..search.fitness import long_factor_candidate, search_documents
 from ..search.genes import START_TOKENS, SearchSpace, critical_dimension
@@ -97,7 +98,8 @@ def _on_main(d: Dist, fn):
 
 
 def _prepare_out(out: Path, resume: bool) -> None:
-    if resume and not has_state(out):
+    # a search stopped in its first generation has no state yet, only its scored documents
+    if resume and not has_state(out) and not (out / SCORED_FILE).is_file():
         raise UsageError(f"nothing to resume: {out / STATE_FILE} does not exist")
     if not resume and has_state(out):
         raise UsageError(f"{out} already holds a search; pass --resume to continue it or choose another --out")
@@ -144,7 +146,7 @@ def _search(args: argparse.Namespace, d: Dist, config: SearchConfig, options: Se
                 "corpus": args.corpus or "stdlib", "target_length": N,
                 "docs": len(docs), "split_seed": args.split_seed,
                 "dtype": str(resolve_dtype(args.dtype, device)).removeprefix("torch.")}
-    state = _on_main(d, lambda: SearchState.load(out)) if args.resume else None
+    state = _on_main(d, lambda: SearchState.load(out)) if args.resume and has_state(out) else None
     job = SearchJob(lm.model, docs, long_factor_candidate(lm.spec, N), search_space(args, lm.spec, N), config,
                     peer_seeds(lm.spec, N / L), out, describe, options, peers=lm.spec,
                     title=f"search at {N} tokens ({args.model})", is_main=d.is_main,

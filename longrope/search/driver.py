@@ -34,6 +34,7 @@ from .fitness import OBJECTIVES, MakeExtension, auto_candidates_per_forward
 from .genes import SearchSpace
 from .needle import KEYS
 from .plots import plot_factors, plot_progress
+from .scored import SCORED_FILE, Remembering, ScoredLog
 
 # name -> fn(space, config, objective, num_docs, seeds, state=, describe=, evaluate_batch=, on_generation=) -> state
 OPTIMIZERS: dict[str, Callable[..., SearchState]] = {
@@ -242,13 +243,18 @@ def drive(job: SearchJob, state: SearchState | None = None) -> tuple[SearchState
                disable=not (job.is_main and job.progress), initial=0 if state is None else len(state.history))
     bar.set_postfix(gen=0 if state is None else state.generation + 1)
 
-    objective = _Ticking(scorer, bar.update)
+    # every document loss is kept as it comes (scored.jsonl), so a stop mid-generation loses at most one pass
+    log = ScoredLog(job.out / SCORED_FILE if job.is_main else None, describe)
+    objective = _Ticking(Remembering(scorer, log), bar.update)
+    if log.losses:
+        bar.write(f"reusing {len(log.losses)} document losses of the interrupted generation ({SCORED_FILE})", file=sys.stderr)
 
     def on_generation(st: SearchState) -> None:
         if outputs is not None:
             outputs.checkpoint(st)
             bar.set_postfix(gen=st.generation + 1, best_ppl=f"{st.best.evaluation.perplexity:.3f}")
             bar.update(len(st.history) - bar.n)
+        log.clear()
 
     try:
         state = OPTIMIZERS[opts.optimizer](job.space, job.config, objective, len(job.docs), job.seeds, state=state,
@@ -262,6 +268,7 @@ def drive(job: SearchJob, state: SearchState | None = None) -> tuple[SearchState
                   file=sys.stderr)
         raise
     finally:
+        log.close()
         scorer.rope.set_extension(None)
     bar.close()
     return state, (outputs.finish(state) if outputs is not None else None)
