@@ -455,6 +455,10 @@ def test_figures_use_plain_numbers_and_whole_generations(tmp_path, monkeypatch):
     plot_progress([(0, 9.0, 12.0), (1, 8.0, 11.0), (2, 7.5, 9.0)], tmp_path / "s.png")
     ax = figures[-1].axes[0]
     assert all(float(t).is_integer() for t in ax.get_xticks())
+    plot_progress([(0, 102.3436, 102.3559), (1, 102.3436, 102.3492), (2, 102.3435, 102.3436)], tmp_path / "n.png")
+    figures[-1].canvas.draw()
+    ax = figures[-1].axes[0]  # a narrow range: ticks carry the digits, no "+1.023e2" offset
+    assert ax.yaxis.get_offset_text().get_text() == "" and "102.344" in [t.get_text() for t in ax.get_yticklabels()]
     trials = [{"method": "none", "length": 64, "depth": 0.1, "correct": True},
               {"method": "none", "length": 128, "depth": 0.9, "correct": False}]
     plots.plot_depth_heatmap(trials, tmp_path / "k.png", depth_bins=3)

@@ -149,7 +149,8 @@ class SearchOutputs:
         job = self.job
         ext = self.extension(state)
         ext.save(job.out / "factors.json")
-        plot_progress(population_curve(state), job.out / "search.png", title=job.title)
+        plot_progress(population_curve(state), job.out / "search.png",
+                      title=f"{job.title}\n{len(job.docs)} documents of the search split")
         if job.peers is not None:
             s = job.space.scale
             curves = {"PI": pi_factors(job.peers, s).tolist(), "NTK": ntk_factors(job.peers, s).tolist(),

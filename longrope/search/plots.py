@@ -18,6 +18,8 @@ def plot_progress(curve: list[tuple[int, float, float]], path: str | Path, title
     if max(median) > 3 * min(best):  # log scale only when the range is wide
         ax.set_yscale("log")
         plain_log_axis(ax.yaxis)
+    else:  # candidates near convergence differ in the 4th digit: print it, not "+1.023e2" offsets
+        ax.ticklabel_format(axis="y", useOffset=False, style="plain")
     from matplotlib.ticker import MaxNLocator
 
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # generations are whole numbers
