@@ -54,6 +54,18 @@ def test_batches_start_with_bos_and_mask_passkey_padding():
     assert torch.equal(x, x2) and torch.equal(y, y2)  # seeded
 
 
+def test_copy_rows_repeat_a_corpus_span():
+    tok = train_tokenizer(["def f(x):\n    return x + 1\n" * 40], 320)
+    stream = torch.arange(10, 1010)  # distinct ids: a repeat can only come from the copy
+    cfg = PretrainConfig(block_size=64, batch_size=8, passkey_fraction=0.0, copy_fraction=1.0)
+    x, y = Batches(stream, tok, cfg, seed=0).next()
+    assert (x[:, 0] == tok.bos_token_id).all() and (y != -100).all()
+    for row in torch.cat([x, y[:, -1:]], dim=1)[:, 1:]:  # the 64 tokens after BOS
+        k = int((row == row[0]).nonzero()[1])  # the span length: where the first token comes back
+        assert 8 <= k <= 32 and torch.equal(row[k:], row[:-k])
+        assert torch.equal(row[1:k] - row[:k - 1], torch.ones(k - 1, dtype=row.dtype))  # a window of the stream
+
+
 def test_few_step_pretrain_saves_a_loadable_model(tmp_path, small_corpus):
     from transformers import AutoModelForCausalLM, AutoTokenizer
 

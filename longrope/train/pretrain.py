@@ -46,12 +46,13 @@ class PretrainConfig:
     # tokenizer and model
     vocab_size: int = option(8192, "BPE vocabulary size (256 bytes + merges)", min=300)
     n_layer: int = option(4, "transformer layers", flag="--layers", min=1, max=1000)
-    n_embd: int = 256
-    n_head: int = 4
-    head_dim: int = 64  # 32 rotary frequencies for the search to rescale
-    intermediate_size: int = 768
-    block_size: int = 128  # native context: max_position_embeddings
-    rope_theta: float = 10000.0
+    n_embd: int = option(256, "hidden size", flag="--width", min=1)
+    n_head: int = option(4, "attention heads", flag="--heads", min=1)
+    head_dim: int = option(64, "head dim (head_dim/2 rotary frequencies for the search to rescale)", min=2)
+    intermediate_size: int = option(768, "MLP hidden size", flag="--mlp", min=1)
+    block_size: int = option(128, "native context in tokens (max_position_embeddings); every row is this long",
+                             flag="--native-length", min=16)
+    rope_theta: float = option(10000.0, "RoPE base", flag="--rope-base", above=1)
     # optimisation
     steps: int = option(1000, "optimizer steps", min=1)
     batch_size: int = option(24, "rows of block_size (128) tokens per step", min=1)
@@ -61,6 +62,7 @@ class PretrainConfig:
     weight_decay: float = 0.1
     grad_clip: float = 1.0
     passkey_fraction: float = option(0.3, "share of training rows that are in-window passkey prompts, 0..1", min=0, max=1)
+    copy_fraction: float = option(0.0, "share of training rows that repeat a corpus span (copying), 0..1", min=0, max=1)
     bf16: bool | None = None  # None: bf16 autocast where the CPU/GPU runs it fast
     seed: int = option(0, "seed of initialisation and batches", min=0)
     threads: int | None = option(None, "torch CPU threads (1 is often faster on a busy machine)",
@@ -180,6 +182,15 @@ class Batches:
         i = int(torch.randint(len(self.stream) - T, (1,), generator=self.gen))
         return torch.cat([torch.tensor([self.tok.bos_token_id]), self.stream[i : i + T]])
 
+    def _copy_row(self) -> torch.Tensor:
+        """BOS + a random corpus span repeated until the row is full: the repeats are predictable
+        only by looking one span length back (induction / copying, at distances up to T/2)."""
+        T = self.cfg.block_size
+        k = self.rng.randint(8, T // 2)
+        i = int(torch.randint(len(self.stream) - k, (1,), generator=self.gen))
+        span = self.stream[i : i + k]
+        return torch.cat([torch.tensor([self.tok.bos_token_id]), span.repeat(T // k + 1)[:T]])
+
     def _passkey_row(self) -> tuple[torch.Tensor, torch.Tensor]:
         n = self.rng.randint(0, self.max_filler)
         before = self.rng.randint(0, n)
@@ -190,10 +201,11 @@ class Batches:
         """x, y: [B, T] int64; y is -100 where a passkey row is padded."""
         xs, ys = [], []
         for _ in range(self.cfg.batch_size):
-            if self.rng.random() < self.cfg.passkey_fraction:
+            u = self.rng.random()
+            if u < self.cfg.passkey_fraction:
                 x, y = self._passkey_row()
             else:
-                row = self._corpus_row()
+                row = self._copy_row() if u < self.cfg.passkey_fraction + self.cfg.copy_fraction else self._corpus_row()
                 x, y = row[:-1], row[1:]
             xs.append(x)
             ys.append(y)
