@@ -465,3 +465,31 @@ def test_figures_use_plain_numbers_and_whole_generations(tmp_path, monkeypatch):
     ax = figures[-1].axes[0]
     texts = [t.get_text() for t in ax.texts]
     assert ax.get_xlabel() and "n=1" in " ".join(texts) and "no trial" in texts and "(2 trials)" in ax.get_title()
+
+
+def test_a_folder_held_by_another_process_is_refused_and_freed_when_it_is_killed(tmp_path):
+    """Two real processes: the second run into the same --out fails with one line naming the
+    first's pid; once the first is killed (SIGKILL: no clean-up code runs) the folder is free."""
+    import signal
+    import subprocess
+    import sys
+
+    out = tmp_path / "out"
+    holder = subprocess.Popen(
+        [sys.executable, "-c", "import sys, time\nfrom longrope.io import output_dir\n"
+         f"with output_dir({str(out)!r}):\n    print('held', flush=True)\n    time.sleep(60)"],
+        stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        run = subprocess.run([sys.executable, "-m", "longrope", "search", "--model", "/nonexistent",
+                              "--target-length", "64", "--out", str(out)], capture_output=True, text=True, timeout=120)
+        err = run.stderr.strip()
+        assert run.returncode == 2 and "in use by another longrope run" in err and str(holder.pid) in err, err
+        assert "\n" not in err
+    finally:
+        holder.send_signal(signal.SIGKILL)
+        holder.wait()
+    probe = subprocess.run([sys.executable, "-c", "from longrope.io import output_dir\n"
+                            f"with output_dir({str(out)!r}) as p: print(p.is_dir())"],
+                           capture_output=True, text=True, timeout=60)
+    assert probe.returncode == 0 and probe.stdout.strip() == "True", probe.stderr
