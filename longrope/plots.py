@@ -19,11 +19,19 @@ def pyplot():
     return plt
 
 
+def wrap_title(title: str, fig) -> str:
+    """`title` broken into lines that fit the figure's width (about 9 characters an inch at the default font)."""
+    import textwrap
+
+    width = max(30, int(fig.get_figwidth() * 9))
+    return "\n".join(textwrap.fill(line, width) for line in title.splitlines())
+
+
 def label_axes(ax, xlabel: str, ylabel: str, title: str, legend: bool = True) -> None:
     """Axis labels, title, a light grid and the legend: the finish every line plot shares."""
     ax.set_xlabel(xlabel)
     ax.set_ylabel(ylabel)
-    ax.set_title(title)
+    ax.set_title(wrap_title(title, ax.figure))
     ax.grid(True, which="both", alpha=0.3)
     if legend:
         ax.legend()
@@ -134,7 +142,7 @@ def plot_depth_heatmap(trials: list[dict], path: str | Path, depth_bins: int = 5
     axes[0][0].set_ylabel(ylabel)
     fig.colorbar(im, ax=axes[0].tolist(), label="accuracy")
     if title:
-        fig.suptitle(title)
+        fig.suptitle(wrap_title(title, fig))
     out = atomic_savefig(fig, path, dpi=120, bbox_inches="tight")  # keep the axis labels of a narrow figure
     plt.close(fig)
     return out

@@ -493,3 +493,13 @@ def test_a_folder_held_by_another_process_is_refused_and_freed_when_it_is_killed
                             f"with output_dir({str(out)!r}) as p: print(p.is_dir())"],
                            capture_output=True, text=True, timeout=60)
     assert probe.returncode == 0 and probe.stdout.strip() == "True", probe.stderr
+
+
+def test_long_titles_wrap_to_the_figure_width():
+    from longrope.plots import pyplot, wrap_title
+
+    fig = pyplot().figure(figsize=(6, 4))
+    title = "smollm2-135m: perplexity by position at 16384 tokens (native 8192, methods set for 16384 tokens)"
+    lines = wrap_title(title, fig).splitlines()
+    assert len(lines) == 2 and all(len(line) <= 54 for line in lines) and " ".join(lines) == title
+    pyplot().close(fig)

@@ -14,7 +14,7 @@ from ..data import documents_of_length, load_corpus, select_split, tokenize_corp
 from ..evaluate.runner import Variant, passkey_figures, ppl_figures, run_cells
 from ..factors import FACTORS_FILE, RopeExtension
 from ..io import atomic_write_json, atomic_write_text, read_json_or_none
-from ..plots import band_label, length_axis, plain_log_axis, pyplot, save_and_close
+from ..plots import band_label, length_axis, plain_log_axis, pyplot, save_and_close, wrap_title
 from ..rope import RotarySpec
 from .config import Recipe
 
@@ -198,7 +198,7 @@ def plot_report(cells: dict, lengths: list[int], native: int, path: Path, title:
     b.set_ylabel("passkey accuracy")
     b.set_ylim(-0.05, 1.05)
     a.legend(fontsize=8)
-    fig.suptitle(title)
+    fig.suptitle(wrap_title(title, fig))
     save_and_close(fig, path)
 
 
