@@ -33,8 +33,8 @@ def label_axes(ax, xlabel: str, ylabel: str, title: str, legend: bool = True) ->
     ax.set_ylabel(ylabel)
     ax.set_title(wrap_title(title, ax.figure))
     ax.grid(True, which="both", alpha=0.3)
-    if legend:
-        ax.legend()
+    if legend:  # beside the axes, where it cannot hide a line
+        ax.legend(loc="upper left", bbox_to_anchor=(1.02, 1.0), borderaxespad=0.0)
 
 
 def length_axis(ax, lengths) -> None:
