@@ -503,3 +503,21 @@ def test_long_titles_wrap_to_the_figure_width():
     lines = wrap_title(title, fig).splitlines()
     assert len(lines) == 2 and all(len(line) <= 54 for line in lines) and " ".join(lines) == title
     pyplot().close(fig)
+
+
+def test_model_fingerprint_follows_content_not_modification_times(tiny_model_dir, tmp_path):
+    import os
+    import shutil
+
+    from longrope.models.load import model_fingerprint
+
+    copy = tmp_path / "copy"
+    shutil.copytree(tiny_model_dir, copy)  # new modification times, same bytes
+    for p in copy.iterdir():
+        os.utime(p, (1, 1))
+    assert model_fingerprint(str(copy)) == model_fingerprint(str(tiny_model_dir))
+    weights = copy / "model.safetensors"
+    data = bytearray(weights.read_bytes())
+    data[-1] ^= 0xFF  # one byte of the last tensor
+    weights.write_bytes(bytes(data))
+    assert model_fingerprint(str(copy)) != model_fingerprint(str(tiny_model_dir))

@@ -150,14 +150,20 @@ def _check_safetensors(path: Path) -> None:
         raise UsageError(f"{path} is truncated ({size} bytes, its header describes {8 + n + end}): copy it again")
 
 
-def model_fingerprint(name_or_path: str) -> str:
-    """What identifies a model's weights for reusing results: its files' names, sizes and
-    modification times (a preset, a directory, or a .gguf file), hashed."""
+def model_fingerprint(name_or_path: str, samples: int = 16, block: int = 1 << 16) -> str:
+    """What identifies a model's weights for reusing results: its files' names and sizes and
+    the bytes of `samples` blocks spread over each file (its head and tail included), hashed.
+    Content, not modification times, so a state or result moves between machines with the
+    same model; a few MiB read, not the whole file."""
     source = resolve_model(name_or_path)
     files = [source.path / source.gguf_file] if source.gguf_file else sorted(
         p for p in source.path.rglob("*") if p.is_file() and not p.name.startswith("."))
     h = hashlib.sha256()
     for p in files:
-        st = p.stat()
-        h.update(f"{p.relative_to(source.path)}\0{st.st_size}\0{st.st_mtime_ns}\0".encode())
+        size = p.stat().st_size
+        h.update(f"{p.relative_to(source.path)}\0{size}\0".encode())
+        with open(p, "rb") as f:
+            for k in range(samples):
+                f.seek(max(0, (size - block) * k // max(samples - 1, 1)))
+                h.update(f.read(block))
     return h.hexdigest()[:16]
