@@ -19,12 +19,19 @@ from typing import Any, Iterator, Sequence
 
 import numpy as np
 
+from ..io import atomic_write_text
+
 SCORED_FILE = "scored.jsonl"
 Key = tuple[tuple[float, ...], int, int]  # (factors, start_token, document index)
 
 
 def _key(factors, start_token, doc: int) -> Key:
     return tuple(float(x) for x in np.asarray(factors, dtype=np.float64)), int(start_token), int(doc)
+
+
+def _line(key: Key, loss: float) -> str:
+    factors, start, doc = key
+    return json.dumps({"factors": list(factors), "start_token": start, "doc": doc, "loss": loss})
 
 
 class ScoredLog:
@@ -61,20 +68,15 @@ class ScoredLog:
         if self.path is None:
             self.losses[_key(factors, start_token, doc)] = float(loss)
             return
-        if self._file is None:  # first loss of this process: rewrite the file clean, then append
-            self._file = open(self.path, "w")
-            self._file.write(self.header + "\n")
-            for key, value in self.losses.items():
-                self._write(key, value)
+        if self._file is None:  # first loss of this process: the file rewritten clean (atomically), then appended to
+            lines = [self.header] + [_line(key, value) for key, value in self.losses.items()]
+            atomic_write_text(self.path, "\n".join(lines) + "\n")
+            self._file = open(self.path, "a")
         key = _key(factors, start_token, doc)
         self.losses[key] = float(loss)
-        self._write(key, float(loss))
+        self._file.write(_line(key, float(loss)) + "\n")
         self._file.flush()
         os.fsync(self._file.fileno())
-
-    def _write(self, key: Key, loss: float) -> None:
-        factors, start, doc = key
-        self._file.write(json.dumps({"factors": list(factors), "start_token": start, "doc": doc, "loss": loss}) + "\n")
 
     def clear(self) -> None:
         """Forget everything: called once the generation's losses are in state.json."""
