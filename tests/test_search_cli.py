@@ -50,6 +50,9 @@ def test_search_writes_factors_history_and_plots(assets, tmp_path):
     assert {"generation", "units", "start_token", "perplexity", "docs_scored", "factors"} <= set(history[0])
     best = min(h["perplexity"] for h in history if not h["rejected"])
     assert ext.metadata["search_perplexity"] == pytest.approx(best)
+    # the factors record the RoPE they fit and what the search spent
+    assert ext.metadata["rotary_dim"] == 16 and ext.metadata["rope_theta"] == 10000.0
+    assert ext.metadata["document_forwards"] == sum(h["docs_scored"] for h in history)
     assert (out / "search.png").stat().st_size > 0 and (out / "factors.png").stat().st_size > 0
 
     # the found factors install into the model like any other extension

@@ -133,10 +133,12 @@ class SearchOutputs:
         """The best candidate's extension, with what produced it in its metadata."""
         best, job = state.best, self.job
         ext = job.make(job.space.factors(best.genome), best.genome.start_token)
+        rope = {} if job.peers is None else {"rope_theta": job.peers.base, "rotary_dim": job.peers.dim}
         return ext.with_(metadata={
-            **ext.metadata, **job.settings, "search_perplexity": best.evaluation.perplexity,
-            "generations": state.generation, "candidates": len(state.history), "variant": job.space.variant,
-            "seed": state.config.get("seed"), "version": __version__,
+            **ext.metadata, **job.settings, **rope, "search_perplexity": best.evaluation.perplexity,
+            "generations": state.generation, "candidates": len(state.history),
+            "document_forwards": sum(len(r.evaluation.doc_losses) for r in state.history),
+            "variant": job.space.variant, "seed": state.config.get("seed"), "version": __version__,
         })
 
     def checkpoint(self, state: SearchState) -> None:
