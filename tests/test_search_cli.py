@@ -70,6 +70,23 @@ def test_fixed_start_token_and_variants(assets, tmp_path):
     assert main(search_args(assets, tmp_path / "b", extra=["--variant", "piecewise"])) == 0
 
 
+def test_a_fixed_attention_factor_is_used_recorded_and_kept_on_resume(assets, tmp_path, capsys):
+    out = tmp_path / "run"
+    assert main(search_args(assets, out, extra=["--attention-factor", "1"])) == 0
+    ext = RopeExtension.load(out / "factors.json")
+    assert ext.attention_factor == 1.0 and ext.metadata["attention_factor"] == 1.0
+    # the default differs (sqrt(1 + ln 2 / ln 32) for 32 -> 64 tokens), so the scores do too
+    assert main(search_args(assets, tmp_path / "default")) == 0
+    first = lambda run: json.loads((run / "history.jsonl").read_text().splitlines()[0])["perplexity"]  # noqa: E731
+    assert first(out) != first(tmp_path / "default")
+    assert RopeExtension.load(tmp_path / "default" / "factors.json").attention_factor is None
+    capsys.readouterr()
+    assert main(search_args(assets, out, extra=["--resume"])) == 2  # the run fixed it; this one would not
+    assert "attention_factor" in capsys.readouterr().err
+    assert main(search_args(assets, tmp_path / "bad", extra=["--attention-factor", "0"])) == 2
+    assert not (tmp_path / "bad").exists()
+
+
 @pytest.mark.parametrize("case", ["short_target", "population", "corpus", "unwritable"])
 def test_bad_input_is_one_line_exit_2_and_writes_nothing(assets, tmp_path, capsys, case):
     out = tmp_path / "out"

@@ -69,6 +69,10 @@ def register(subparsers) -> None:
                    "the critical dim, LongRoPE2 (critical)")
     p.add_argument("--critical-dim", type=ranged(int, min=1), default=None,
                    help="cd for --variant critical (default: ceil(d/2 * log_b(L / 2pi)))")
+    p.add_argument("--attention-factor", type=ranged(float, above=0), default=None,
+                   help="fix the attention (magnitude) factor multiplied into cos and sin; 1 keeps attention "
+                   "logits as trained, so with short factors of 1 a short context is unchanged (default: "
+                   "LongRoPE's sqrt(1 + ln s / ln L), which also applies below L)")
     p.add_argument("--split-seed", type=ranged(int, min=0), default=0,
                    help="seed of the search/validation/test split (default: 0)")
     p.add_argument("--resume", action="store_true", help="continue the search saved in --out")
@@ -146,8 +150,10 @@ def _search(args: argparse.Namespace, d: Dist, config: SearchConfig, options: Se
                 "corpus": args.corpus or "stdlib", "target_length": N,
                 "docs": len(docs), "split_seed": args.split_seed,
                 "dtype": str(resolve_dtype(args.dtype, device)).removeprefix("torch.")}
+    if args.attention_factor is not None:  # recorded only when set: older states resume unchanged
+        describe["attention_factor"] = args.attention_factor
     state = _on_main(d, lambda: SearchState.load(out)) if args.resume and has_state(out) else None
-    job = SearchJob(lm.model, docs, long_factor_candidate(lm.spec, N), search_space(args, lm.spec, N), config,
+    job = SearchJob(lm.model, docs, long_factor_candidate(lm.spec, N, args.attention_factor), search_space(args, lm.spec, N), config,
                     peer_seeds(lm.spec, N / L), out, describe, options, peers=lm.spec,
                     title=f"search at {N} tokens ({args.model})", is_main=d.is_main,
                     evaluate_batch=distributed_evaluator(d), agree=lambda n: min_over_ranks(n, d))
