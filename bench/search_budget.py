@@ -24,6 +24,8 @@ perplexity of the same seed (within --tolerance, 0.5%). Strategies (`STRATEGIES`
     critical      LongRoPE2's critical-dimension variant, with early rejection
     cma           CMA-ES on the same genome (--optimizer cma), with early rejection
     race          the GA with statistical racing (--reject race)
+    cma-2docs     cma scoring 2 search documents instead of --docs (held-out: the same documents)
+    early-reject-2docs   early-reject on 2 search documents
 
 Writes --out/budget.json (settings, every curve, the forwards-to-reach table) and
 --out/budget.png (search and held-out perplexity against document forwards, one colour per
@@ -56,13 +58,15 @@ from longrope.search.evolution import SearchConfig, SearchState, peer_seeds  # n
 from longrope.search.fitness import long_factor_candidate, search_documents  # noqa: E402
 from longrope.seam import install_rope  # noqa: E402
 
-# name -> (SearchConfig overrides, SearchOptions overrides, --variant)
+# name -> (SearchConfig overrides, SearchOptions overrides, --variant, search documents (None: --docs))
 STRATEGIES = {
-    "paper": ({"early_reject": False}, {}, "longrope"),
-    "early-reject": ({"early_reject": True, "reject": "exact"}, {}, "longrope"),
-    "critical": ({"early_reject": True, "reject": "exact"}, {}, "critical"),
-    "cma": ({"early_reject": True, "reject": "exact"}, {"optimizer": "cma"}, "longrope"),
-    "race": ({"early_reject": True, "reject": "race"}, {}, "longrope"),
+    "paper": ({"early_reject": False}, {}, "longrope", None),
+    "early-reject": ({"early_reject": True, "reject": "exact"}, {}, "longrope", None),
+    "critical": ({"early_reject": True, "reject": "exact"}, {}, "critical", None),
+    "cma": ({"early_reject": True, "reject": "exact"}, {"optimizer": "cma"}, "longrope", None),
+    "race": ({"early_reject": True, "reject": "race"}, {}, "longrope", None),
+    "cma-2docs": ({"early_reject": True, "reject": "exact"}, {"optimizer": "cma"}, "longrope", 2),
+    "early-reject-2docs": ({"early_reject": True, "reject": "exact"}, {}, "longrope", 2),
 }
 HELDOUT_FILE = "heldout.json"
 
@@ -112,7 +116,8 @@ def budget_curve(state: SearchState, heldout, space, make) -> list[dict]:
 
 def run_one(args, lm, docs, name: str, seed: int, folder: Path, val_docs) -> list[dict]:
     """Run (or resume, or just read) one strategy with one seed; return its budget curve."""
-    config_over, option_over, variant = STRATEGIES[name]
+    config_over, option_over, variant, num_docs = STRATEGIES[name]
+    docs = docs[:num_docs] if num_docs else docs
     N, L = args.target_length, lm.spec.original_max_position_embeddings
     config = SearchConfig(population=args.population, parents=args.parents, mutations=args.mutations,
                           crossovers=args.crossovers, iterations=args.iterations, seed=seed, **config_over)
@@ -219,8 +224,8 @@ def main():
         atomic_write_json(out / "budget.json", {
             "model": args.model, "target_length": N, "schedule": schedule, "settings": vars(args),
             "search_docs": len(docs), "heldout_docs": len(val_docs), "seeds": seeds,
-            "strategies": {n: {"config": STRATEGIES[n][0], "options": STRATEGIES[n][1], "variant": STRATEGIES[n][2]}
-                           for n in names},
+            "strategies": {n: {"config": STRATEGIES[n][0], "options": STRATEGIES[n][1], "variant": STRATEGIES[n][2],
+                               "search_docs": STRATEGIES[n][3] or len(docs)} for n in names},
             "curves": {n: {str(s): c for s, c in runs.items()} for n, runs in curves.items()},
             "forwards_to_reach_paper": {n: {**t, "seeds": {str(s): v for s, v in t["seeds"].items()}}
                                         for n, t in table.items()}})
