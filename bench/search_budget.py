@@ -166,12 +166,18 @@ def plot(curves: dict[str, dict[int, list[dict]]], path: Path, title: str) -> Pa
     for i, (name, runs) in enumerate(curves.items()):
         for j, curve in enumerate(runs.values()):
             x = [r["forwards"] for r in curve]
-            for ax, key in zip(axes, ("search_ppl", "heldout_ppl")):
-                ax.plot(x, [r[key] for r in curve], color=colours[i % len(colours)], lw=1.4, alpha=0.85,
+            # strategies may score different search documents: their search ppl is shown relative to
+            # their own generation 0; the held-out documents are the same for all
+            first = curve[0]["search_ppl"]
+            series = ([r["search_ppl"] / first for r in curve], [r["heldout_ppl"] for r in curve])
+            for ax, ys in zip(axes, series):
+                ax.plot(x, ys, color=colours[i % len(colours)], lw=1.4, alpha=0.85,
                         marker=".", ms=3, label=name if j == 0 else None)
-    for ax, what in zip(axes, ("best search-split perplexity", "held-out (validation) perplexity of the best")):
+    for ax, what, unit in zip(axes, ("best search-split perplexity, relative to generation 0's best",
+                                     "held-out (validation) perplexity of the best"),
+                              ("perplexity / generation 0's", "perplexity")):
         ax.ticklabel_format(axis="both", useOffset=False, style="plain")
-        label_axes(ax, "document forward passes", "perplexity", what)
+        label_axes(ax, "document forward passes", unit, what)
     fig.suptitle(title)
     return save_and_close(fig, path)
 
