@@ -173,7 +173,7 @@ def plot(curves: dict[str, dict[int, list[dict]]], path: Path, title: str) -> Pa
             for ax, ys in zip(axes, series):
                 ax.plot(x, ys, color=colours[i % len(colours)], lw=1.4, alpha=0.85,
                         marker=".", ms=3, label=name if j == 0 else None)
-    for ax, what, unit in zip(axes, ("best search-split perplexity, relative to generation 0's best",
+    for ax, what, unit in zip(axes, ("best search-split ppl / generation 0's best",
                                      "held-out (validation) perplexity of the best"),
                               ("perplexity / generation 0's", "perplexity")):
         ax.ticklabel_format(axis="both", useOffset=False, style="plain")
