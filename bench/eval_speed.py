@@ -16,7 +16,6 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import os
 import subprocess
 import sys
 import threading
@@ -32,10 +31,9 @@ def load(model_name: str, dtype: str):
 
 
 def docs_for(loaded, length: int, count: int):
-    from longrope.data import documents_of_length, load_corpus, split_corpus, tokenize_corpus
+    from longrope.data import split_documents
 
-    docs = split_corpus(load_corpus(None), seed=0)["validation"]
-    return documents_of_length(tokenize_corpus(loaded.tokenizer, docs), length, count)
+    return split_documents(loaded.tokenizer, None, "validation", length, count)
 
 
 def ours(loaded, doc):

@@ -22,7 +22,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from longrope.data import documents_of_length, load_corpus, split_corpus, tokenize_corpus  # noqa: E402
+from longrope.data import split_documents  # noqa: E402
 from longrope.evaluate.ppl import document_nll  # noqa: E402
 from longrope.hf_config import load_factors  # noqa: E402
 from longrope.models.load import load_model  # noqa: E402
@@ -51,11 +51,7 @@ def main() -> None:
     args = p.parse_args()
 
     lm = load_model(args.model, dtype={"bfloat16": "bf16", "float32": "fp32"}[args.dtype])
-    docs = split_corpus(load_corpus(None), 0)["validation"]
-    found = documents_of_length(tokenize_corpus(lm.tokenizer, docs), args.length, 1)
-    if not found:
-        sys.exit(f"no validation document reaches {args.length} tokens")
-    ids = found[0][: args.length].clone()
+    ids = split_documents(lm.tokenizer, None, "validation", args.length, 1)[0].clone()
     install_rope(lm.model, load_factors(args.factors))
     total, count = document_nll(lm.model, ids)
     ours = total / count

@@ -47,8 +47,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from longrope.commands.search import search_space  # noqa: E402
-from longrope.data import (documents_of_length, load_corpus, split_corpus, tokenize_corpus,  # noqa: E402
-                           tokens_fingerprint)
+from longrope.data import split_documents, tokens_fingerprint  # noqa: E402
 from longrope.evaluate.ppl import mean_nlls, perplexity  # noqa: E402
 from longrope.io import atomic_write_json, output_dir, read_json_or_none  # noqa: E402
 from longrope.models.load import load_model  # noqa: E402
@@ -69,12 +68,6 @@ STRATEGIES = {
     "early-reject-2docs": ({"early_reject": True, "reject": "exact"}, {}, "longrope", 2),
 }
 HELDOUT_FILE = "heldout.json"
-
-
-def validation_documents(tokenizer, corpus: str | None, length: int, count: int, split_seed: int):
-    """`count` documents of the validation split with at least `length` tokens, cut to [length]."""
-    docs = split_corpus(load_corpus(corpus), split_seed)["validation"]
-    return documents_of_length(tokenize_corpus(tokenizer, docs), length, count)
 
 
 class HeldOut:
@@ -213,7 +206,7 @@ def main():
         lm = load_model(args.model, dtype=args.dtype, device=args.device)
         N = args.target_length
         docs = search_documents(lm.tokenizer, args.corpus, N, args.docs, args.split_seed)
-        val_docs = validation_documents(lm.tokenizer, args.corpus, N, args.heldout_docs, args.split_seed)
+        val_docs = split_documents(lm.tokenizer, args.corpus, "validation", N, args.heldout_docs, args.split_seed)
         if not docs or not val_docs:
             sys.exit(f"no search/validation documents reach {N} tokens")
         curves: dict[str, dict[int, list[dict]]] = {}

@@ -269,6 +269,14 @@ class CorpusSummary:
         return dict(self.__dict__)
 
 
+def split_documents(tokenizer, corpus: str | None, split: str, length: int, count: int | None,
+                    seed: int = 0) -> list[torch.Tensor]:
+    """Up to `count` documents of one split of a corpus (`split_corpus`, seeded) with at least
+    `length` tokens, each cut to [length] (`documents_of_length`)."""
+    docs = split_corpus(load_corpus(corpus), seed)[split]
+    return documents_of_length(tokenize_corpus(tokenizer, docs), length, count)
+
+
 def corpus_summary(token_docs: list[TokenDoc]) -> CorpusSummary:
     """Counts for logging: documents, total tokens, median and longest document."""
     if not token_docs:

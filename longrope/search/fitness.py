@@ -21,7 +21,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..data import documents_of_length, load_corpus, split_corpus, tokenize_corpus
+from ..data import split_documents
 from ..evaluate.ppl import document_nll, sequence_nll
 from ..factors import RopeExtension
 from ..rope import RotarySpec
@@ -39,8 +39,7 @@ def search_documents(tokenizer, corpus: str | None, length: int, count: int, spl
     """K documents of the corpus' "search" split with at least `length` tokens, each cut to
     [length] (the validation and test splits stay held out for eval-ppl), as `objective`
     scores them (needle: with `needles` needles each, placed with `split_seed`)."""
-    docs = split_corpus(load_corpus(corpus), split_seed)["search"]
-    docs = documents_of_length(tokenize_corpus(tokenizer, docs), length, count)
+    docs = split_documents(tokenizer, corpus, "search", length, count, split_seed)
     return OBJECTIVES[objective].documents(tokenizer, docs, length, needles, split_seed)
 
 
