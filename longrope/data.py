@@ -3,7 +3,9 @@
 Documents stay whole: context extension is measured on documents at least as long as
 the target length, each truncated to it and scored in one pass (LongRoPE section 4.1).
 The default corpus needs no download: the Python standard library's own source files
-plus the long English prose of `pydoc_data.topics`, one document per help topic.
+plus the long English prose of `pydoc_data.topics`, one document per help topic. Its
+longer sibling `stdlib-packages` makes one document of each package (its modules in path
+order), for contexts beyond the longest single module (~30k tokens in any one split).
 """
 from __future__ import annotations
 
@@ -23,6 +25,9 @@ from .models.cache import cache_dir
 
 SPLIT_NAMES = ("search", "validation", "test")
 DEFAULT_CORPUS = "stdlib"
+PACKAGES_CORPUS = "stdlib-packages"
+CORPUS_HELP = (f"{DEFAULT_CORPUS} (the default: stdlib modules and pydoc topics), {PACKAGES_CORPUS} (one document "
+               f"per stdlib package, for 32k tokens and more), a folder of .txt, a .txt or a .jsonl file")
 
 # Parts of the stdlib tree that are not ordinary library source: test suites, installed
 # third-party packages, build artefacts, and generated code (codec tables, sysconfig data).
@@ -46,25 +51,56 @@ class TokenDoc:
 
 
 # -- loading ---------------------------------------------------------------------------------
-def stdlib_documents() -> list[Document]:
-    """The default corpus: stdlib .py sources (sorted by path) and the pydoc help topics."""
+def _stdlib_sources() -> tuple[Path, list[Path]]:
+    """The stdlib root and its ordinary library .py files, sorted by path."""
     root = Path(sysconfig.get_paths()["stdlib"])
-    docs = []
+    files = []
     for path in sorted(root.rglob("*.py")):
         rel = path.relative_to(root)
         if any(p in _SKIP_DIRS or p.startswith("config-") for p in rel.parts[:-1]):
             continue
         if rel.name.startswith(_SKIP_FILE_PREFIXES) or rel.as_posix() == "pydoc_data/topics.py":
             continue
-        text = path.read_text(encoding="utf-8", errors="replace")
-        if text.strip():
-            docs.append(Document(rel.as_posix(), text))
+        files.append(path)
+    return root, files
+
+
+def _pydoc_topics() -> dict[str, str]:
     # topics.py is one dict literal of escaped strings; the prose is in its values.
     from pydoc_data.topics import topics
 
-    for key in sorted(topics):
-        docs.append(Document(f"pydoc_data/topics.py:{key}", topics[key]))
-    return docs
+    return {key: topics[key] for key in sorted(topics)}
+
+
+def stdlib_documents() -> list[Document]:
+    """The default corpus: stdlib .py sources (sorted by path) and the pydoc help topics."""
+    root, files = _stdlib_sources()
+    docs = [Document(path.relative_to(root).as_posix(), path.read_text(encoding="utf-8", errors="replace"))
+            for path in files]
+    docs += [Document(f"pydoc_data/topics.py:{key}", text) for key, text in _pydoc_topics().items()]
+    return [d for d in docs if d.text.strip()]
+
+
+def stdlib_package_documents() -> list[Document]:
+    """The long corpus: one document per top-level stdlib package (its modules in path order,
+    each headed by a `# file: PATH` line), one per top-level module, and all pydoc topics
+    as one document of prose. Related code stays together, so a document's far context is
+    about the same code, as in a repository-level long-context benchmark."""
+    root, files = _stdlib_sources()
+    grouped: dict[str, list[Path]] = {}
+    for path in files:
+        rel = path.relative_to(root)
+        grouped.setdefault(rel.parts[0] if len(rel.parts) > 1 else rel.as_posix(), []).append(path)
+    docs = []
+    for name, paths in grouped.items():
+        if len(paths) == 1 and paths[0].parent == root:
+            docs.append(Document(name, paths[0].read_text(encoding="utf-8", errors="replace")))
+            continue
+        parts = [f"# file: {p.relative_to(root).as_posix()}\n{p.read_text(encoding='utf-8', errors='replace')}"
+                 for p in paths]
+        docs.append(Document(f"{name}/", "\n".join(parts)))
+    docs.append(Document("pydoc_data/topics.py", "\n\n".join(_pydoc_topics().values())))
+    return [d for d in docs if d.text.strip()]
 
 
 def _read_text(path: Path) -> str:
@@ -95,13 +131,15 @@ def _jsonl_documents(path: Path) -> list[Document]:
 def load_corpus(spec: str | None = None) -> list[Document]:
     """Documents of a corpus, in a deterministic order.
 
-    spec: None or "stdlib" (the default corpus), a directory of .txt files (searched
+    spec: None or "stdlib" (the default corpus), "stdlib-packages", a directory of .txt files (searched
     recursively), one .txt file, or a .jsonl file with a string field "text" per line
     (and optionally "name"). Empty documents are dropped. UsageError on a bad path,
     a malformed line or a corpus with no text.
     """
     if spec is None or spec == DEFAULT_CORPUS:
         docs = stdlib_documents()
+    elif spec == PACKAGES_CORPUS:
+        docs = stdlib_package_documents()
     else:
         path = Path(spec).expanduser()
         if path.is_dir():
@@ -114,7 +152,8 @@ def load_corpus(spec: str | None = None) -> list[Document]:
         elif path.exists():
             raise UsageError(f"corpus {path} is neither a directory, a .txt file nor a .jsonl file")
         else:
-            raise UsageError(f"corpus not found: {spec!r} is neither 'stdlib' nor an existing path")
+            raise UsageError(f"corpus not found: {spec!r} is neither {DEFAULT_CORPUS!r}, {PACKAGES_CORPUS!r} "
+                             f"nor an existing path")
     docs = [d for d in docs if d.text.strip()]
     if not docs:
         raise UsageError(f"corpus {spec or DEFAULT_CORPUS!r} has no non-empty documents")

@@ -58,6 +58,25 @@ def test_bad_jsonl_is_a_one_line_usage_error(tmp_path, content, message):
     assert "\n" not in str(e.value)
 
 
+def test_package_corpus_keeps_each_package_whole_and_long():
+    docs = load_corpus("stdlib-packages")
+    by_name = {d.name: d for d in docs}
+    assert docs == load_corpus("stdlib-packages") and len(by_name) == len(docs)
+    modules = {d.name: d.text for d in load_corpus("stdlib")}
+    email = by_name["email/"].text  # a package: its modules in path order, each under a header line
+    heads = [line[len("# file: "):] for line in email.splitlines() if line.startswith("# file: email/")]
+    assert heads == sorted(heads, key=lambda h: h.split("/")) and len(heads) > 20
+    assert {n for n in modules if n.startswith("email/")} <= set(heads)  # (empty __init__.py are headers only)
+    assert modules["email/utils.py"] in email
+    assert by_name["argparse.py"].text == modules["argparse.py"]  # a top-level module stays one document
+    topics = by_name["pydoc_data/topics.py"].text  # every help topic, as prose
+    assert modules["pydoc_data/topics.py:specialnames"] in topics
+    # every split holds documents longer than any module of that split in the default corpus
+    for split, chosen in split_corpus(docs).items():
+        longest_module = max(len(d.text) for d in split_corpus(load_corpus("stdlib"))[split])
+        assert sum(len(d.text) > longest_module for d in chosen) >= 3
+
+
 def test_bad_paths(tmp_path):
     with pytest.raises(UsageError, match="corpus not found"):
         load_corpus(str(tmp_path / "missing"))

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -85,6 +86,34 @@ def test_a_fixed_attention_factor_is_used_recorded_and_kept_on_resume(assets, tm
     assert "attention_factor" in capsys.readouterr().err
     assert main(search_args(assets, tmp_path / "bad", extra=["--attention-factor", "0"])) == 2
     assert not (tmp_path / "bad").exists()
+
+
+def test_init_factors_carry_a_shorter_search_into_generation_0(assets, tmp_path, capsys):
+    import numpy as np
+
+    from longrope.commands.search import carried_seed
+
+    short = tmp_path / "x2"
+    assert main(search_args(assets, short)) == 0  # 32 -> 64 tokens
+    ext = RopeExtension.load(short / "factors.json")
+    lam = np.asarray(ext.long_factor)
+    carried = carried_seed(ext, 4.0)  # to 128 tokens: lambda ** (ln 4 / ln 2) = lambda ** 2
+    assert np.allclose(carried, lam ** 2) and carried_seed(ext, 2.0).tolist() == lam.tolist()
+    out = tmp_path / "x4"
+    capsys.readouterr()
+    given = ["--init-factors", str(short / "factors.json"), "--no-early-reject"]
+    assert main(search_args(assets, out, target=128, extra=given)) == 0
+    first = [json.loads(x) for x in (out / "history.jsonl").read_text().splitlines()][:4]
+    assert all(h["generation"] == 0 for h in first)
+    assert np.allclose(first[3]["factors"], np.round(np.clip(lam ** 2, 1.0, 1.25 * 4) / 0.01) * 0.01, atol=1e-6)
+    assert re.search(r"YaRN [\d.]+, factors [\d.]+;", capsys.readouterr().out)  # the end line names it too
+    state = json.loads((out / "state.json").read_text())
+    assert state["config"]["init_factors"]["factors"] == pytest.approx(carried.tolist())
+    # resuming with other --init-factors is refused; a missing file is one line, nothing written
+    assert main(search_args(assets, out, target=128, extra=["--resume", "--no-early-reject"])) == 2
+    assert main(search_args(assets, tmp_path / "bad", target=128, extra=["--init-factors", "nope-16k"])) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert "--init-factors" in err[-1] and "not found" in err[-1] and not (tmp_path / "bad").exists()
 
 
 @pytest.mark.parametrize("case", ["short_target", "population", "corpus", "unwritable"])

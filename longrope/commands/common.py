@@ -10,7 +10,7 @@ from typing import Any
 import torch
 
 from .. import __version__
-from ..data import documents_of_length, load_corpus, select_split, tokenize_corpus
+from ..data import CORPUS_HELP, documents_of_length, load_corpus, select_split, tokenize_corpus
 from ..errors import UsageError
 from ..evaluate.runner import Variant
 from ..models.load import LoadedModel
@@ -29,9 +29,7 @@ def add_model_args(p: argparse.ArgumentParser) -> None:
 
 
 def add_corpus_args(p: argparse.ArgumentParser, default_split: str = "validation", docs: bool = True) -> None:
-    p.add_argument("--corpus", default=None,
-                   help="directory of .txt files, a .txt file, or a .jsonl with a 'text' field "
-                        "(default: the Python standard library sources and pydoc topics)")
+    p.add_argument("--corpus", default=None, help=CORPUS_HELP)
     p.add_argument("--split", default=default_split, choices=["search", "validation", "test", "all"],
                    help=f"which seeded split of the corpus to use; a corpus of one or two documents has only "
                         f"the first splits, use all (default: {default_split})")

@@ -15,12 +15,17 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import math
 import sys
 from pathlib import Path
 
+import numpy as np
 import torch
 
+from ..data import CORPUS_HELP
 from ..errors import UsageError
+from ..factors import RopeExtension
+from ..hf_config import load_factors
 from ..io import output_dir
 from ..models.device import resolve_dtype
 from ..models.load import load_model, model_fingerprint
@@ -30,7 +35,7 @@ from ..search.distributed import (Dist, broadcast, close_distributed, distribute
 from ..options import add_options, build, ranged
 from ..search.driver import SearchJob, SearchOptions, drive, has_state, seed_scores
 from ..search.scored import SCORED_FILE
-from ..search.evolution import STATE_FILE, SearchConfig, SearchState, peer_seeds
+from ..search.evolution import PEER_SEED_NAMES, STATE_FILE, SearchConfig, SearchState, peer_seeds
 from ..search.fitness import long_factor_candidate, search_documents
 from ..search.genes import START_TOKENS, SearchSpace, critical_dimension
 from .common import add_model_args
@@ -56,7 +61,7 @@ def register(subparsers) -> None:
         "evolutionary search or CMA-ES. Defaults are the paper's.",
         epilog=EPILOG)
     add_model_args(p)
-    p.add_argument("--corpus", default=None, help="stdlib (default), a folder of .txt, a .txt or a .jsonl file")
+    p.add_argument("--corpus", default=None, help=CORPUS_HELP)
     p.add_argument("--target-length", type=ranged(int, min=2), required=True, help="target context L' in tokens")
     p.add_argument("--out", required=True, help="output folder (state.json, factors.json, history.jsonl, plots)")
     add_options(p, SearchConfig)
@@ -73,6 +78,11 @@ def register(subparsers) -> None:
                    help="fix the attention (magnitude) factor multiplied into cos and sin; 1 keeps attention "
                    "logits as trained, so with short factors of 1 a short context is unchanged (default: "
                    "LongRoPE's sqrt(1 + ln s / ln L), which also applies below L)")
+    p.add_argument("--init-factors", action="append", default=[], metavar="FACTORS",
+                   help="also start from these factors (a factors file, HF config or shipped name; repeat the "
+                   "flag for more), e.g. a search at a shorter target: their long factors, searched for scale "
+                   "s0, are carried to this search's scale s as lambda**(ln s / ln s0), which keeps "
+                   "unscaled dims at 1 and takes s0 to s; joins PI/NTK/YaRN in generation 0")
     p.add_argument("--split-seed", type=ranged(int, min=0), default=0,
                    help="seed of the search/validation/test split (default: 0)")
     p.add_argument("--resume", action="store_true", help="continue the search saved in --out")
@@ -121,9 +131,32 @@ def search_space(args: argparse.Namespace, spec: RotarySpec, target_length: int)
                        start_tokens=starts, variant=args.variant, critical_dim=cd)
 
 
+def carried_seed(ext: RopeExtension, scale: float) -> np.ndarray:
+    """Long factors searched for scale s0 carried to scale s: lambda**(ln s / ln s0). A factor
+    of 1 (a dim left as trained) stays 1 and a factor of s0 (interpolated) becomes s; between,
+    the search's shape is kept on a log scale. Factors of a scale of 1 are taken as they are."""
+    lam = np.asarray(ext.long_factor, dtype=np.float64)
+    s0 = ext.scale
+    if s0 <= 1 or math.isclose(s0, scale):
+        return lam
+    return np.power(np.maximum(lam, 1e-6), math.log(scale) / math.log(s0))
+
+
+def init_seeds(args: argparse.Namespace) -> list[tuple[str, RopeExtension]]:
+    """The --init-factors, loaded (cheap: before the model)."""
+    seeds = []
+    for given in args.init_factors:
+        try:
+            seeds.append((given, load_factors(given)))
+        except UsageError as e:
+            raise UsageError(f"--init-factors: {e}") from None
+    return seeds
+
+
 def search(args: argparse.Namespace, d: Dist) -> int:
     # -- check the cheap things before loading anything ---------------------------------------
     config, options, N = build(SearchConfig, args), build(SearchOptions, args), args.target_length
+    init_seeds(args)
     if args.start_token is not None and args.start_token >= N:
         raise UsageError(f"--start-token {args.start_token} must be below --target-length {N}")
     out = Path(args.out).expanduser()
@@ -152,9 +185,20 @@ def _search(args: argparse.Namespace, d: Dist, config: SearchConfig, options: Se
                 "dtype": str(resolve_dtype(args.dtype, device)).removeprefix("torch.")}
     if args.attention_factor is not None:  # recorded only when set: older states resume unchanged
         describe["attention_factor"] = args.attention_factor
+    seeds, names = peer_seeds(lm.spec, N / L), list(PEER_SEED_NAMES)
+    for given, ext in init_seeds(args):
+        try:
+            ext.check_fits(lm.spec)
+        except UsageError as e:
+            raise UsageError(f"--init-factors {given}: {e}") from None
+        seeds.append(carried_seed(ext, N / L))
+        names.append(str(ext.metadata.get("label") or Path(given).stem))
+    if len(seeds) > len(PEER_SEED_NAMES):  # recorded only when given, as above
+        describe["init_factors"] = {name: [round(float(x), 6) for x in seed]
+                                    for name, seed in zip(names[len(PEER_SEED_NAMES):], seeds[len(PEER_SEED_NAMES):])}
     state = _on_main(d, lambda: SearchState.load(out)) if args.resume and has_state(out) else None
     job = SearchJob(lm.model, docs, long_factor_candidate(lm.spec, N, args.attention_factor), search_space(args, lm.spec, N), config,
-                    peer_seeds(lm.spec, N / L), out, describe, options, peers=lm.spec,
+                    seeds, out, describe, options, peers=lm.spec, seed_names=tuple(names),
                     title=f"search at {N} tokens ({args.model})", is_main=d.is_main,
                     evaluate_batch=distributed_evaluator(d), agree=lambda n: min_over_ranks(n, d))
     state, ext = drive(job, state)

@@ -29,7 +29,7 @@ from ..methods import ntk_factors, pi_factors, yarn_factors
 from ..options import check_options, option
 from ..rope import RotarySpec
 from .cma import run_cma_search
-from .evolution import STATE_FILE, SearchConfig, SearchState, evaluate_serial, population_curve, run_search, write_history
+from .evolution import PEER_SEED_NAMES, STATE_FILE, SearchConfig, SearchState, evaluate_serial, population_curve, run_search, write_history
 from .fitness import OBJECTIVES, MakeExtension, auto_candidates_per_forward
 from .genes import SearchSpace
 from .needle import KEYS
@@ -110,6 +110,7 @@ class SearchJob:
     resume_hint: str = "continue with --resume"
     progress: bool = True
     agree: Callable[[int], int] = int  # the value every rank uses of a per-rank one (distributed: the smallest)
+    seed_names: Sequence[str] = PEER_SEED_NAMES  # a name per seed, for the comparison printed at the end
 
     @property
     def settings(self) -> dict[str, Any]:
@@ -194,16 +195,16 @@ def _describe(job: SearchJob, state: SearchState | None) -> dict[str, Any]:
 
 
 def seed_scores(job: SearchJob, state: SearchState) -> dict[str, float]:
-    """Perplexity of the PI / NTK / YaRN seeds (as snapped onto the grid) among the scored
-    candidates: what the search result is to be compared with."""
+    """Perplexity of the PI / NTK / YaRN seeds (and any --init-factors), as snapped onto the grid,
+    among the scored candidates: what the search result is to be compared with."""
     keys = {job.space.from_factors(np.asarray(seed)).key: name
-            for name, seed in zip(("PI", "NTK", "YaRN"), job.seeds)} if len(job.seeds) == 3 else {}
+            for name, seed in zip(job.seed_names, job.seeds)} if len(job.seed_names) == len(job.seeds) else {}
     found = {}
     for r in state.history:
         name = keys.get(r.genome.key)
         if name and name not in found and not r.evaluation.rejected:
             found[name] = r.evaluation.perplexity
-    return {name: found[name] for name in ("PI", "NTK", "YaRN") if name in found}
+    return {name: found[name] for name in job.seed_names if name in found}
 
 
 def _candidates(config: SearchConfig) -> int:

@@ -462,6 +462,9 @@ def space_config(space: SearchSpace) -> dict[str, Any]:
             "critical_dim": space.critical_dim}
 
 
+PEER_SEED_NAMES = ("PI", "NTK", "YaRN")
+
+
 def peer_seeds(spec: RotarySpec, scale: float) -> list[np.ndarray]:
     """PI, NTK and YaRN factor vectors [d/2]: the paper's initial population (section 3.2)."""
     return [f(spec, scale).numpy() for f in (pi_factors, ntk_factors, yarn_factors)]

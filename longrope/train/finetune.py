@@ -35,7 +35,7 @@ from typing import Any
 import torch
 from tqdm import tqdm
 
-from ..data import load_corpus, split_corpus, tokenize_corpus
+from ..data import CORPUS_HELP, DEFAULT_CORPUS, load_corpus, split_corpus, tokenize_corpus
 from ..errors import UsageError
 from ..evaluate.passkey import MAX_KEY, build_prompt
 from ..factors import RopeExtension
@@ -76,7 +76,7 @@ class FinetuneConfig:
                              "or interrupted)", min=0)
     keep_checkpoints: bool = option(False, "keep checkpoints/ after the run completes")
     seed: int = option(0, "seed of the data order and passkey rows", min=0)
-    corpus: str | None = option(None, "stdlib, a folder of .txt, a .txt or a .jsonl file", default_help="stdlib")
+    corpus: str | None = option(None, CORPUS_HELP, default_help=DEFAULT_CORPUS)
     split_seed: int = option(0, "seed of the corpus split", min=0)
 
     def validate(self) -> None:
