@@ -116,6 +116,39 @@ def test_init_factors_carry_a_shorter_search_into_generation_0(assets, tmp_path,
     assert "--init-factors" in err[-1] and "not found" in err[-1] and not (tmp_path / "bad").exists()
 
 
+def test_short_for_searches_short_factors_within_the_native_context(assets, tmp_path, capsys):
+    long_run = tmp_path / "long"
+    assert main(search_args(assets, long_run)) == 0  # 32 -> 64 tokens
+    long_ext = RopeExtension.load(long_run / "factors.json")
+    out = tmp_path / "short"
+    given = ["--short-for", str(long_run / "factors.json"), "--no-early-reject"]
+    capsys.readouterr()
+    assert main(search_args(assets, out, target=32, extra=given)) == 0
+    ext = RopeExtension.load(out / "factors.json")
+    # the long factors, n_hat and attention factor are kept; the short ones are searched in [1, s]
+    assert ext.long_factor == long_ext.long_factor and ext.start_token == long_ext.start_token
+    assert ext.attention_factor == long_ext.attention_factor and ext.short_factor is not None
+    assert 1.0 <= min(ext.short_factor) and max(ext.short_factor) <= 2.0
+    # the long search's record stays; this one's is beside it
+    assert ext.metadata["search_perplexity"] == long_ext.metadata["search_perplexity"]
+    assert ext.metadata["short_search"]["target_length"] == 32 and ext.metadata["short_search"]["candidates"] == 14
+    history = [json.loads(x) for x in (out / "history.jsonl").read_text().splitlines()]
+    assert history[0]["factors"] == [1.0] * 8 and {h["start_token"] for h in history} == {long_ext.start_token}
+    # the short factors are what the model uses at 32 tokens: different ones score differently
+    assert len({h["perplexity"] for h in history}) > 5
+    best = min(h["perplexity"] for h in history)
+    assert ext.metadata["short_search"]["search_perplexity"] == pytest.approx(best)
+    line = capsys.readouterr().out
+    assert "original " in line and "long " in line
+    # bad input: one line, exit 2, nothing written
+    for bad in (search_args(assets, tmp_path / "b1", target=64, extra=given),  # above the native context
+                search_args(assets, tmp_path / "b2", target=32, extra=given + ["--variant", "critical"]),
+                search_args(assets, tmp_path / "b3", target=32, extra=["--short-for", "nope-16k"])):
+        assert main(bad) == 2
+        assert len(capsys.readouterr().err.strip().splitlines()) == 1
+    assert not any((tmp_path / b).exists() for b in ("b1", "b2", "b3"))
+
+
 @pytest.mark.parametrize("case", ["short_target", "population", "corpus", "unwritable"])
 def test_bad_input_is_one_line_exit_2_and_writes_nothing(assets, tmp_path, capsys, case):
     out = tmp_path / "out"

@@ -17,7 +17,9 @@ import argparse
 import contextlib
 import math
 import sys
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -36,7 +38,7 @@ from ..options import add_options, build, ranged
 from ..search.driver import SearchJob, SearchOptions, drive, has_state, seed_scores
 from ..search.scored import SCORED_FILE
 from ..search.evolution import PEER_SEED_NAMES, STATE_FILE, SearchConfig, SearchState, peer_seeds
-from ..search.fitness import long_factor_candidate, search_documents
+from ..search.fitness import MakeExtension, long_factor_candidate, search_documents
 from ..search.genes import START_TOKENS, SearchSpace, critical_dimension
 from .common import add_model_args
 
@@ -83,6 +85,11 @@ def register(subparsers) -> None:
                    "flag for more), e.g. a search at a shorter target: their long factors, searched for scale "
                    "s0, are carried to this search's scale s as lambda**(ln s / ln s0), which keeps "
                    "unscaled dims at 1 and takes s0 to s; joins PI/NTK/YaRN in generation 0")
+    p.add_argument("--short-for", default=None, metavar="FACTORS",
+                   help="readjust instead (LongRoPE section 3.3): search short_factor, used up to the native "
+                   "context, for these long factors (kept, with their n_hat and attention factor), at "
+                   "--target-length <= the native context, lambda in [1, --max-factor (default: their scale s)]; "
+                   "seeded with 1 (the original RoPE) and the long factors; writes both")
     p.add_argument("--split-seed", type=ranged(int, min=0), default=0,
                    help="seed of the search/validation/test split (default: 0)")
     p.add_argument("--resume", action="store_true", help="continue the search saved in --out")
@@ -153,10 +160,27 @@ def init_seeds(args: argparse.Namespace) -> list[tuple[str, RopeExtension]]:
     return seeds
 
 
+def readjusted(ext: RopeExtension, bound: float) -> tuple[MakeExtension, list[np.ndarray]]:
+    """--short-for: candidates are `ext` with a searched short_factor in [1, bound] (its long
+    factors, n_hat and attention factor kept), seeded with the original RoPE (all 1) and
+    its long factors clipped to the bound (LongRoPE section 3.3)."""
+    kept = dict(ext.metadata)
+
+    def make(factors: np.ndarray, start_token: int) -> RopeExtension:
+        return ext.with_(short_factor=[float(x) for x in factors], metadata=kept)
+
+    return make, [np.ones(ext.half_dim), np.minimum(np.asarray(ext.long_factor), bound)]
+
+
 def search(args: argparse.Namespace, d: Dist) -> int:
     # -- check the cheap things before loading anything ---------------------------------------
     config, options, N = build(SearchConfig, args), build(SearchOptions, args), args.target_length
     init_seeds(args)
+    if args.short_for is not None:
+        if args.init_factors or args.variant != "longrope" or args.start_token is not None:
+            raise UsageError("--short-for searches every short factor at the long factors' n_hat; it takes no "
+                             "--init-factors, --variant or --start-token")
+        args.short_ext = _loaded("--short-for", args.short_for)
     if args.start_token is not None and args.start_token >= N:
         raise UsageError(f"--start-token {args.start_token} must be below --target-length {N}")
     out = Path(args.out).expanduser()
@@ -165,42 +189,89 @@ def search(args: argparse.Namespace, d: Dist) -> int:
         return _search(args, d, config, options, out)
 
 
+def _loaded(flag: str, given: str) -> RopeExtension:
+    try:
+        return load_factors(given)
+    except UsageError as e:
+        raise UsageError(f"{flag}: {e}") from None
+
+
+@dataclass
+class Plan:
+    """What a search scores: candidates (`make`), their genome space, the seeds and their names."""
+
+    make: MakeExtension
+    space: SearchSpace
+    seeds: list[np.ndarray]
+    names: list[str]
+    title: str
+
+
+def _long_plan(args: argparse.Namespace, spec: RotarySpec, N: int, describe: dict[str, Any]) -> Plan:
+    """Long factors for the target (Algorithm 1), seeded with PI/NTK/YaRN and --init-factors."""
+    L = spec.original_max_position_embeddings
+    if N <= L:
+        raise UsageError(f"--target-length {N} must exceed the model's native context {L}")
+    seeds, names = peer_seeds(spec, N / L), list(PEER_SEED_NAMES)
+    for given, ext in init_seeds(args):
+        try:
+            ext.check_fits(spec)
+        except UsageError as e:
+            raise UsageError(f"--init-factors {given}: {e}") from None
+        seeds.append(carried_seed(ext, N / L))
+        names.append(str(ext.metadata.get("label") or Path(given).stem))
+    if len(seeds) > len(PEER_SEED_NAMES):  # recorded only when given: older states resume unchanged
+        describe["init_factors"] = {name: [round(float(x), 6) for x in seed]
+                                    for name, seed in zip(names[len(PEER_SEED_NAMES):], seeds[len(PEER_SEED_NAMES):])}
+    return Plan(long_factor_candidate(spec, N, args.attention_factor), search_space(args, spec, N), seeds, names,
+                f"search at {N} tokens ({args.model})")
+
+
+def _short_plan(args: argparse.Namespace, spec: RotarySpec, N: int, describe: dict[str, Any]) -> Plan:
+    """--short-for: short factors at a length within the native context, for fixed long factors."""
+    ext, L = args.short_ext, spec.original_max_position_embeddings
+    try:
+        ext.check_fits(spec)
+    except UsageError as e:
+        raise UsageError(f"--short-for {args.short_for}: {e}") from None
+    if N > L:
+        raise UsageError(f"--target-length {N} must be at most the model's native context {L} with --short-for "
+                         f"(short factors serve sequences up to it)")
+    if args.attention_factor is not None:
+        raise UsageError("--short-for keeps the long factors' attention factor; drop --attention-factor")
+    bound = args.max_factor or max(ext.scale, 1.0 + args.step)
+    make, seeds = readjusted(ext, bound)
+    describe["short_for"] = ext.to_dict()
+    space = SearchSpace(half=spec.half, scale=bound, max_factor=bound, step=args.step,
+                        start_tokens=(ext.start_token,))
+    return Plan(make, space, seeds, ["original", "long"], f"short factors at {N} tokens ({args.model})")
+
+
 def _search(args: argparse.Namespace, d: Dist, config: SearchConfig, options: SearchOptions, out: Path) -> int:
     # -- the model, loaded once; candidates only swap its RoPE factors -------------------------
     device = args.device or (f"cuda:{d.local_rank}" if torch.cuda.is_available() else "cpu")
     lm = load_model(args.model, dtype=args.dtype, device=device)
-    L, N = lm.spec.original_max_position_embeddings, args.target_length
+    N = args.target_length
     if args.critical_dim is not None and args.critical_dim > lm.spec.half:
         raise UsageError(f"--critical-dim {args.critical_dim} exceeds the model's {lm.spec.half} frequencies")
-    if N <= L:
-        raise UsageError(f"--target-length {N} must exceed the model's native context {L}")
+    describe = {"model": args.model, "model_files": model_fingerprint(args.model),
+                "corpus": args.corpus or "stdlib", "target_length": N, "split_seed": args.split_seed,
+                "dtype": str(resolve_dtype(args.dtype, device)).removeprefix("torch.")}
+    if args.attention_factor is not None:  # recorded only when set: older states resume unchanged
+        describe["attention_factor"] = args.attention_factor
+    short = args.short_for is not None
+    plan = (_short_plan if short else _long_plan)(args, lm.spec, N, describe)
 
     # -- K search documents of the target length (the split eval-ppl holds out) ----------------
     docs = search_documents(lm.tokenizer, args.corpus, N, args.docs, args.split_seed, options.objective, options.needles)
     if d.is_main and len(docs) < args.docs:
         print(f"note: only {len(docs)} search documents reach {N} tokens (asked for {args.docs})", file=sys.stderr)
-    describe = {"model": args.model, "model_files": model_fingerprint(args.model),
-                "corpus": args.corpus or "stdlib", "target_length": N,
-                "docs": len(docs), "split_seed": args.split_seed,
-                "dtype": str(resolve_dtype(args.dtype, device)).removeprefix("torch.")}
-    if args.attention_factor is not None:  # recorded only when set: older states resume unchanged
-        describe["attention_factor"] = args.attention_factor
-    seeds, names = peer_seeds(lm.spec, N / L), list(PEER_SEED_NAMES)
-    for given, ext in init_seeds(args):
-        try:
-            ext.check_fits(lm.spec)
-        except UsageError as e:
-            raise UsageError(f"--init-factors {given}: {e}") from None
-        seeds.append(carried_seed(ext, N / L))
-        names.append(str(ext.metadata.get("label") or Path(given).stem))
-    if len(seeds) > len(PEER_SEED_NAMES):  # recorded only when given, as above
-        describe["init_factors"] = {name: [round(float(x), 6) for x in seed]
-                                    for name, seed in zip(names[len(PEER_SEED_NAMES):], seeds[len(PEER_SEED_NAMES):])}
+    describe["docs"] = len(docs)
     state = _on_main(d, lambda: SearchState.load(out)) if args.resume and has_state(out) else None
-    job = SearchJob(lm.model, docs, long_factor_candidate(lm.spec, N, args.attention_factor), search_space(args, lm.spec, N), config,
-                    seeds, out, describe, options, peers=lm.spec, seed_names=tuple(names),
-                    title=f"search at {N} tokens ({args.model})", is_main=d.is_main,
-                    evaluate_batch=distributed_evaluator(d), agree=lambda n: min_over_ranks(n, d))
+    job = SearchJob(lm.model, docs, plan.make, plan.space, config, plan.seeds, out, describe, options,
+                    peers=None if short else lm.spec, seed_names=tuple(plan.names), title=plan.title,
+                    is_main=d.is_main, evaluate_batch=distributed_evaluator(d), agree=lambda n: min_over_ranks(n, d),
+                    finalize=_short_metadata(args.short_ext) if short else None)
     state, ext = drive(job, state)
     if d.is_main:
         best = state.best.evaluation
@@ -209,3 +280,16 @@ def _search(args: argparse.Namespace, d: Dist, config: SearchConfig, options: Se
               f"{state.generation} generations, {len(state.history)} candidates"
               + (f"; the seeds scored {peers}" if peers else "") + f"; wrote {out / 'factors.json'}")
     return 0
+
+
+def _short_metadata(long_ext: RopeExtension):
+    """The found extension's metadata: the long search's record, with this search's under
+    "short_search" (its settings and cost) instead of replacing it."""
+    keys = ("search_perplexity", "generations", "candidates", "document_forwards", "seed", "target_length",
+            "docs", "corpus", "split_seed", "dtype", "optimizer", "objective")
+
+    def finalize(ext: RopeExtension) -> RopeExtension:
+        found = {k: ext.metadata[k] for k in keys if k in ext.metadata}
+        return ext.with_(metadata={**long_ext.metadata, "short_search": found})
+
+    return finalize

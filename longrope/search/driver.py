@@ -29,7 +29,8 @@ from ..methods import ntk_factors, pi_factors, yarn_factors
 from ..options import check_options, option
 from ..rope import RotarySpec
 from .cma import run_cma_search
-from .evolution import PEER_SEED_NAMES, STATE_FILE, SearchConfig, SearchState, evaluate_serial, population_curve, run_search, write_history
+from .evolution import (PEER_SEED_NAMES, STATE_FILE, SearchConfig, SearchState, evaluate_serial, population_curve,
+                        run_search, write_history)
 from .fitness import OBJECTIVES, MakeExtension, auto_candidates_per_forward
 from .genes import SearchSpace
 from .needle import KEYS
@@ -111,6 +112,7 @@ class SearchJob:
     progress: bool = True
     agree: Callable[[int], int] = int  # the value every rank uses of a per-rank one (distributed: the smallest)
     seed_names: Sequence[str] = PEER_SEED_NAMES  # a name per seed, for the comparison printed at the end
+    finalize: Callable[[RopeExtension], RopeExtension] | None = None  # adjusts the factors file written
 
     @property
     def settings(self) -> dict[str, Any]:
@@ -135,12 +137,13 @@ class SearchOutputs:
         best, job = state.best, self.job
         ext = job.make(job.space.factors(best.genome), best.genome.start_token)
         rope = {} if job.peers is None else {"rope_theta": job.peers.base, "rotary_dim": job.peers.dim}
-        return ext.with_(metadata={
+        ext = ext.with_(metadata={
             **ext.metadata, **job.settings, **rope, "search_perplexity": best.evaluation.perplexity,
             "generations": state.generation, "candidates": len(state.history),
             "document_forwards": sum(len(r.evaluation.doc_losses) for r in state.history),
             "variant": job.space.variant, "seed": state.config.get("seed"), "version": __version__,
         })
+        return ext if job.finalize is None else job.finalize(ext)
 
     def checkpoint(self, state: SearchState) -> None:
         write_history(self.job.out, state, self.job.space)
