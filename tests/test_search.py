@@ -114,6 +114,25 @@ def test_critical_variant_follows_lambda_cd_below_cd():
     np.testing.assert_allclose(lam[:cd], lam[cd] ** (np.arange(cd) / cd))
 
 
+def test_critical_seeds_collapse_so_the_rest_of_the_population_is_drawn_uniformly():
+    from longrope.search.evolution import seed_population
+
+    space = space_of("critical")
+    seeds = peer_seeds(SPEC, 8.0)
+    assert len({space.from_factors(lam).key for lam in seeds}) == 1  # PI, NTK, YaRN: every dim >= cd at s
+    pop = seed_population(space, seeds, 64, 0.3, np.random.default_rng(0))
+    assert len({g.key for g in pop}) == 64
+    for g in pop:
+        assert_valid(space, g)
+    # mutants of the flat seed would differ only in the top gene; these spread over the range
+    first_genes = np.array([g.units[0] for g in pop[1:]])
+    assert np.mean(first_genes > space.lo[0]) > 0.5 and np.ptp([g.units[-1] for g in pop]) > 100
+    longrope = space_of("longrope")
+    for g in [longrope.random_genome(np.random.default_rng(i)) for i in range(20)] + \
+             [space_of("piecewise").random_genome(np.random.default_rng(i)) for i in range(20)]:
+        assert_valid(longrope if g.band is None else space_of("piecewise"), g)
+
+
 def test_piecewise_pins_outside_the_band():
     space = space_of("piecewise")
     g = space.from_factors(yarn_factors(SPEC, 8.0).numpy())

@@ -317,7 +317,13 @@ def _new_genome(make: Callable[[], Genome | None], seen: set, tries: int = 100) 
 def seed_population(space: SearchSpace, seeds: Sequence[np.ndarray], size: int, p: float,
                     rng: np.random.Generator, start_token: int | None = None) -> list[Genome]:
     """The seed vectors snapped onto the grid (PI, NTK, YaRN in the paper), then mutations
-    of randomly chosen seeds until the population has `size` members."""
+    of randomly chosen seeds until the population has `size` members.
+
+    When the seeds snap to one genome, as PI, NTK and YaRN do for LongRoPE2's critical variant
+    (each puts every dim >= cd at s, the lower bound), the rest are drawn uniformly
+    (`SearchSpace.random_genome`) instead: a mutation redraws a gene between its neighbours'
+    values, so the mutants of a flat genome differ only in its top gene, and the search could
+    not leave the seed."""
     seen: set = set()
     population = []
     for lam in seeds:
@@ -326,8 +332,14 @@ def seed_population(space: SearchSpace, seeds: Sequence[np.ndarray], size: int, 
             seen.add(g.key)
             population.append(g)
     base = list(population)
+    if len(base) == 1:
+        def make() -> Genome:
+            return space.random_genome(rng, start_token)
+    else:
+        def make() -> Genome:
+            return space.mutate(base[int(rng.integers(len(base)))], rng, p)
     while len(population) < size:
-        g = _new_genome(lambda: space.mutate(base[int(rng.integers(len(base)))], rng, p), seen)
+        g = _new_genome(make, seen)
         if g is None:
             break
         population.append(g)

@@ -164,6 +164,16 @@ class SearchSpace:
         units = np.maximum.accumulate(np.clip(units, self.lo, self.hi))
         return self._pin(units, band, start)
 
+    def random_genome(self, rng: np.random.Generator, start_token: int | None = None) -> Genome:
+        """A genome drawn uniformly over the non-decreasing ones: every gene uniform on its grid
+        range, sorted; n_hat uniform over its candidates unless given."""
+        units = np.sort(rng.integers(self.lo, self.hi + 1))
+        lam = units * self.step
+        if self.variant == "critical":  # from_factors takes all d/2 and keeps dims >= cd
+            lam = np.concatenate([np.ones(self.critical_dim), lam])
+        start = self.start_tokens[int(rng.integers(len(self.start_tokens)))] if start_token is None else start_token
+        return self.from_factors(lam, start)
+
     def mutate(self, g: Genome, rng: np.random.Generator, p: float) -> Genome:
         """Each gene changes with probability p (paper Algorithm 1, MUTATION): a factor is
         redrawn uniformly on the grid between its neighbours' current values, so the vector
