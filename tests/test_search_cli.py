@@ -64,6 +64,12 @@ def test_search_writes_factors_history_and_plots(assets, tmp_path):
     install_rope(lm.model, ext)
 
 
+def test_progress_shows_the_documents_of_the_candidate_being_scored(assets, tmp_path, capsys):
+    assert main(search_args(assets, tmp_path / "run", extra=["--no-early-reject"])) == 0
+    err = capsys.readouterr().err
+    assert "docs=2/2" in err and "cand" in err  # candidates started, and how far the current one is
+
+
 def test_fixed_start_token_and_variants(assets, tmp_path):
     assert main(search_args(assets, tmp_path / "a", extra=["--start-token", "0", "--variant", "critical"])) == 0
     history = [json.loads(x) for x in (tmp_path / "a" / "history.jsonl").read_text().splitlines()]

@@ -13,6 +13,7 @@ one is refused (states written before they existed are the GA's, on perplexity).
 from __future__ import annotations
 
 import sys
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Sequence
@@ -216,21 +217,47 @@ def _candidates(config: SearchConfig) -> int:
 
 class _Ticking:
     """The objective, ticking the progress bar once for each candidate it starts to score (one at
-    a time, or as a batch row: `losses` rows that have scored no document yet)."""
+    a time, or as a batch row: `losses` rows that have scored no document yet), and showing, one
+    at a time, how many of its documents are scored (a long-context candidate takes minutes)."""
 
-    def __init__(self, objective, tick: Callable[[int], Any]):
-        self._objective, self._tick = objective, tick
+    def __init__(self, objective, tick: Callable[[int], Any], show_docs: Callable[[int], Any] = lambda n: None):
+        self._objective, self._tick, self._show_docs = objective, tick, show_docs
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._objective, name)
 
     def __call__(self, factors, start_token):
         self._tick(1)
-        return self._objective(factors, start_token)
+        self._show_docs(0)
+        for scored, loss in enumerate(self._objective(factors, start_token), start=1):
+            self._show_docs(scored)
+            yield loss
 
     def losses(self, rows):
         self._tick(sum(1 for row in rows if row[2] == 0))
         return self._objective.losses(rows)
+
+
+class _Progress:
+    """The search's progress bar: candidates started, generation, best so far, and the
+    documents the current candidate has scored (redrawn at most once a second)."""
+
+    def __init__(self, job: SearchJob, state: SearchState | None):
+        self.bar = tqdm(total=_candidates(job.config), desc=job.title, unit="cand", dynamic_ncols=True,
+                        disable=not (job.is_main and job.progress),
+                        initial=0 if state is None else len(state.history))
+        self.num_docs, self.fields, self.shown = len(job.docs), {}, 0.0
+        self.set(gen=0 if state is None else state.generation + 1)
+
+    def set(self, **fields) -> None:
+        self.fields.update(fields)
+        self.bar.set_postfix(self.fields, refresh=False)
+        if time.monotonic() - self.shown >= 1.0:
+            self.shown = time.monotonic()
+            self.bar.refresh()
+
+    def docs(self, scored: int) -> None:
+        self.set(docs=f"{scored}/{self.num_docs}")
 
 
 def drive(job: SearchJob, state: SearchState | None = None) -> tuple[SearchState, RopeExtension | None]:
@@ -246,20 +273,19 @@ def drive(job: SearchJob, state: SearchState | None = None) -> tuple[SearchState
     describe = {**_describe(job, state), "candidates_per_forward": scorer.candidates_per_forward}
     outputs = SearchOutputs(job) if job.is_main else None
     # one tick per candidate this process starts (resynchronised after each generation)
-    bar = tqdm(total=_candidates(job.config), desc=job.title, unit="cand", dynamic_ncols=True,
-               disable=not (job.is_main and job.progress), initial=0 if state is None else len(state.history))
-    bar.set_postfix(gen=0 if state is None else state.generation + 1)
+    progress = _Progress(job, state)
+    bar = progress.bar
 
     # every document loss is kept as it comes (scored.jsonl), so a stop mid-generation loses at most one pass
     log = ScoredLog(job.out / SCORED_FILE if job.is_main else None, describe)
-    objective = _Ticking(Remembering(scorer, log), bar.update)
+    objective = _Ticking(Remembering(scorer, log), bar.update, progress.docs)
     if log.losses:
         bar.write(f"reusing {len(log.losses)} document losses of the interrupted generation ({SCORED_FILE})", file=sys.stderr)
 
     def on_generation(st: SearchState) -> None:
         if outputs is not None:
             outputs.checkpoint(st)
-            bar.set_postfix(gen=st.generation + 1, best_ppl=f"{st.best.evaluation.perplexity:.3f}")
+            progress.set(gen=st.generation + 1, best_ppl=f"{st.best.evaluation.perplexity:.3f}")
             bar.update(len(st.history) - bar.n)
         log.clear()
 
