@@ -75,10 +75,10 @@ def run_cells(
             if key in done:
                 cells[key] = done[key]
                 continue
+            bar.set_postfix(variant=v.label, length=key[2])  # the cell in progress (one may take minutes)
             cells[key] = evaluators[key[1]](lm, v, key[2])
             on_cell(cells)
             bar.update(1)
-            bar.set_postfix(variant=v.label, length=key[2])
         del lm
     bar.close()
     return cells
