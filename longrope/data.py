@@ -77,8 +77,7 @@ def stdlib_documents() -> list[Document]:
     root, files = _stdlib_sources()
     docs = [Document(path.relative_to(root).as_posix(), path.read_text(encoding="utf-8", errors="replace"))
             for path in files]
-    docs += [Document(f"pydoc_data/topics.py:{key}", text) for key, text in _pydoc_topics().items()]
-    return [d for d in docs if d.text.strip()]
+    return docs + [Document(f"pydoc_data/topics.py:{key}", text) for key, text in _pydoc_topics().items()]
 
 
 def stdlib_package_documents() -> list[Document]:
@@ -99,8 +98,7 @@ def stdlib_package_documents() -> list[Document]:
         parts = [f"# file: {p.relative_to(root).as_posix()}\n{p.read_text(encoding='utf-8', errors='replace')}"
                  for p in paths]
         docs.append(Document(f"{name}/", "\n".join(parts)))
-    docs.append(Document("pydoc_data/topics.py", "\n\n".join(_pydoc_topics().values())))
-    return [d for d in docs if d.text.strip()]
+    return docs + [Document("pydoc_data/topics.py", "\n\n".join(_pydoc_topics().values()))]
 
 
 def _read_text(path: Path) -> str:
@@ -133,7 +131,7 @@ def load_corpus(spec: str | None = None) -> list[Document]:
 
     spec: None or "stdlib" (the default corpus), "stdlib-packages", a directory of .txt files (searched
     recursively), one .txt file, or a .jsonl file with a string field "text" per line
-    (and optionally "name"). Empty documents are dropped. UsageError on a bad path,
+    (and optionally "name"). Empty documents (here, in every source) are dropped. UsageError on a bad path,
     a malformed line or a corpus with no text.
     """
     if spec is None or spec == DEFAULT_CORPUS:

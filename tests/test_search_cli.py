@@ -97,14 +97,14 @@ def test_a_fixed_attention_factor_is_used_recorded_and_kept_on_resume(assets, tm
 def test_init_factors_carry_a_shorter_search_into_generation_0(assets, tmp_path, capsys):
     import numpy as np
 
-    from longrope.commands.search import carried_seed
+    from longrope.search.evolution import carried_seed
 
     short = tmp_path / "x2"
     assert main(search_args(assets, short)) == 0  # 32 -> 64 tokens
     ext = RopeExtension.load(short / "factors.json")
     lam = np.asarray(ext.long_factor)
-    carried = carried_seed(ext, 4.0)  # to 128 tokens: lambda ** (ln 4 / ln 2) = lambda ** 2
-    assert np.allclose(carried, lam ** 2) and carried_seed(ext, 2.0).tolist() == lam.tolist()
+    carried = carried_seed(ext.long_factor, ext.scale, 4.0)  # to 128 tokens: lambda ** (ln 4 / ln 2) = lambda ** 2
+    assert np.allclose(carried, lam ** 2) and np.allclose(carried_seed(ext.long_factor, 2.0, 2.0), lam)
     out = tmp_path / "x4"
     capsys.readouterr()
     given = ["--init-factors", str(short / "factors.json"), "--no-early-reject"]

@@ -15,11 +15,10 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import math
 import sys
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 import torch
@@ -37,8 +36,8 @@ from ..search.distributed import (Dist, broadcast, close_distributed, distribute
 from ..options import add_options, build, ranged
 from ..search.driver import SearchJob, SearchOptions, drive, has_state, seed_scores
 from ..search.scored import SCORED_FILE
-from ..search.evolution import PEER_SEED_NAMES, STATE_FILE, SearchConfig, SearchState, peer_seeds
-from ..search.fitness import MakeExtension, long_factor_candidate, search_documents
+from ..search.evolution import PEER_SEED_NAMES, STATE_FILE, SearchConfig, SearchState, carried_seed, peer_seeds
+from ..search.fitness import MakeExtension, long_factor_candidate, search_documents, short_factor_candidate
 from ..search.genes import START_TOKENS, SearchSpace, critical_dimension
 from .common import add_model_args
 
@@ -138,62 +137,40 @@ def search_space(args: argparse.Namespace, spec: RotarySpec, target_length: int)
                        start_tokens=starts, variant=args.variant, critical_dim=cd)
 
 
-def carried_seed(ext: RopeExtension, scale: float) -> np.ndarray:
-    """Long factors searched for scale s0 carried to scale s: lambda**(ln s / ln s0). A factor
-    of 1 (a dim left as trained) stays 1 and a factor of s0 (interpolated) becomes s; between,
-    the search's shape is kept on a log scale. Factors of a scale of 1 are taken as they are."""
-    lam = np.asarray(ext.long_factor, dtype=np.float64)
-    s0 = ext.scale
-    if s0 <= 1 or math.isclose(s0, scale):
-        return lam
-    return np.power(np.maximum(lam, 1e-6), math.log(scale) / math.log(s0))
+def _loaded(flag: str, given: str) -> RopeExtension:
+    """A factors file, HF config or shipped name given to `flag` (cheap: before the model)."""
+    try:
+        return load_factors(given)
+    except UsageError as e:
+        raise UsageError(f"{flag}: {e}") from None
 
 
-def init_seeds(args: argparse.Namespace) -> list[tuple[str, RopeExtension]]:
-    """The --init-factors, loaded (cheap: before the model)."""
-    seeds = []
-    for given in args.init_factors:
-        try:
-            seeds.append((given, load_factors(given)))
-        except UsageError as e:
-            raise UsageError(f"--init-factors: {e}") from None
-    return seeds
-
-
-def readjusted(ext: RopeExtension, bound: float) -> tuple[MakeExtension, list[np.ndarray]]:
-    """--short-for: candidates are `ext` with a searched short_factor in [1, bound] (its long
-    factors, n_hat and attention factor kept), seeded with the original RoPE (all 1) and
-    its long factors clipped to the bound (LongRoPE section 3.3)."""
-    kept = dict(ext.metadata)
-
-    def make(factors: np.ndarray, start_token: int) -> RopeExtension:
-        return ext.with_(short_factor=[float(x) for x in factors], metadata=kept)
-
-    return make, [np.ones(ext.half_dim), np.minimum(np.asarray(ext.long_factor), bound)]
+def _fitting(flag: str, given: str, spec: RotarySpec) -> RopeExtension:
+    """`_loaded`, checked against the loaded model's RoPE."""
+    ext = _loaded(flag, given)
+    try:
+        ext.check_fits(spec)
+    except UsageError as e:
+        raise UsageError(f"{flag} {given}: {e}") from None
+    return ext
 
 
 def search(args: argparse.Namespace, d: Dist) -> int:
     # -- check the cheap things before loading anything ---------------------------------------
     config, options, N = build(SearchConfig, args), build(SearchOptions, args), args.target_length
-    init_seeds(args)
+    for given in args.init_factors:
+        _loaded("--init-factors", given)
     if args.short_for is not None:
         if args.init_factors or args.variant != "longrope" or args.start_token is not None:
             raise UsageError("--short-for searches every short factor at the long factors' n_hat; it takes no "
                              "--init-factors, --variant or --start-token")
-        args.short_ext = _loaded("--short-for", args.short_for)
+        _loaded("--short-for", args.short_for)
     if args.start_token is not None and args.start_token >= N:
         raise UsageError(f"--start-token {args.start_token} must be below --target-length {N}")
     out = Path(args.out).expanduser()
     with contextlib.ExitStack() as owned:  # rank 0 owns --out (lock, writability, cleanup)
         _on_main(d, lambda: _prepare_out(owned.enter_context(output_dir(out)), args.resume))
         return _search(args, d, config, options, out)
-
-
-def _loaded(flag: str, given: str) -> RopeExtension:
-    try:
-        return load_factors(given)
-    except UsageError as e:
-        raise UsageError(f"{flag}: {e}") from None
 
 
 @dataclass
@@ -205,6 +182,8 @@ class Plan:
     seeds: list[np.ndarray]
     names: list[str]
     title: str
+    peers: RotarySpec | None = None  # plot the found factors against PI/NTK/YaRN for this RoPE
+    finalize: Callable[[RopeExtension], RopeExtension] | None = None  # adjusts the factors file written
 
 
 def _long_plan(args: argparse.Namespace, spec: RotarySpec, N: int, describe: dict[str, Any]) -> Plan:
@@ -212,39 +191,34 @@ def _long_plan(args: argparse.Namespace, spec: RotarySpec, N: int, describe: dic
     L = spec.original_max_position_embeddings
     if N <= L:
         raise UsageError(f"--target-length {N} must exceed the model's native context {L}")
-    seeds, names = peer_seeds(spec, N / L), list(PEER_SEED_NAMES)
-    for given, ext in init_seeds(args):
-        try:
-            ext.check_fits(spec)
-        except UsageError as e:
-            raise UsageError(f"--init-factors {given}: {e}") from None
-        seeds.append(carried_seed(ext, N / L))
-        names.append(str(ext.metadata.get("label") or Path(given).stem))
-    if len(seeds) > len(PEER_SEED_NAMES):  # recorded only when given: older states resume unchanged
-        describe["init_factors"] = {name: [round(float(x), 6) for x in seed]
-                                    for name, seed in zip(names[len(PEER_SEED_NAMES):], seeds[len(PEER_SEED_NAMES):])}
-    return Plan(long_factor_candidate(spec, N, args.attention_factor), search_space(args, spec, N), seeds, names,
-                f"search at {N} tokens ({args.model})")
+    carried = []  # (name, factors) of each --init-factors, carried to this scale
+    for given in args.init_factors:
+        ext = _fitting("--init-factors", given, spec)
+        carried.append((str(ext.metadata.get("label") or Path(given).stem),
+                        carried_seed(ext.long_factor, ext.scale, N / L)))
+    if carried:  # recorded only when given: older states resume unchanged
+        describe["init_factors"] = {name: [round(float(x), 6) for x in lam] for name, lam in carried}
+    return Plan(long_factor_candidate(spec, N, args.attention_factor), search_space(args, spec, N),
+                peer_seeds(spec, N / L) + [lam for _, lam in carried],
+                list(PEER_SEED_NAMES) + [name for name, _ in carried], f"search at {N} tokens ({args.model})",
+                peers=spec)
 
 
 def _short_plan(args: argparse.Namespace, spec: RotarySpec, N: int, describe: dict[str, Any]) -> Plan:
     """--short-for: short factors at a length within the native context, for fixed long factors."""
-    ext, L = args.short_ext, spec.original_max_position_embeddings
-    try:
-        ext.check_fits(spec)
-    except UsageError as e:
-        raise UsageError(f"--short-for {args.short_for}: {e}") from None
+    ext, L = _fitting("--short-for", args.short_for, spec), spec.original_max_position_embeddings
     if N > L:
         raise UsageError(f"--target-length {N} must be at most the model's native context {L} with --short-for "
                          f"(short factors serve sequences up to it)")
     if args.attention_factor is not None:
         raise UsageError("--short-for keeps the long factors' attention factor; drop --attention-factor")
     bound = args.max_factor or max(ext.scale, 1.0 + args.step)
-    make, seeds = readjusted(ext, bound)
     describe["short_for"] = ext.to_dict()
     space = SearchSpace(half=spec.half, scale=bound, max_factor=bound, step=args.step,
                         start_tokens=(ext.start_token,))
-    return Plan(make, space, seeds, ["original", "long"], f"short factors at {N} tokens ({args.model})")
+    seeds = [np.ones(spec.half), np.minimum(np.asarray(ext.long_factor), bound)]  # original RoPE, the long ones
+    return Plan(short_factor_candidate(ext), space, seeds, ["original", "long"],
+                f"short factors at {N} tokens ({args.model})", finalize=_short_metadata(ext))
 
 
 def _search(args: argparse.Namespace, d: Dist, config: SearchConfig, options: SearchOptions, out: Path) -> int:
@@ -259,8 +233,7 @@ def _search(args: argparse.Namespace, d: Dist, config: SearchConfig, options: Se
                 "dtype": str(resolve_dtype(args.dtype, device)).removeprefix("torch.")}
     if args.attention_factor is not None:  # recorded only when set: older states resume unchanged
         describe["attention_factor"] = args.attention_factor
-    short = args.short_for is not None
-    plan = (_short_plan if short else _long_plan)(args, lm.spec, N, describe)
+    plan = (_long_plan if args.short_for is None else _short_plan)(args, lm.spec, N, describe)
 
     # -- K search documents of the target length (the split eval-ppl holds out) ----------------
     docs = search_documents(lm.tokenizer, args.corpus, N, args.docs, args.split_seed, options.objective, options.needles)
@@ -269,9 +242,9 @@ def _search(args: argparse.Namespace, d: Dist, config: SearchConfig, options: Se
     describe["docs"] = len(docs)
     state = _on_main(d, lambda: SearchState.load(out)) if args.resume and has_state(out) else None
     job = SearchJob(lm.model, docs, plan.make, plan.space, config, plan.seeds, out, describe, options,
-                    peers=None if short else lm.spec, seed_names=tuple(plan.names), title=plan.title,
+                    peers=plan.peers, seed_names=tuple(plan.names), title=plan.title,
                     is_main=d.is_main, evaluate_batch=distributed_evaluator(d), agree=lambda n: min_over_ranks(n, d),
-                    finalize=_short_metadata(args.short_ext) if short else None)
+                    finalize=plan.finalize)
     state, ext = drive(job, state)
     if d.is_main:
         best = state.best.evaluation

@@ -39,7 +39,7 @@ from ..models.load import load_model, load_tokenizer, model_spec
 from ..rope import RotarySpec
 from ..search.driver import SearchJob, SearchOptions, drive, has_state
 from ..search.evolution import SearchConfig, SearchState, peer_seeds
-from ..search.fitness import MakeExtension, long_factor_candidate, search_documents
+from ..search.fitness import MakeExtension, long_factor_candidate, search_documents, short_factor_candidate
 from ..search.genes import START_TOKENS, SearchSpace, critical_dimension
 from ..train.finetune import finetune, has_checkpoint, is_complete
 from .config import Recipe
@@ -226,9 +226,7 @@ def stage_readjust(recipe: Recipe, out: Path, spec: RotarySpec, ext1: RopeExtens
     bound = stage.max_factor or 1.25 * ext1.scale  # stage 1's bound: smaller than the final one (> 1)
     space = _space(stage, bound, bound, (ext.start_token,), spec.half)
 
-    def make(factors: np.ndarray, start_token: int) -> RopeExtension:
-        return ext.with_(short_factor=[float(x) for x in factors])
-
+    make = short_factor_candidate(ext)
     # seeds: the original RoPE, the factors the model was fine-tuned with, and the final ones
     seeds = [np.ones(spec.half), np.minimum(ext1.long_factor, bound), np.minimum(ext.long_factor, bound)]
     def keep_metadata(found: RopeExtension) -> RopeExtension:

@@ -482,6 +482,15 @@ def peer_seeds(spec: RotarySpec, scale: float) -> list[np.ndarray]:
     return [f(spec, scale).numpy() for f in (pi_factors, ntk_factors, yarn_factors)]
 
 
+def carried_seed(long_factor: Sequence[float], from_scale: float, scale: float) -> np.ndarray:
+    """Long factors searched for scale s0 carried to scale s: lambda**(ln s / ln s0). A factor
+    of 1 (a dim left as trained) stays 1 and a factor of s0 (interpolated) becomes s; between,
+    the search's shape is kept on a log scale. Factors of a scale of at most 1 are kept as
+    they are."""
+    lam = np.asarray(long_factor, dtype=np.float64)
+    return lam if from_scale <= 1 else lam ** (math.log(scale) / math.log(from_scale))
+
+
 def population_curve(state: SearchState) -> list[tuple[int, float, float]]:
     """(generation, best, median perplexity) of the population after each generation.
 

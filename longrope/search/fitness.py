@@ -56,6 +56,17 @@ def long_factor_candidate(spec: RotarySpec, target_length: int, attention_factor
     return make
 
 
+def short_factor_candidate(ext: RopeExtension) -> MakeExtension:
+    """LongRoPE section 3.3's readjustment: the candidate is `ext` with this short_factor (its
+    long factors, n_hat and attention factor kept); searched at a length within the native
+    context, where the short factor is the one in use."""
+
+    def make(factors: np.ndarray, start_token: int) -> RopeExtension:
+        return ext.with_(short_factor=[float(x) for x in factors])
+
+    return make
+
+
 class PerplexityObjective:
     """objective(factors [d/2], start_token) -> yields the mean token NLL of each document.
 
