@@ -7,6 +7,7 @@ import torch
 from longrope.data import load_corpus
 from longrope.errors import UsageError
 from longrope.train.pretrain import Batches, PretrainConfig, lr_at, pretrain_tiny, train_tokenizer
+from longrope.train.toolkit import next_token_loss
 
 
 pytestmark = pytest.mark.usefixtures("isolated_cache")
@@ -44,13 +45,14 @@ def test_batches_start_with_bos_and_mask_passkey_padding():
     tok = train_tokenizer(["The grass is green. The pass key is 123. " * 40, "def f():\n    pass\n" * 40], 400)
     stream = torch.tensor(tok("def g(x):\n    return x\n" * 100).input_ids)
     cfg = PretrainConfig(block_size=512, batch_size=16, passkey_fraction=0.5)
-    x, y = Batches(stream, tok, cfg, seed=0).next()
-    assert x.shape == y.shape == (16, 512)
+    x, y, w = Batches(stream, tok, cfg, seed=0).next()
+    assert x.shape == y.shape == w.shape == (16, 512)
+    assert (w == 1).all()  # --answer-weight 1
     assert (x[:, 0] == tok.bos_token_id).all()
     assert torch.equal(x[:, 1:][y[:, :-1] != -100], y[:, :-1][y[:, :-1] != -100])  # y is x shifted by one
     masked = (y == -100).any(dim=1)
     assert 0 < masked.sum() < 16  # some rows are padded passkey prompts, some corpus windows
-    x2, y2 = Batches(stream, tok, cfg, seed=0).next()
+    x2, y2, _ = Batches(stream, tok, cfg, seed=0).next()
     assert torch.equal(x, x2) and torch.equal(y, y2)  # seeded
 
 
@@ -58,12 +60,35 @@ def test_copy_rows_repeat_a_corpus_span():
     tok = train_tokenizer(["def f(x):\n    return x + 1\n" * 40], 320)
     stream = torch.arange(10, 1010)  # distinct ids: a repeat can only come from the copy
     cfg = PretrainConfig(block_size=64, batch_size=8, passkey_fraction=0.0, copy_fraction=1.0)
-    x, y = Batches(stream, tok, cfg, seed=0).next()
-    assert (x[:, 0] == tok.bos_token_id).all() and (y != -100).all()
+    x, y, w = Batches(stream, tok, cfg, seed=0).next()
+    assert (x[:, 0] == tok.bos_token_id).all() and (y != -100).all() and (w == 1).all()
     for row in torch.cat([x, y[:, -1:]], dim=1)[:, 1:]:  # the 64 tokens after BOS
         k = int((row == row[0]).nonzero()[1])  # the span length: where the first token comes back
         assert 8 <= k <= 32 and torch.equal(row[k:], row[:-k])
         assert torch.equal(row[1:k] - row[:k - 1], torch.ones(k - 1, dtype=row.dtype))  # a window of the stream
+
+
+def test_answer_weight_lands_on_the_passkey_answer_and_weights_the_loss():
+    tok = train_tokenizer(["The grass is green. The pass key is 123. " * 40, "def f():\n    pass\n" * 40], 400)
+    stream = torch.tensor(tok("def g(x):\n    return x\n" * 100).input_ids)
+    cfg = PretrainConfig(block_size=256, batch_size=8, passkey_fraction=1.0, answer_weight=5.0)
+    batches = Batches(stream, tok, cfg, seed=0)
+    x, y, w = batches.next()
+    for row_x, row_y, row_w in zip(x, y, w):
+        heavy = (row_w == 5.0).nonzero().flatten()
+        assert len(heavy) > 0 and torch.equal(heavy, torch.arange(int(heavy[0]), int(heavy[-1]) + 1))
+        answer = tok.decode(row_y[heavy])
+        assert answer.strip().isdigit()  # the weighted targets are exactly the key's digits
+        question_end = tok.decode(row_x[: int(heavy[0]) + 1])
+        assert question_end.rstrip().endswith("The pass key is") and answer.strip() in question_end
+        assert (row_w[row_w != 5.0] == 1).all()
+    # the loss is the weighted mean over the targets that are not ignored
+    logits = torch.randn(8, 256, len(tok))
+    ce = torch.nn.functional.cross_entropy(logits.flatten(0, 1), y.flatten(), ignore_index=-100, reduction="none")
+    keep = (y.flatten() != -100).float()
+    expected = (ce * w.flatten() * keep).sum() / (w.flatten() * keep).sum()
+    assert next_token_loss(logits, y, w).item() == pytest.approx(expected.item(), rel=1e-6)
+    assert next_token_loss(logits, y, torch.ones_like(w)).item() == pytest.approx(next_token_loss(logits, y).item(), rel=1e-6)
 
 
 def test_few_step_pretrain_saves_a_loadable_model(tmp_path, small_corpus):

@@ -63,6 +63,8 @@ class PretrainConfig:
     grad_clip: float = 1.0
     passkey_fraction: float = option(0.3, "share of training rows that are in-window passkey prompts, 0..1", min=0, max=1)
     copy_fraction: float = option(0.0, "share of training rows that repeat a corpus span (copying), 0..1", min=0, max=1)
+    answer_weight: float = option(1.0, "loss weight of a passkey row's answer tokens (every other token weighs 1)",
+                                  min=0)
     bf16: bool | None = None  # None: bf16 autocast where the CPU/GPU runs it fast
     seed: int = option(0, "seed of initialisation and batches", min=0)
     threads: int | None = option(None, "torch CPU threads (1 is often faster on a busy machine)",
@@ -155,9 +157,9 @@ class Batches:
 
     A corpus row is BOS + a random window of the concatenated training documents (each
     document itself BOS-prefixed). A passkey row is BOS + a standard passkey prompt
-    (`longrope.evaluate.passkey`) with a random number of filler blocks (up to as many as fit), the
-    needle at a random depth, then the answer and EOS; the rest is padding that the
-    loss ignores.
+    (`longrope.evaluate.passkey`) with as many filler blocks as fit (half the rows) or a random
+    number of them, the needle at a random depth, then the answer and EOS; the rest is padding
+    that the loss ignores.
     """
 
     def __init__(self, stream: torch.Tensor, tokenizer, cfg: PretrainConfig, seed: int):
@@ -166,14 +168,17 @@ class Batches:
         self.rng = random.Random(seed)
         self.max_filler = self._max_filler()
 
-    def _passkey_ids(self, n_before: int, n_after: int, key: int) -> list[int]:
+    def _passkey_ids(self, n_before: int, n_after: int, key: int) -> tuple[list[int], int, int]:
+        """The row's ids (prompt, answer, EOS) and the answer's [start, end) in them."""
         prompt, answer = passkey_text(n_before, n_after, key)
-        ids = self.tok(prompt).input_ids + self.tok(answer, add_special_tokens=False).input_ids
-        return ids + [self.tok.eos_token_id]
+        prompt_ids = self.tok(prompt).input_ids
+        answer_ids = self.tok(answer, add_special_tokens=False).input_ids
+        start = len(prompt_ids)
+        return prompt_ids + answer_ids + [self.tok.eos_token_id], start, start + len(answer_ids)
 
     def _max_filler(self) -> int:
         n = 0  # the largest filler count whose longest-key prompt still fits the row
-        while len(self._passkey_ids(0, n + 1, MAX_KEY)) <= self.cfg.block_size + 1:
+        while len(self._passkey_ids(0, n + 1, MAX_KEY)[0]) <= self.cfg.block_size + 1:
             n += 1
         return n
 
@@ -191,25 +196,31 @@ class Batches:
         span = self.stream[i : i + k]
         return torch.cat([torch.tensor([self.tok.bos_token_id]), span.repeat(T // k + 1)[:T]])
 
-    def _passkey_row(self) -> tuple[torch.Tensor, torch.Tensor]:
-        n = self.rng.randint(0, self.max_filler)
+    def _passkey_row(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        # half the rows fill the window, as an evaluation prompt does (the needle up to a window away)
+        n = self.max_filler if self.rng.random() < 0.5 else self.rng.randint(0, self.max_filler)
         before = self.rng.randint(0, n)
-        ids = self._passkey_ids(before, n - before, self.rng.randint(1, MAX_KEY))
-        return padded_row(ids, self.cfg.block_size, self.tok.pad_token_id)  # only a prompt without filler overflows
+        ids, start, end = self._passkey_ids(before, n - before, self.rng.randint(1, MAX_KEY))
+        x, y = padded_row(ids, self.cfg.block_size, self.tok.pad_token_id)  # only a prompt without filler overflows
+        w = torch.ones(self.cfg.block_size)
+        w[start - 1 : end - 1] = self.cfg.answer_weight  # y[j] is ids[j + 1]
+        return x, y, w
 
-    def next(self) -> tuple[torch.Tensor, torch.Tensor]:
-        """x, y: [B, T] int64; y is -100 where a passkey row is padded."""
-        xs, ys = [], []
+    def next(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """x, y: [B, T] int64, y is -100 where a passkey row is padded; w: [B, T] loss weights
+        (--answer-weight on passkey answers, else 1)."""
+        xs, ys, ws = [], [], []
         for _ in range(self.cfg.batch_size):
             u = self.rng.random()
             if u < self.cfg.passkey_fraction:
-                x, y = self._passkey_row()
+                x, y, w = self._passkey_row()
             else:
                 row = self._copy_row() if u < self.cfg.passkey_fraction + self.cfg.copy_fraction else self._corpus_row()
-                x, y = row[:-1], row[1:]
+                x, y, w = row[:-1], row[1:], torch.ones(self.cfg.block_size)
             xs.append(x)
             ys.append(y)
-        return torch.stack(xs), torch.stack(ys)
+            ws.append(w)
+        return torch.stack(xs), torch.stack(ys), torch.stack(ws)
 
 
 # -- held-out figures ------------------------------------------------------------------------
@@ -269,10 +280,10 @@ def train(model, data: TrainingData, cfg: PretrainConfig, bf16: bool, progress: 
     for step in bar:
         lr = lr_at(step, cfg)
         set_lr(opt, lr)
-        x, y = batches.next()  # [B, T]
+        x, y, w = batches.next()  # [B, T]
         with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
             logits = model(input_ids=x).logits  # [B, T, V]
-        loss = next_token_loss(logits, y)
+        loss = next_token_loss(logits, y, w)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)

@@ -64,9 +64,14 @@ def adamw(model: torch.nn.Module, lr: float, weight_decay: float) -> torch.optim
     return torch.optim.AdamW(groups, lr=lr, betas=(0.9, 0.95), eps=1e-8)
 
 
-def next_token_loss(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-    """Mean cross-entropy of logits [B, T, V] against targets y [B, T] (IGNORE skipped), fp32."""
-    return F.cross_entropy(logits.float().flatten(0, 1), y.flatten(), ignore_index=IGNORE)
+def next_token_loss(logits: torch.Tensor, y: torch.Tensor, weight: torch.Tensor | None = None) -> torch.Tensor:
+    """Mean cross-entropy of logits [B, T, V] against targets y [B, T] (IGNORE skipped), fp32;
+    with `weight` [B, T], the weighted mean over the targets that are not IGNORE."""
+    if weight is None:
+        return F.cross_entropy(logits.float().flatten(0, 1), y.flatten(), ignore_index=IGNORE)
+    ce = F.cross_entropy(logits.float().flatten(0, 1), y.flatten(), ignore_index=IGNORE, reduction="none")
+    w = weight.flatten().float() * (y.flatten() != IGNORE)
+    return (ce * w).sum() / w.sum()
 
 
 # -- data ----------------------------------------------------------------------------------------
