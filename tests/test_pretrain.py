@@ -56,16 +56,20 @@ def test_batches_start_with_bos_and_mask_passkey_padding():
     assert torch.equal(x, x2) and torch.equal(y, y2)  # seeded
 
 
-def test_copy_rows_repeat_a_corpus_span():
+@pytest.mark.parametrize("reach, longest", [(0.5, 32), (0.9, 57)])
+def test_copy_rows_repeat_a_corpus_span(reach, longest):
     tok = train_tokenizer(["def f(x):\n    return x + 1\n" * 40], 320)
     stream = torch.arange(10, 1010)  # distinct ids: a repeat can only come from the copy
-    cfg = PretrainConfig(block_size=64, batch_size=8, passkey_fraction=0.0, copy_fraction=1.0)
+    cfg = PretrainConfig(block_size=64, batch_size=32, passkey_fraction=0.0, copy_fraction=1.0, copy_reach=reach)
     x, y, w = Batches(stream, tok, cfg, seed=0).next()
     assert (x[:, 0] == tok.bos_token_id).all() and (y != -100).all() and (w == 1).all()
+    spans = []
     for row in torch.cat([x, y[:, -1:]], dim=1)[:, 1:]:  # the 64 tokens after BOS
         k = int((row == row[0]).nonzero()[1])  # the span length: where the first token comes back
-        assert 8 <= k <= 32 and torch.equal(row[k:], row[:-k])
+        spans.append(k)
+        assert 8 <= k <= longest and torch.equal(row[k:], row[:-k])
         assert torch.equal(row[1:k] - row[:k - 1], torch.ones(k - 1, dtype=row.dtype))  # a window of the stream
+    assert max(spans) > longest * 0.75  # the reach is used, not only short spans
 
 
 def test_answer_weight_lands_on_the_passkey_answer_and_weights_the_loss():
@@ -77,8 +81,9 @@ def test_answer_weight_lands_on_the_passkey_answer_and_weights_the_loss():
     for row_x, row_y, row_w in zip(x, y, w):
         heavy = (row_w == 5.0).nonzero().flatten()
         assert len(heavy) > 0 and torch.equal(heavy, torch.arange(int(heavy[0]), int(heavy[-1]) + 1))
-        answer = tok.decode(row_y[heavy])
-        assert answer.strip().isdigit()  # the weighted targets are exactly the key's digits
+        assert row_y[heavy[-1]] == tok.eos_token_id  # the answer ends with EOS: the model learns to stop
+        answer = tok.decode(row_y[heavy[:-1]])
+        assert answer.strip().isdigit()  # the other weighted targets are exactly the key's digits
         question_end = tok.decode(row_x[: int(heavy[0]) + 1])
         assert question_end.rstrip().endswith("The pass key is") and answer.strip() in question_end
         assert (row_w[row_w != 5.0] == 1).all()

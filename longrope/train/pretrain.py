@@ -63,7 +63,10 @@ class PretrainConfig:
     grad_clip: float = 1.0
     passkey_fraction: float = option(0.3, "share of training rows that are in-window passkey prompts, 0..1", min=0, max=1)
     copy_fraction: float = option(0.0, "share of training rows that repeat a corpus span (copying), 0..1", min=0, max=1)
-    answer_weight: float = option(1.0, "loss weight of a passkey row's answer tokens (every other token weighs 1)",
+    copy_reach: float = option(0.5, "longest copy distance of a copy row, as a share of the native length", min=0.1,
+                               max=0.95)
+    answer_weight: float = option(1.0, "loss weight of a passkey row's answer tokens and the EOS that ends it "
+                                  "(every other token weighs 1)",
                                   min=0)
     bf16: bool | None = None  # None: bf16 autocast where the CPU/GPU runs it fast
     seed: int = option(0, "seed of initialisation and batches", min=0)
@@ -189,9 +192,10 @@ class Batches:
 
     def _copy_row(self) -> torch.Tensor:
         """BOS + a random corpus span repeated until the row is full: the repeats are predictable
-        only by looking one span length back (induction / copying, at distances up to T/2)."""
+        only by looking one span length back (induction / copying, at distances up to
+        --copy-reach x T)."""
         T = self.cfg.block_size
-        k = self.rng.randint(8, T // 2)
+        k = self.rng.randint(8, max(8, int(T * self.cfg.copy_reach)))
         i = int(torch.randint(len(self.stream) - k, (1,), generator=self.gen))
         span = self.stream[i : i + k]
         return torch.cat([torch.tensor([self.tok.bos_token_id]), span.repeat(T // k + 1)[:T]])
@@ -203,7 +207,7 @@ class Batches:
         ids, start, end = self._passkey_ids(before, n - before, self.rng.randint(1, MAX_KEY))
         x, y = padded_row(ids, self.cfg.block_size, self.tok.pad_token_id)  # only a prompt without filler overflows
         w = torch.ones(self.cfg.block_size)
-        w[start - 1 : end - 1] = self.cfg.answer_weight  # y[j] is ids[j + 1]
+        w[start - 1 : end] = self.cfg.answer_weight  # y[j] is ids[j + 1]: the answer and the EOS after it
         return x, y, w
 
     def next(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
