@@ -9,6 +9,7 @@ from longrope.models import presets
 from longrope.errors import UsageError
 from longrope.models.cache import cache_dir
 from longrope.models.presets import PRESETS, ModelSource, resolve_model
+from longrope.train import pretrain
 
 
 pytestmark = pytest.mark.usefixtures("isolated_cache")
@@ -19,7 +20,7 @@ def test_cache_dir_follows_the_environment(tmp_path):
 
 
 def test_presets_are_registered():
-    assert {"tiny", "smollm2-135m"} <= set(PRESETS)
+    assert {"tiny", "tiny-256", "smollm2-135m"} <= set(PRESETS)
 
 
 def test_tiny_preset_trains_once_and_is_reused(tmp_path, monkeypatch):
@@ -44,6 +45,23 @@ def test_tiny_preset_trains_once_and_is_reused(tmp_path, monkeypatch):
     assert calls[0].parent != cache_dir()  # trained in a temporary folder, then renamed
     assert not [p for p in cache_dir().iterdir() if p.name.startswith(".tiny.")]
     assert resolve_model("tiny").path == tmp_path / "cache" / "tiny" and len(calls) == 1
+
+
+def test_tiny_256_preset_trains_with_its_own_config(tmp_path, monkeypatch):
+    configs = []
+
+    def fake_pretrain(out_dir, config=None, **kwargs):
+        configs.append(config)
+        out_dir.mkdir()
+        (out_dir / "config.json").write_text("{}")
+        return out_dir
+
+    monkeypatch.setattr("longrope.train.pretrain.pretrain_tiny", fake_pretrain)
+    assert resolve_model("tiny-256").path == tmp_path / "cache" / "tiny-256"
+    assert resolve_model("tiny").path == tmp_path / "cache" / "tiny"  # a cache folder of its own
+    big, small = configs
+    assert (big.block_size, big.answer_weight, big.copy_fraction, big.head_dim) == (256, 10.0, 0.3, 32)
+    assert small == pretrain.PretrainConfig()
 
 
 def test_failed_build_leaves_nothing_behind(monkeypatch):
@@ -80,7 +98,7 @@ def test_paths_and_errors(tmp_path):
     assert resolve_model(str(model)) == ModelSource(model)
     with pytest.raises(UsageError, match="GGUF file not found"):
         resolve_model(str(tmp_path / "x.gguf"))
-    with pytest.raises(UsageError, match="neither a preset \\(tiny, smollm2-135m"):
+    with pytest.raises(UsageError, match="neither a preset \\(tiny, tiny-256, smollm2-135m"):
         resolve_model("no-such-model")
 
 

