@@ -60,7 +60,7 @@ def test_tiny_256_preset_trains_with_its_own_config(tmp_path, monkeypatch):
     assert resolve_model("tiny-256").path == tmp_path / "cache" / "tiny-256"
     assert resolve_model("tiny").path == tmp_path / "cache" / "tiny"  # a cache folder of its own
     big, small = configs
-    assert (big.block_size, big.answer_weight, big.copy_fraction, big.head_dim) == (256, 10.0, 0.3, 32)
+    assert (big.block_size, big.answer_weight, big.copy_fraction, big.copy_reach, big.head_dim) == (256, 10.0, 0.3, 0.9, 32)
     assert small == pretrain.PretrainConfig()
 
 
