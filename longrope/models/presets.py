@@ -66,7 +66,8 @@ def _trained_preset(name: str, config: dict) -> Path:
 
     def build(tmp: Path) -> None:
         print(f"longrope: training the {name} preset into {cache_dir() / name} (first use only)", file=sys.stderr)
-        pretrain.pretrain_tiny(tmp, config=pretrain.PretrainConfig(**config))
+        cfg = pretrain.PretrainConfig(**config)
+        pretrain.pretrain_tiny(tmp, seed=cfg.seed, config=cfg)
 
     return _build_once(name, build)
 
