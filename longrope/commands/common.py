@@ -14,6 +14,7 @@ from ..data import CORPUS_HELP, documents_of_length, load_corpus, select_split, 
 from ..errors import UsageError
 from ..evaluate.runner import Variant
 from ..models.load import LoadedModel
+from ..models.presets import PRESETS
 from ..options import ranged
 from ..factors import RopeExtension
 from ..hf_config import load_factors
@@ -22,7 +23,7 @@ from ..methods import build_extension, get_method
 
 def add_model_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", default="tiny",
-                   help="preset (tiny, tiny-256, smollm2-135m), Hugging Face model directory, or .gguf file (default: tiny)")
+                   help=f"preset ({', '.join(PRESETS)}), Hugging Face model directory, or .gguf file (default: tiny)")
     p.add_argument("--dtype", default="auto", choices=["auto", "fp32", "bf16", "fp16"],
                    help="compute dtype; auto = bf16 on GPUs and AMX/AVX512-BF16 CPUs, else fp32 (default: auto)")
     p.add_argument("--device", default=None, help="torch device (default: cuda if available, else cpu)")

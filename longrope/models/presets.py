@@ -66,8 +66,7 @@ def _trained_preset(name: str, config: dict) -> Path:
 
     def build(tmp: Path) -> None:
         print(f"longrope: training the {name} preset into {cache_dir() / name} (first use only)", file=sys.stderr)
-        cfg = pretrain.PretrainConfig(**config)
-        pretrain.pretrain_tiny(tmp, seed=cfg.seed, config=cfg)
+        pretrain.pretrain_tiny(tmp, config=pretrain.PretrainConfig(**config))
 
     return _build_once(name, build)
 

@@ -312,7 +312,7 @@ def train(model, data: TrainingData, cfg: PretrainConfig, bf16: bool, progress: 
 def pretrain_tiny(
     out_dir: str | os.PathLike,
     steps: int | None = None,
-    seed: int = 0,
+    seed: int | None = None,
     corpus: str | None = None,
     config: PretrainConfig | None = None,
     overwrite: bool = False,
@@ -320,14 +320,14 @@ def pretrain_tiny(
 ) -> Path:
     """Train the tiny reference Llama and save it as an HF directory at `out_dir`.
 
-    `config` defaults to PretrainConfig(); `steps`, `seed` and `corpus` override its
-    fields. Writes model (safetensors), tokenizer and training.json into a temporary
+    `config` defaults to PretrainConfig(); `steps`, `seed` and `corpus`, when given, override
+    its fields. Writes model (safetensors), tokenizer and training.json into a temporary
     folder beside `out_dir`, then renames it. Returns `out_dir`.
     """
     from transformers import LlamaForCausalLM
 
     cfg = config or PretrainConfig()
-    cfg = replace(cfg, seed=seed, steps=cfg.steps if steps is None else steps,
+    cfg = replace(cfg, seed=cfg.seed if seed is None else seed, steps=cfg.steps if steps is None else steps,
                   corpus=corpus if corpus is not None else cfg.corpus)
     if cfg.steps < 1:
         raise UsageError(f"--steps must be at least 1, got {cfg.steps}")
