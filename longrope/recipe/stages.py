@@ -4,11 +4,13 @@
     2-finetune   fine-tune with lambda1 at the fine-tuning length
     3-search2    search lambda2 on the fine-tuned model for the final target;
                  long_factor = lambda1 * lambda2 (element-wise)
+    3b-finetune2 (optional) fine-tune the stage-1 model again with the final factors, at a
+                 longer length (the paper fine-tunes at 128k, then at 256k with its factors)
     4-readjust   search short_factor at the native length on the extended model
     final        HF model directory: long_factor, short_factor, attention_factor,
                  original_max_position_embeddings, max_position_embeddings
     report       perplexity vs length and passkey for every stage, beside PI and YaRN
-                 fine-tuned with the same budget at the same length (baselines/)
+                 fine-tuned with the same budget at the same lengths (baselines/)
 
 Every stage writes into its own folder and marks completion last (`stage.json`, or
 `finetune.json` for fine-tuning); a rerun skips complete stages, resumes an interrupted
@@ -21,7 +23,7 @@ import json
 import os
 import shutil
 import time
-from dataclasses import asdict
+from dataclasses import MISSING, asdict, fields
 from pathlib import Path
 from typing import Any
 
@@ -41,12 +43,12 @@ from ..search.driver import SearchJob, SearchOptions, drive, has_state
 from ..search.evolution import SearchConfig, SearchState, peer_seeds
 from ..search.fitness import MakeExtension, long_factor_candidate, search_documents, short_factor_candidate
 from ..search.genes import START_TOKENS, SearchSpace, critical_dimension
-from ..train.finetune import finetune, has_checkpoint, is_complete
+from ..train.finetune import FinetuneConfig, finetune, has_checkpoint, is_complete
 from .config import Recipe
 from .report import log, report_lengths, stage_evaluate
 
-DIRS = {"search": "1-search", "finetune": "2-finetune", "search2": "3-search2", "readjust": "4-readjust",
-        "final": "final", "evaluate": "report", "baselines": "baselines"}
+DIRS = {"search": "1-search", "finetune": "2-finetune", "search2": "3-search2", "finetune2": "3b-finetune2",
+        "readjust": "4-readjust", "final": "final", "evaluate": "report", "baselines": "baselines"}
 STAGE_FILE = "stage.json"  # written last in a stage folder: the stage is complete
 
 
@@ -87,8 +89,10 @@ def check_recipe_against_model(recipe: Recipe, spec) -> None:
     if recipe.search.target_length <= L:
         raise UsageError(f"recipe: search.target_length {recipe.search.target_length} must exceed the model's "
                          f"native context {L}")
-    if recipe.finetune.mixed_context > 0 and recipe.finetune.length <= L:
-        raise UsageError(f"recipe: mixed context window needs finetune.length above the native context {L}")
+    for name in ("finetune", "finetune2"):
+        cfg = getattr(recipe, name)
+        if cfg is not None and cfg.mixed_context > 0 and cfg.length <= L:
+            raise UsageError(f"recipe: mixed context window needs {name}.length above the native context {L}")
     if recipe.readjust is not None and recipe.readjust.max_factor is not None \
             and recipe.readjust.max_factor > 1.25 * recipe.search.target_length / L:
         log(f"note: readjust.max_factor {recipe.readjust.max_factor} exceeds stage 1's bound "
@@ -167,11 +171,19 @@ def stage_search(recipe: Recipe, out: Path, spec: RotarySpec) -> RopeExtension:
     return ext
 
 
-def stage_finetune(recipe: Recipe, ext: RopeExtension | None, where: Path, label: str) -> Path:
-    """2. fine-tune with `ext` at finetune.length (also used for the baselines)."""
+_FINETUNE_DEFAULTS = {f.name: f.default for f in fields(FinetuneConfig) if f.default is not MISSING}
+
+
+def stage_finetune(recipe: Recipe, ext: RopeExtension | None, where: Path, label: str,
+                   second: Path | None = None) -> Path:
+    """2. fine-tune recipe.model with `ext` at finetune.length (also used for the baselines); with
+    `second` (the first fine-tuning's model), 3b: fine-tune that model again with finetune2's settings."""
+    cfg, model = (recipe.finetune, recipe.model) if second is None else (recipe.finetune2, str(second))
     if is_complete(where):
         record = json.loads((where / "finetune.json").read_text())
-        want = {"config": asdict(recipe.finetune), "extension": None if ext is None else ext.to_dict()}
+        # settings added since a run was recorded count as their defaults
+        record["config"] = {**_FINETUNE_DEFAULTS, **record.get("config", {})}
+        want = {"config": asdict(cfg), "extension": None if ext is None else ext.to_dict()}
         for key, value in want.items():
             if record.get(key) != value:
                 raise UsageError(f"{where} was fine-tuned with a different {key}; restore it or remove that folder")
@@ -181,8 +193,8 @@ def stage_finetune(recipe: Recipe, ext: RopeExtension | None, where: Path, label
     if where.exists() and not resume:
         shutil.rmtree(where)  # started but never checkpointed: nothing to keep
     t0 = time.time()
-    finetune(recipe.model, ext, where, recipe.finetune, resume=resume)
-    log(f"{label}: {recipe.finetune.steps} steps at {recipe.finetune.length} tokens ({time.time() - t0:.0f}s)")
+    finetune(model, ext, where, cfg, resume=resume)
+    log(f"{label}: {cfg.steps} steps at {cfg.length} tokens ({time.time() - t0:.0f}s)")
     return where
 
 
@@ -277,11 +289,16 @@ def run_recipe(recipe: Recipe, out: str | os.PathLike) -> dict[str, Any]:
     timings["finetune"] = time.time() - t
     t = time.time()
     ext = ext1
+    stage1_dir = ft_dir
     if recipe.search2 is not None:
         ext = stage_search2(recipe, out, spec, ext1, ft_dir)
         timings["search2"] = time.time() - t
         t = time.time()
-    if recipe.finetune.mixed_context > 0:  # LongRoPE2: short sequences keep the original RoPE
+    if recipe.finetune2 is not None:
+        ft_dir = stage_finetune(recipe, ext, out / DIRS["finetune2"], "finetune2", second=ft_dir)
+        timings["finetune2"] = time.time() - t
+        t = time.time()
+    if (recipe.finetune2 or recipe.finetune).mixed_context > 0:  # LongRoPE2: short sequences keep the original RoPE
         ext = ext.with_(short_factor=[1.0] * spec.half)
     no_readjust = ext
     if recipe.readjust is not None:
@@ -293,7 +310,7 @@ def run_recipe(recipe: Recipe, out: str | os.PathLike) -> dict[str, Any]:
 
     if recipe.evaluate is not None:
         L = spec.original_max_position_embeddings
-        variants = [Variant("original", None, recipe.model), Variant("stage1", None, str(ft_dir)),
+        variants = [Variant("original", None, recipe.model), Variant("stage1", None, str(stage1_dir)),
                     Variant("final", None, str(final_dir))]
         if recipe.readjust is not None:
             variants.append(Variant("final-no-readjust", no_readjust, str(final_dir), max_length=L))
@@ -301,6 +318,9 @@ def run_recipe(recipe: Recipe, out: str | os.PathLike) -> dict[str, Any]:
             base_ext = build_extension(name, spec, recipe.final_target)
             where = out / DIRS["baselines"] / name
             stage_finetune(recipe, base_ext, where, f"baseline {name}")
+            if recipe.finetune2 is not None:  # the same two fine-tunings
+                where = stage_finetune(recipe, base_ext, out / DIRS["baselines"] / f"{name}-2", f"baseline {name} (2)",
+                                       second=where)
             variants.append(Variant(f"{name}-ft", None, str(where)))
         timings["baselines"] = time.time() - t
         t = time.time()

@@ -72,6 +72,8 @@ class FinetuneConfig:
     mixed_context: float = option(0.0, "LongRoPE2 mixed context window: share of micro-batches that are native-length "
                                   "sequences trained with the original RoPE (0 = off)", min=0, below=1)
     passkey_fraction: float = option(0.0, "share of rows replaced by passkey prompts of random length", min=0, max=1)
+    answer_weight: float = option(1.0, "loss weight of a passkey row's answer tokens (every other token weighs 1)",
+                                  min=1, max=1000)
     save_every: int = option(0, "checkpoint every this many steps (0: only at the end, or when stopped early "
                              "or interrupted)", min=0)
     keep_checkpoints: bool = option(False, "keep checkpoints/ after the run completes")
@@ -133,7 +135,8 @@ class PackedBatches:
     window training a micro-batch is short with probability `mixed_context`: then it holds
     batch_size * (length // native) rows of the native length, the same number of tokens.
     A row is replaced by a passkey prompt (`longrope.evaluate.passkey`) of random length and depth with
-    probability `passkey_fraction`; its padding is ignored by the loss (-100).
+    probability `passkey_fraction`; its padding is ignored by the loss (-100) and its answer
+    tokens weigh `answer_weight` in the loss.
     """
 
     def __init__(self, stream: torch.Tensor, tokenizer, cfg: FinetuneConfig, native: int,
@@ -161,24 +164,28 @@ class PackedBatches:
         start = int(self._perms[key][i]) * T
         return self.stream[start : start + T + 1]
 
-    def _passkey_row(self, T: int, rng: random.Random) -> tuple[torch.Tensor, torch.Tensor] | None:
+    def _passkey_row(self, T: int, rng: random.Random) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None:
         key = rng.randint(1, MAX_KEY)
         answer = self.tok(f" {key}", add_special_tokens=False).input_ids + [self.tok.eos_token_id]
         budget = T + 1 - len(answer)
         target = rng.randint(min(budget, max(budget // 4, 1)), budget)
         try:
-            ids = build_prompt(self.tok, target, rng.random(), key).input_ids[0].tolist() + answer
+            prompt = build_prompt(self.tok, target, rng.random(), key).input_ids[0].tolist()
         except ValueError:  # the window is too short for any prompt: a corpus row instead
             return None
         pad = self.tok.pad_token_id if self.tok.pad_token_id is not None else self.tok.eos_token_id
-        return padded_row(ids, T, pad)
+        x, y = padded_row(prompt + answer, T, pad)
+        w = torch.ones(T)
+        w[len(prompt) - 1 : len(prompt) - 1 + len(answer)] = self.cfg.answer_weight  # y[j] is ids[j + 1]
+        return x, y, w
 
-    def micro_batch(self, m: int) -> tuple[torch.Tensor, torch.Tensor, bool]:
-        """x, y: [B, T] int64 (y = -100 where ignored), and whether it is a long micro-batch."""
+    def micro_batch(self, m: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None, bool]:
+        """x, y: [B, T] int64 (y = -100 where ignored); w: [B, T] loss weights, None when every
+        token weighs 1 (answer_weight 1); and whether it is a long micro-batch."""
         long = self.is_long(m)
         T = self.cfg.length if long else self.native
         B = self.cfg.batch_size if long else self.cfg.batch_size * max(1, self.cfg.length // self.native)
-        xs, ys = [], []
+        xs, ys, ws = [], [], []
         for j in range(B):
             r = (m * self.world + self.rank) * B + j  # global row index: disjoint across ranks
             rng = random.Random(f"{self.cfg.seed}:row:{m}:{self.rank}:{j}")
@@ -187,10 +194,12 @@ class PackedBatches:
                 row = self._passkey_row(T, rng)
             if row is None:
                 chunk = self._chunk(T, r)
-                row = chunk[:-1], chunk[1:]
+                row = chunk[:-1], chunk[1:], torch.ones(T)
             xs.append(row[0])
             ys.append(row[1])
-        return torch.stack(xs), torch.stack(ys), long
+            ws.append(row[2])
+        w = torch.stack(ws) if self.cfg.answer_weight != 1 else None
+        return torch.stack(xs), torch.stack(ys), w, long
 
 
 # -- the run ---------------------------------------------------------------------------------------
@@ -321,14 +330,15 @@ def _train_step(run: Run, step: int) -> float:
     set_lr(run.opt, lr_at(step, cfg))
     step_loss = torch.zeros((), device=acc.device)
     for a in range(cfg.grad_accum):
-        x, y, long = run.batches.micro_batch(step * cfg.grad_accum + a)  # [B, T]
+        x, y, w, long = run.batches.micro_batch(step * cfg.grad_accum + a)  # [B, T]
         # LongRoPE2 mixed context window: short micro-batches see the original RoPE
         run.rope.set_extension(run.extension if long else None)
         x, y = x.to(acc.device), y.to(acc.device)
+        w = None if w is None else w.to(acc.device)
         with acc.accumulate(run.net):
             with acc.autocast():
                 logits = run.net(input_ids=x).logits  # [B, T, V]
-            loss = next_token_loss(logits, y)
+            loss = next_token_loss(logits, y, w)
             acc.backward(loss)  # divided by grad_accum inside accumulate
             if acc.sync_gradients and cfg.grad_clip > 0:
                 acc.clip_grad_norm_(run.net.parameters(), cfg.grad_clip)

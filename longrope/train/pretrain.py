@@ -1,11 +1,12 @@
-"""The project's own tiny reference Llama: a BPE tokenizer and a few-million-parameter model
-trained from scratch on the default corpus, at a native context of 128 tokens.
+"""The project's own tiny reference Llamas: a BPE tokenizer and a small model trained from
+scratch on the default corpus, at a native context of a few hundred tokens.
 
-A model whose native window is 128 tokens makes context extension measurable on a CPU in
-minutes: 8x is 1024 tokens, 64x is 8192. Training reads top to bottom, nanoGPT style:
-tokenizer -> model -> batches (random 128-token windows of the training documents, plus
-~30% in-window passkey prompts) -> AdamW with warm-up and cosine decay -> held-out
-figures -> an HF directory written atomically, loadable by `AutoModelForCausalLM`.
+A model whose native window is 256 tokens (the `tiny` preset, `TINY`; `tiny-128` is the
+flag defaults) makes context extension measurable on a CPU in minutes: 8x is 2048 tokens,
+64x is 16384. Training reads top to bottom, nanoGPT style: tokenizer -> model -> batches
+(random windows of the training documents, in-window passkey prompts and copy rows) ->
+AdamW with warm-up and cosine decay -> held-out figures -> an HF directory written
+atomically, loadable by `AutoModelForCausalLM`.
 
 The corpus split (`longrope.data.split_corpus`, seed 0) decides what the model sees: it
 trains on "search" + "validation" and never on "test", so the held-out perplexity here,
@@ -93,14 +94,14 @@ class PretrainConfig:
         return replace(cls(), **{**small, **overrides})
 
 
-# The `tiny-256` preset: native 256 tokens, a small vocabulary and four 32-dim heads per layer, trained
+# The `tiny` preset: native 256 tokens, a small vocabulary and four 32-dim heads per layer, trained
 # on a mix that teaches copying (--copy-fraction) and retrieval (passkey rows whose answer weighs 10x).
 # It uses its context, breaks past it without extension and retrieves in its window; the measurements
 # that chose it are in the README ("Candidates for a tiny preset").
-TINY_256 = dict(vocab_size=1024, n_embd=128, n_head=4, head_dim=32, intermediate_size=384, block_size=256,
-                steps=2000, batch_size=16, lr=3e-3, min_lr=3e-4, passkey_fraction=0.4, copy_fraction=0.3,
-                copy_reach=0.9, answer_weight=10.0,
-                seed=1)  # seed 0 of the same settings retrieves 80% in its window, seed 1 100%
+TINY = dict(vocab_size=1024, n_embd=128, n_head=4, head_dim=32, intermediate_size=384, block_size=256,
+            steps=2000, batch_size=16, lr=3e-3, min_lr=3e-4, passkey_fraction=0.4, copy_fraction=0.3,
+            copy_reach=0.9, answer_weight=10.0,
+            seed=1)  # seed 0 of the same settings retrieves 80% in its window, seed 1 100%
 
 
 # -- tokenizer -------------------------------------------------------------------------------
