@@ -191,6 +191,9 @@ def test_extend_end_to_end_then_skips_complete_stages(tiny_model_dir, tiny_corpu
     assert list(summary["final_ppl_by_position"]) == ["0-31", "32-63", "64-127"]
     assert summary["final_last_band_over_original_native"] == pytest.approx(
         summary["final_ppl_by_position"]["64-127"] / summary["short_ppl_original"])
+    change = summary["short_ppl_after_readjust"] / summary["short_ppl_original"] - 1
+    assert summary["short_ppl_after_vs_original"] == pytest.approx(change)
+    assert summary["short_at_most_1_percent_worse"] == (change <= 0.01)  # one-sided: lower is no regression
     assert "perplexity by position at 128 tokens" in (out / "report" / "report.md").read_text()
     assert (out / "report" / "report.png").stat().st_size > 1000
     assert (out / "baselines" / "pi" / "finetune.json").is_file()
