@@ -31,6 +31,20 @@ FILE_MODE = 0o666 & ~UMASK
 DIR_MODE = 0o777 & ~UMASK
 
 
+def ordinary_modes(root: str | os.PathLike) -> None:
+    """Give `root` and everything under it the modes the umask asks for (files FILE_MODE, folders
+    DIR_MODE): libraries write some files private (safetensors through a 0600 temporary), and a
+    copy keeps its source's mode, yet an export must be readable by a serving container."""
+    root = Path(root)
+    if root.is_dir() and not root.is_symlink():
+        for path in root.rglob("*"):
+            if not path.is_symlink():
+                os.chmod(path, DIR_MODE if path.is_dir() else FILE_MODE)
+        os.chmod(root, DIR_MODE)
+    elif root.is_file():
+        os.chmod(root, FILE_MODE)
+
+
 def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:
     """Write `data` to `path` through a temporary file in the same folder and a rename."""
     path = Path(path)
@@ -135,7 +149,7 @@ def staged_dir(out: str | os.PathLike, create: bool = True, replace: bool = Fals
         if create:
             tmp.mkdir()
         yield tmp
-        os.chmod(tmp, DIR_MODE)  # an ordinary folder, not mkdtemp's private one
+        ordinary_modes(tmp)  # not mkdtemp's private folder, nor what a library or a copied cache file had
         _take_place(tmp, out, parent, replace)
     finally:
         shutil.rmtree(holder, ignore_errors=True)

@@ -2,6 +2,8 @@
 parity of the exported directory loaded by plain transformers in a separate process."""
 import json
 import math
+import os
+import stat
 import subprocess
 import sys
 import textwrap
@@ -22,6 +24,7 @@ from longrope.hf_config import (
 )
 from longrope.export.vllm import default_mscale, vllm_mismatches, vllm_rope
 from longrope.factors import RopeExtension
+from longrope.io import DIR_MODE, FILE_MODE
 from longrope.methods import attention_factor, build_extension
 from longrope.seam import install_rope, rotary_spec
 from longrope.rope import RotarySpec
@@ -189,6 +192,7 @@ def exported(tmp_path_factory):
     for arch, overrides in ARCHS.items():
         model = tiny_model(arch, **overrides)
         model.save_pretrained(root / f"{arch}-src")
+        os.chmod(root / f"{arch}-src" / "model.safetensors", 0o600)  # as safetensors' own writer leaves it
         ext = searched_like(rotary_spec(model))
         ext.save(root / f"{arch}-factors.json")
         rc = main(["export", "--model", str(root / f"{arch}-src"), "--factors", str(root / f"{arch}-factors.json"),
@@ -222,6 +226,8 @@ def test_exported_dir_layout_and_config(exported):
         assert config["max_position_embeddings"] == TARGET and "rope_parameters" not in config
         assert vllm_mismatches(config, ext, attention_factor(ext)) == []
         assert load_factors(out).long_factor == ext.long_factor  # --factors accepts an exported dir
+        for path in [out, *out.rglob("*")]:  # readable by a serving container, whatever the source's modes
+            assert stat.S_IMODE(path.stat().st_mode) == (DIR_MODE if path.is_dir() else FILE_MODE), path
     assert not [p for p in root.iterdir() if p.name.startswith(".")]  # no staging leftovers
 
 

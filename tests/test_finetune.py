@@ -89,6 +89,10 @@ def test_finetune_reduces_loss_and_writes_loadable_dir(tiny_model_dir, tiny_corp
     assert config["rope_scaling"]["rope_type"] == "longrope"
     assert config["max_position_embeddings"] == 64 and config["original_max_position_embeddings"] == 32
     assert not (out / "checkpoints").exists()
+    import stat
+
+    from longrope.io import FILE_MODE
+    assert {stat.S_IMODE(p.stat().st_mode) for p in out.iterdir() if p.is_file()} == {FILE_MODE}  # none private
     # our loader installs the factors file, start token included
     lm = load_model(str(out), dtype="fp32", device="cpu")
     rope = next(m for m in lm.model.modules() if isinstance(m, ScaledRotaryEmbedding))

@@ -76,9 +76,14 @@ def test_output_dir_honours_umask_cleans_leftovers_and_leaves_nothing_on_failure
         path = lio.atomic_write_json(out / "r.json", {})
         with lio.staged_dir(out / "d") as tmp:
             (tmp / "f").write_text("x")
+            (tmp / "sub").mkdir(mode=0o700)
+            (tmp / "sub" / "weights").write_text("w")
+            os.chmod(tmp / "sub" / "weights", 0o600)  # as a library's private temporary leaves it
     mask = lio.UMASK
     assert stat.S_IMODE(path.stat().st_mode) == 0o666 & ~mask
     assert stat.S_IMODE((out / "d").stat().st_mode) == 0o777 & ~mask
+    assert stat.S_IMODE((out / "d" / "sub").stat().st_mode) == 0o777 & ~mask
+    assert stat.S_IMODE((out / "d" / "sub" / "weights").stat().st_mode) == 0o666 & ~mask
     assert (out / "mine.txt").read_text() == "the user's"
     assert not list(tmp_path.glob("a/.b.lock"))  # the lock goes with the run
 

@@ -16,7 +16,7 @@ import torch.nn.functional as F
 
 from ..factors import FACTORS_FILE, RopeExtension
 from ..hf_config import check_exportable, hf_config_dict
-from ..io import atomic_write_json, staged_dir
+from ..io import atomic_write_json, ordinary_modes, staged_dir
 from ..plots import label_axes, pyplot, save_and_close
 
 IGNORE = -100  # label of a position the loss skips (passkey padding)
@@ -158,6 +158,8 @@ def write_model_dir(model, tokenizer, out: Path, finish: Finish, extension: Rope
     with tempfile.TemporaryDirectory(prefix=".model.", dir=out) as name:
         tmp = Path(name)
         last = ("config.json", _write_model_files(model, tokenizer, tmp, finish, extension, state_dict))
+        for path in tmp.iterdir():
+            ordinary_modes(path)
         for name in sorted(p.name for p in tmp.iterdir() if p.name not in last) + list(last):
             os.replace(tmp / name, out / name)
 
