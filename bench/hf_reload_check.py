@@ -3,6 +3,8 @@
     longrope export --model smollm2-135m --factors smollm2-135m-16k --out runs/export-16k
     python bench/hf_reload_check.py --model smollm2-135m --factors smollm2-135m-16k --export runs/export-16k \
         --length 16384
+    python bench/hf_reload_check.py --model smollm2-135m --factors smollm2-135m-32k --export runs/export-32k \
+        --length 32768 --corpus stdlib-packages
 
 Takes the first validation-split document of `--length` tokens, scores it with longrope's
 evaluator (the model with the factors installed) and then, in a separate interpreter that never
@@ -48,10 +50,11 @@ def main() -> None:
     p.add_argument("--export", required=True, help="the exported HF directory")
     p.add_argument("--length", type=int, required=True)
     p.add_argument("--dtype", default="bfloat16", choices=("bfloat16", "float32"))
+    p.add_argument("--corpus", default=None, help="corpus of the document (default: stdlib; stdlib-packages for 32k)")
     args = p.parse_args()
 
     lm = load_model(args.model, dtype={"bfloat16": "bf16", "float32": "fp32"}[args.dtype])
-    ids = split_documents(lm.tokenizer, None, "validation", args.length, 1)[0].clone()
+    ids = split_documents(lm.tokenizer, args.corpus, "validation", args.length, 1)[0].clone()
     install_rope(lm.model, load_factors(args.factors))
     total, count = document_nll(lm.model, ids)
     ours = total / count

@@ -17,6 +17,7 @@ Measured on 2 CPU cores (8448 tokens, last 128 scored): ppl 4.228 (longrope) vs 
 3.583 vs 3.600. Attention check (640 tokens): 14.85/15.00, 14.52/14.65, 34.6/38.1.
 
     python bench/llamacpp_parity.py [--tokens 8448] [--scored 128] [--generate 16] [--out results.json]
+    python bench/llamacpp_parity.py --factors smollm2-135m-32k --tokens 32000 --skip-unscaled
 
 Needs `llama_cpp` (pip install llama-cpp-python, which compiles llama.cpp from source).
 The GGUF is Q4_1 and llama.cpp quantizes activations in its matmuls, so perplexities agree
@@ -38,6 +39,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from longrope.export.gguf import export_gguf  # noqa: E402
 from longrope.factors import RopeExtension  # noqa: E402
+from longrope.hf_config import load_factors  # noqa: E402
 from longrope.io import atomic_write_json  # noqa: E402
 from longrope.methods import build_extension  # noqa: E402
 from longrope.models.load import load_model  # noqa: E402
@@ -131,6 +133,9 @@ def main() -> int:
     p.add_argument("--tokens", type=int, default=8448, help="document length, above the native 8192 (default 8448)")
     p.add_argument("--scored", type=int, default=128, help="tokens at the end whose perplexity is compared")
     p.add_argument("--generate", type=int, default=16, help="greedy tokens compared")
+    p.add_argument("--factors", default=None,
+                   help="factors to export and compare (a file or shipped name; default: YaRN-shaped factors for 2x)")
+    p.add_argument("--skip-unscaled", action="store_true", help="do not also compare the unextended model")
     p.add_argument("--attention-check", action="store_true",
                    help="also compare a short document at attention factors default, 1.0 and 1.5")
     p.add_argument("--out", default=None, help="write the results as JSON here")
@@ -142,13 +147,19 @@ def main() -> int:
     L, target = spec.original_max_position_embeddings, 2 * spec.original_max_position_embeddings
     ext = RopeExtension("longrope", build_extension("yarn", spec, target).long_factor, L, target,
                         metadata={"label": "yarn-shaped longrope factors"})
+    if args.factors:
+        ext = load_factors(args.factors)
+        target = ext.max_position_embeddings
+        if args.tokens > target:
+            p.error(f"--tokens {args.tokens} exceeds the factors' context {target}")
     work = Path(tempfile.mkdtemp(prefix="longrope-llamacpp-"))
     exported = export_gguf(str(gguf_src), ext, work / "gguf").path
     ids = document_tokens(loaded.tokenizer, args.tokens)
     print(f"native {L}, target {target}, document {len(ids)} tokens, scoring the last {args.scored}", flush=True)
 
     rows = {}
-    for label, extension, gguf_path in (("longrope", ext, exported), ("unscaled", None, gguf_src)):
+    runs = (("longrope", ext, exported),) + (() if args.skip_unscaled else (("unscaled", None, gguf_src),))
+    for label, extension, gguf_path in runs:
         t0 = time.time()
         install_rope(loaded.model, extension)
         nll_ours, gen_ours = ours(loaded.model, ids, args.scored, args.generate)
