@@ -1,5 +1,6 @@
 """The tiny reference model: tokenizer, batches, schedule, and a few-step run end to end."""
 import json
+from dataclasses import replace
 
 import pytest
 import torch
@@ -137,3 +138,21 @@ def test_pretrain_command(tmp_path, small_corpus, capsys):
     assert "not empty" in capsys.readouterr().err
     assert main(["pretrain", "--out", str(tmp_path / "n"), "--corpus", str(tmp_path / "nope")]) == 2
     assert main(["pretrain", "--out", str(tmp_path / "n"), "--steps", "0", "--corpus", str(small_corpus)]) == 2
+
+
+def test_the_help_s_flags_for_the_tiny_preset_make_its_config():
+    """`longrope pretrain --help` spells out the tiny preset's flags; they must build pretrain.TINY."""
+    import re
+
+    from longrope.cli import build_parser
+    from longrope.options import build
+    from longrope.train.pretrain import TINY, PretrainConfig
+
+    parser = build_parser()
+    sub = next(a for a in parser._actions if a.__class__.__name__ == "_SubParsersAction").choices["pretrain"]
+    flags = re.search(r"the tiny preset is (.*?) \(", " ".join(sub.description.split())).group(1).split()
+    args = parser.parse_args(["pretrain", *flags])
+    cfg = build(PretrainConfig, args, min_lr=args.lr / 10)
+    want = PretrainConfig(**TINY)
+    assert cfg.min_lr == pytest.approx(want.min_lr)  # lr / 10 from the command line: 3e-4 up to rounding
+    assert replace(cfg, min_lr=want.min_lr) == want
