@@ -16,7 +16,7 @@ def register(sub) -> None:
                     "CPU cores with bf16/AMX); the tiny preset is --vocab-size 1024 --width 128 --heads 4 "
                     "--head-dim 32 --mlp 384 --native-length 256 --steps 2000 --batch-size 16 --lr 3e-3 "
                     "--passkey-fraction 0.4 --copy-fraction 0.3 --copy-reach 0.9 --answer-weight 10 --seed 1 "
-                    "(about ten minutes). On a busy machine --threads 1 is usually faster.",
+                    "(also about eight minutes). On a busy machine --threads 1 is usually faster.",
     )
     p.add_argument("--out", default="runs/tiny", metavar="DIR", help="output directory, created atomically (default: runs/tiny)")
     p.add_argument("--overwrite", action="store_true", help="replace --out if it already holds files")
