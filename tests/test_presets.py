@@ -48,16 +48,25 @@ def test_tiny_preset_trains_once_and_is_reused(tmp_path, monkeypatch):
     assert resolve_model("tiny").path == tmp_path / "cache" / "tiny" and len(calls) == 1
 
 
-def test_tiny_presets_train_with_their_own_configs(tmp_path, monkeypatch):
-    configs = []
+def recording_pretrain(configs: list, record: bool = False):
+    """A stand-in for pretrain_tiny that writes config.json (and, with `record`, training.json) and
+    appends each config it was given to `configs`."""
+    import json
 
     def fake_pretrain(out_dir, config=None, **kwargs):
         configs.append(config)
         out_dir.mkdir()
         (out_dir / "config.json").write_text("{}")
+        if record:
+            (out_dir / "training.json").write_text(json.dumps({"config": asdict(config)}))
         return out_dir
 
-    monkeypatch.setattr("longrope.train.pretrain.pretrain_tiny", fake_pretrain)
+    return fake_pretrain
+
+
+def test_tiny_presets_train_with_their_own_configs(tmp_path, monkeypatch):
+    configs = []
+    monkeypatch.setattr("longrope.train.pretrain.pretrain_tiny", recording_pretrain(configs))
     assert resolve_model("tiny").path == tmp_path / "cache" / "tiny"
     assert resolve_model("tiny-128").path == tmp_path / "cache" / "tiny-128"  # a cache folder of its own
     tiny, small = configs
@@ -72,15 +81,7 @@ def test_a_cached_tiny_trained_with_other_settings_is_rebuilt(tmp_path, monkeypa
     import json
 
     built = []
-
-    def fake_pretrain(out_dir, config=None, **kwargs):
-        built.append(config)
-        out_dir.mkdir()
-        (out_dir / "config.json").write_text("{}")
-        (out_dir / "training.json").write_text(json.dumps({"config": asdict(config)}))
-        return out_dir
-
-    monkeypatch.setattr("longrope.train.pretrain.pretrain_tiny", fake_pretrain)
+    monkeypatch.setattr("longrope.train.pretrain.pretrain_tiny", recording_pretrain(built, record=True))
     old = cache_dir() / "tiny"
     old.mkdir()
     (old / "config.json").write_text("{}")

@@ -1,9 +1,17 @@
-"""`longrope pretrain`: train the tiny reference Llama (native context 128) from scratch."""
+"""`longrope pretrain`: train a tiny reference Llama from scratch (the tiny-128 preset by default)."""
 from __future__ import annotations
 
+import dataclasses
+
 from ..io import output_dir
-from ..options import add_options, build
-from ..train.pretrain import PretrainConfig, pretrain_tiny, read_training_record
+from ..options import add_options, build, flag_name
+from ..train.pretrain import TINY, PretrainConfig, pretrain_tiny, read_training_record
+
+
+def tiny_flags() -> str:
+    """The flags that train the `tiny` preset (`TINY`; the command line sets min_lr to lr / 10)."""
+    fields = {f.name: f for f in dataclasses.fields(PretrainConfig)}
+    return " ".join(f"{flag_name(fields[k])} {v:g}" for k, v in TINY.items() if k != "min_lr")
 
 
 def register(sub) -> None:
@@ -13,9 +21,7 @@ def register(sub) -> None:
         description="Train a BPE tokenizer and a small Llama from scratch on the search+validation splits of a "
                     "corpus (the test split is held out), then save model, tokenizer and training.json. "
                     "The defaults make the tiny-128 preset (native context 128, about eight minutes on two idle "
-                    "CPU cores with bf16/AMX); the tiny preset is --vocab-size 1024 --width 128 --heads 4 "
-                    "--head-dim 32 --mlp 384 --native-length 256 --steps 2000 --batch-size 16 --lr 3e-3 "
-                    "--passkey-fraction 0.4 --copy-fraction 0.3 --copy-reach 0.9 --answer-weight 10 --seed 1 "
+                    f"CPU cores with bf16/AMX); the tiny preset is {tiny_flags()} "
                     "(also about eight minutes). On a busy machine --threads 1 is usually faster.",
     )
     p.add_argument("--out", default="runs/tiny", metavar="DIR", help="output directory, created atomically (default: runs/tiny)")

@@ -46,7 +46,8 @@ from ..models.load import load_model
 from ..seam import install_rope
 from .pretrain import TRAIN_SPLITS  # the tiny preset's pretraining data; "test" stays held out
 from .toolkit import (
-    SCHEDULES, Checkpoints, Schedule, adamw, lr_at, next_token_loss, padded_row, plot_losses, set_lr, write_model_dir,
+    SCHEDULES, Checkpoints, Schedule, adamw, answer_weights, lr_at, next_token_loss, padded_row, plot_losses, set_lr,
+    write_model_dir,
 )
 
 RECORD_FILE = "finetune.json"  # written last: its presence means the run is complete
@@ -72,8 +73,8 @@ class FinetuneConfig:
     mixed_context: float = option(0.0, "LongRoPE2 mixed context window: share of micro-batches that are native-length "
                                   "sequences trained with the original RoPE (0 = off)", min=0, below=1)
     passkey_fraction: float = option(0.0, "share of rows replaced by passkey prompts of random length", min=0, max=1)
-    answer_weight: float = option(1.0, "loss weight of a passkey row's answer tokens (every other token weighs 1)",
-                                  min=1, max=1000)
+    answer_weight: float = option(1.0, "loss weight of a passkey row's answer tokens and the EOS that ends them "
+                                  "(every other token weighs 1)", min=0)
     save_every: int = option(0, "checkpoint every this many steps (0: only at the end, or when stopped early "
                              "or interrupted)", min=0)
     keep_checkpoints: bool = option(False, "keep checkpoints/ after the run completes")
@@ -175,9 +176,7 @@ class PackedBatches:
             return None
         pad = self.tok.pad_token_id if self.tok.pad_token_id is not None else self.tok.eos_token_id
         x, y = padded_row(prompt + answer, T, pad)
-        w = torch.ones(T)
-        w[len(prompt) - 1 : len(prompt) - 1 + len(answer)] = self.cfg.answer_weight  # y[j] is ids[j + 1]
-        return x, y, w
+        return x, y, answer_weights(T, len(prompt), len(prompt) + len(answer), self.cfg.answer_weight)  # EOS too
 
     def micro_batch(self, m: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None, bool]:
         """x, y: [B, T] int64 (y = -100 where ignored); w: [B, T] loss weights, None when every

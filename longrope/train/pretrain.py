@@ -35,7 +35,7 @@ from ..evaluate.ppl import mean_nlls, perplexity
 from ..io import atomic_write_json
 from ..models.device import cpu_has_fast_bf16
 from ..options import check_options, option
-from .toolkit import Schedule, adamw, lr_at, next_token_loss, padded_row, set_lr, write_model_dir
+from .toolkit import Schedule, adamw, answer_weights, lr_at, next_token_loss, padded_row, set_lr, write_model_dir
 
 BOS, EOS, PAD = "<s>", "</s>", "<pad>"
 TRAIN_SPLITS = ("search", "validation")
@@ -216,9 +216,7 @@ class Batches:
         before = self.rng.randint(0, n)
         ids, start, end = self._passkey_ids(before, n - before, self.rng.randint(1, MAX_KEY))
         x, y = padded_row(ids, self.cfg.block_size, self.tok.pad_token_id)  # only a prompt without filler overflows
-        w = torch.ones(self.cfg.block_size)
-        w[start - 1 : end - 1] = self.cfg.answer_weight  # y[j] is ids[j + 1]: the answer's digits
-        return x, y, w
+        return x, y, answer_weights(self.cfg.block_size, start, end, self.cfg.answer_weight)
 
     def next(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """x, y: [B, T] int64, y is -100 where a passkey row is padded; w: [B, T] loss weights

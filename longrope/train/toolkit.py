@@ -85,6 +85,14 @@ def padded_row(ids: list[int], T: int, pad_id: int) -> tuple[torch.Tensor, torch
     return row[:-1], y
 
 
+def answer_weights(T: int, start: int, end: int, weight: float) -> torch.Tensor:
+    """Loss weights [T] of a row whose ids[start:end] are a passkey's answer: `weight` on the targets
+    that predict them (y[j] is ids[j + 1]), 1 elsewhere."""
+    w = torch.ones(T)
+    w[start - 1 : end - 1] = weight
+    return w
+
+
 # -- checkpoints -----------------------------------------------------------------------------------
 class Checkpoints:
     """`out/checkpoints/step-N` folders, each complete or absent; the newest alone is kept.
@@ -158,8 +166,7 @@ def write_model_dir(model, tokenizer, out: Path, finish: Finish, extension: Rope
     with tempfile.TemporaryDirectory(prefix=".model.", dir=out) as name:
         tmp = Path(name)
         last = ("config.json", _write_model_files(model, tokenizer, tmp, finish, extension, state_dict))
-        for path in tmp.iterdir():
-            ordinary_modes(path)
+        ordinary_modes(tmp)
         for name in sorted(p.name for p in tmp.iterdir() if p.name not in last) + list(last):
             os.replace(tmp / name, out / name)
 
