@@ -3,7 +3,7 @@
 The JSON file has these top-level keys, so other tools can write one:
 `method`, `long_factor`, `short_factor` (null when absent), `start_token`,
 `attention_factor` (null = the method's default), `original_max_position_embeddings`,
-`max_position_embeddings`, `metadata`.
+`max_position_embeddings`, `metadata`, and `short_attention_factor` only when set.
 """
 from __future__ import annotations
 
@@ -28,6 +28,7 @@ JSON_KEYS = (
     "original_max_position_embeddings",
     "max_position_embeddings",
     "metadata",
+    "short_attention_factor",  # written only when set, so files without it read and digest as before
 )
 
 
@@ -69,7 +70,9 @@ class RopeExtension:
     `long_factor` is used when the sequence is longer than the native context (or always,
     when `short_factor` is None); `short_factor` while it fits. `start_token` (n_hat) is
     the number of leading positions that keep the original RoPE. `attention_factor` None
-    means the method's default (see `longrope.methods.attention_factor`).
+    means the method's default (see `longrope.methods.attention_factor`); it applies at every
+    length unless `short_attention_factor` is set, which replaces it while `short_factor` is
+    in force (1.0 leaves short contexts exactly as trained when `short_factor` is all 1).
     """
 
     method: str
@@ -80,6 +83,7 @@ class RopeExtension:
     start_token: int = 0
     attention_factor: float | None = None
     metadata: dict[str, Any] = field(default_factory=dict)
+    short_attention_factor: float | None = None
 
     def __post_init__(self):
         object.__setattr__(self, "long_factor", _check_factor_vector("long_factor", self.long_factor))
@@ -108,13 +112,18 @@ class RopeExtension:
             raise UsageError(f"start_token must be a non-negative integer below max_position_embeddings="
                              f"{self.max_position_embeddings}, got {self.start_token}")
         object.__setattr__(self, "start_token", int(self.start_token))
-        if self.attention_factor is not None:
-            if not _is_number(self.attention_factor):
-                raise UsageError(f"attention_factor must be a number or null, got {self.attention_factor!r}")
-            af = float(self.attention_factor)
-            if not math.isfinite(af) or af <= 0:
-                raise UsageError(f"attention_factor must be a positive number, got {self.attention_factor}")
-            object.__setattr__(self, "attention_factor", af)
+        for name in ("attention_factor", "short_attention_factor"):
+            value = getattr(self, name)
+            if value is None:
+                continue
+            if not _is_number(value):
+                raise UsageError(f"{name} must be a number or null, got {value!r}")
+            if not math.isfinite(float(value)) or value <= 0:
+                raise UsageError(f"{name} must be a positive number, got {value}")
+            object.__setattr__(self, name, float(value))
+        if self.short_attention_factor is not None and self.short_factor is None:
+            raise UsageError("short_attention_factor needs a short_factor (without one, long_factor and "
+                             "attention_factor apply at every length)")
         if not isinstance(self.metadata, dict):
             raise UsageError("metadata must be a JSON object")
 
@@ -157,7 +166,7 @@ class RopeExtension:
         d = asdict(self)
         d["long_factor"] = list(self.long_factor)
         d["short_factor"] = None if self.short_factor is None else list(self.short_factor)
-        return {k: d[k] for k in JSON_KEYS}
+        return {k: d[k] for k in JSON_KEYS if k != "short_attention_factor" or d[k] is not None}
 
     @classmethod
     def from_dict(cls, d: dict[str, Any], source: str = "factors") -> "RopeExtension":
@@ -182,6 +191,7 @@ class RopeExtension:
                 short_factor=d.get("short_factor"),
                 start_token=0 if start is None else start,
                 attention_factor=d.get("attention_factor"),
+                short_attention_factor=d.get("short_attention_factor"),
                 original_max_position_embeddings=d["original_max_position_embeddings"],
                 max_position_embeddings=d["max_position_embeddings"],
                 metadata=d.get("metadata") or {},

@@ -70,9 +70,21 @@ def check_exportable(
             f"so outputs differ from longrope's runtime"
         )
         ext = ext.with_(start_token=0)
+    if has_own_short_attention(ext):
+        notes.append(
+            f"{target} has one attention factor for every length: below the native context it applies "
+            f"{attention_factor(ext):g} where longrope applies short_attention_factor {ext.short_attention_factor:g}, "
+            f"so outputs there differ from longrope's (vLLM reads it as short_mscale)"
+        )
     if spec is not None:
         ext.check_fits(spec)
     return ext, notes
+
+
+def has_own_short_attention(ext: RopeExtension) -> bool:
+    """True when the short factors come with an attention factor of their own (not the long one)."""
+    return ext.short_attention_factor is not None and not math.isclose(
+        ext.short_attention_factor, attention_factor(ext), rel_tol=1e-12)
 
 
 # -- RopeExtension -> config dicts ----------------------------------------------------------------
@@ -80,8 +92,9 @@ def to_rope_scaling(ext: RopeExtension) -> dict[str, Any]:
     """The `rope_scaling` dict (legacy key, read by transformers 4.43+ and 5.x, and by vLLM).
 
     `short_mscale`/`long_mscale` are added only when vLLM's default mscale (it ignores
-    `attention_factor`) would differ from ours, e.g. for PI (1.0) or YaRN (0.1 ln s + 1);
-    transformers logs them as unrecognised keys and otherwise ignores them.
+    `attention_factor`) would differ from ours, e.g. for PI (1.0) or YaRN (0.1 ln s + 1), or the
+    short factors have their own attention factor; transformers logs them as unrecognised keys and
+    otherwise ignores them (it applies `attention_factor`, the long one, at every length).
     """
     m = attention_factor(ext)
     short = ext.short_factor if ext.short_factor is not None else ext.long_factor
@@ -94,8 +107,10 @@ def to_rope_scaling(ext: RopeExtension) -> dict[str, Any]:
         "attention_factor": float(m),
     }
     vllm_m = longrope_attention_factor(ext.scale, ext.original_max_position_embeddings)  # vLLM's default
-    if not math.isclose(vllm_m, m, rel_tol=1e-12):
+    if not math.isclose(vllm_m, m, rel_tol=1e-12) or has_own_short_attention(ext):
         d["short_mscale"] = d["long_mscale"] = float(m)
+        if ext.short_attention_factor is not None:
+            d["short_mscale"] = float(ext.short_attention_factor)
     return d
 
 
@@ -123,7 +138,7 @@ def phi3_rope_scaling(ext: RopeExtension) -> dict[str, Any] | None:
     top-level original_max_position_embeddings and the default attention factor from L'/L.
     None when the attention factor is not that default (only the full form can say it)."""
     default = longrope_attention_factor(ext.scale, ext.original_max_position_embeddings)
-    if not math.isclose(attention_factor(ext), default, rel_tol=1e-12):
+    if not math.isclose(attention_factor(ext), default, rel_tol=1e-12) or has_own_short_attention(ext):
         return None
     short = ext.short_factor if ext.short_factor is not None else ext.long_factor
     return {"type": ROPE_TYPE, "short_factor": list(short), "long_factor": list(ext.long_factor)}
@@ -212,12 +227,14 @@ def extension_from_hf_config(config_or_dict: Any, source: str = "config") -> Rop
     for key in ("short_mscale", "long_mscale"):  # vLLM-only keys, recorded for `info`
         if key in params:
             metadata[f"vllm_{key}"] = params[key]
+    short_af = _own_short_mscale(params, af)
     try:
         return RopeExtension(
             method=ROPE_TYPE,
             long_factor=long,
-            short_factor=None if short == long else short,
+            short_factor=None if short == long and short_af is None else short,
             attention_factor=af,
+            short_attention_factor=short_af,
             original_max_position_embeddings=original,
             max_position_embeddings=target,
             metadata=metadata,
@@ -226,6 +243,17 @@ def extension_from_hf_config(config_or_dict: Any, source: str = "config") -> Rop
         raise UsageError(f"{source}: {e}") from None
     except (TypeError, ValueError) as e:
         raise UsageError(f"{source}: malformed value ({e})") from None
+
+
+def _own_short_mscale(params: dict, af: Any) -> float | None:
+    """The short factors' own attention factor, as our export writes it for vLLM: `short_mscale`
+    when it differs from a `long_mscale` equal to `attention_factor` (None otherwise)."""
+    short, long = params.get("short_mscale"), params.get("long_mscale")
+    if not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in (short, long, af)):
+        return None
+    if math.isclose(long, af, rel_tol=1e-9) and not math.isclose(short, long, rel_tol=1e-9):
+        return float(short)
+    return None
 
 
 def load_factors(path_or_dir: str | Path) -> RopeExtension:

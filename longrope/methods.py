@@ -117,6 +117,14 @@ def attention_factor(ext: RopeExtension) -> float:
     return method.attention(ext.scale, ext.original_max_position_embeddings)
 
 
+def attention_factor_at_length(ext: RopeExtension, seq_len: int) -> float:
+    """The attention factor for a sequence of `seq_len` tokens: `short_attention_factor` while
+    the short factors are in force (see `factors_at_length`), when the extension has one."""
+    if ext.short_attention_factor is not None and seq_len <= ext.original_max_position_embeddings:
+        return ext.short_attention_factor
+    return attention_factor(ext)
+
+
 def build_extension(name: str, spec: RotarySpec, target_length: int, **metadata) -> RopeExtension:
     """The extension a peer method gives for extending `spec` to `target_length` tokens."""
     method = get_method(name)

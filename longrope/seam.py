@@ -15,7 +15,7 @@ from torch import nn
 
 from .errors import UsageError
 from .factors import RopeExtension
-from .methods import attention_factor, factors_at_length
+from .methods import attention_factor_at_length, factors_at_length
 from .rope import RotarySpec, rope_cos_sin, rope_cos_sin_rows, scaled_inv_freq
 
 
@@ -75,7 +75,6 @@ class ScaledRotaryEmbedding(nn.Module):
             extension.check_fits(self.spec)
         self.extension = extension
         self.rows: list[RopeExtension | None] | None = None
-        self.attention_factor = 1.0 if extension is None else attention_factor(extension)
         self._inv_freq_cache.clear()
         self._rows_cache.clear()
 
@@ -91,8 +90,6 @@ class ScaledRotaryEmbedding(nn.Module):
         self.set_extension(None)
         self.rows = list(extensions)
         self._row_starts = torch.tensor([0 if e is None else e.start_token for e in self.rows])  # [B]
-        self._row_factors = torch.tensor([1.0 if e is None else attention_factor(e) for e in self.rows],
-                                         dtype=torch.float32)  # [B]
 
     def _inv_freq_of(self, extension: RopeExtension | None, seq_len: int, device: torch.device) -> torch.Tensor:
         if extension is None:
@@ -105,6 +102,10 @@ class ScaledRotaryEmbedding(nn.Module):
             self._inv_freq_cache[key] = inv
         return inv
 
+    def attention_factor_at(self, seq_len: int) -> float:
+        """The factor cos and sin are multiplied by for a sequence of seq_len tokens."""
+        return 1.0 if self.extension is None else attention_factor_at_length(self.extension, seq_len)
+
     def inv_freq_at(self, seq_len: int, device: torch.device) -> torch.Tensor:
         """Rescaled inverse frequencies (float32, [d/2]) for a sequence of seq_len tokens."""
         return self._inv_freq_of(self.extension, seq_len, device)
@@ -116,7 +117,8 @@ class ScaledRotaryEmbedding(nn.Module):
         seq_len = int(position_ids.max()) + 1  # one host sync per forward
         inv = self.inv_freq_at(seq_len, x.device)
         start = 0 if self.extension is None else self.extension.start_token
-        cos, sin = rope_cos_sin(position_ids, inv, self.original_inv_freq.to(x.device), start, self.attention_factor)
+        cos, sin = rope_cos_sin(position_ids, inv, self.original_inv_freq.to(x.device), start,
+                                self.attention_factor_at(seq_len))
         return cos.to(x.dtype), sin.to(x.dtype)
 
     def _forward_rows(self, x: torch.Tensor, position_ids: torch.Tensor):
@@ -132,7 +134,9 @@ class ScaledRotaryEmbedding(nn.Module):
         tables = self._rows_cache.get(key)
         if tables is None:  # once per set of rows (and lengths)
             inv = torch.stack([self._inv_freq_of(e, n, x.device) for e, n in zip(self.rows, seq_lens)])  # [B, d/2]
-            tables = inv, self._row_starts.to(x.device), self._row_factors.to(x.device)
+            factors = torch.tensor([1.0 if e is None else attention_factor_at_length(e, n)
+                                    for e, n in zip(self.rows, seq_lens)], dtype=torch.float32)  # [B]
+            tables = inv, self._row_starts.to(x.device), factors.to(x.device)
             self._rows_cache[key] = tables
         inv, starts, factors = tables
         cos, sin = rope_cos_sin_rows(position_ids, inv, self.original_inv_freq.to(x.device), starts, factors)

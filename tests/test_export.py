@@ -15,6 +15,7 @@ from longrope.cli import main
 from longrope.errors import UsageError
 from longrope.export.hf import SIDECAR
 from longrope.hf_config import (
+    check_exportable,
     describe_rope_config,
     extension_from_hf_config,
     hf_config_dict,
@@ -70,13 +71,13 @@ def test_peer_methods_carry_explicit_mscale_for_vllm():
         assert d["attention_factor"] == pytest.approx(want)
         assert d["short_mscale"] == d["long_mscale"] == pytest.approx(want)
         config = {"max_position_embeddings": TARGET, "rope_scaling": d}
-        assert vllm_mismatches(config, ext, attention_factor(ext)) == []
+        assert vllm_mismatches(config, ext) == []
 
 
 def test_vllm_view_of_an_export():
     ext = searched_like(RotarySpec(16, 10000.0, L))
     config = hf_config_dict({"rope_theta": 10000.0, "max_position_embeddings": L}, ext)
-    assert vllm_mismatches(config, ext, attention_factor(ext)) == []
+    assert vllm_mismatches(config, ext) == []
     served_long = vllm_rope(config)  # default --max-model-len = max_position_embeddings
     assert served_long.uses_long and served_long.factors == ext.long_factor
     assert served_long.mscale == pytest.approx(default_mscale(TARGET, L)) == pytest.approx(attention_factor(ext))
@@ -110,6 +111,26 @@ def test_round_trip_through_hf_config():
     assert back.attention_factor == 1.3
     same = RopeExtension("pi", [4.0] * 8, L, TARGET, attention_factor=1.0)
     assert extension_from_hf_config(hf_config_dict({"rope_theta": 1e4}, same)).short_factor is None
+
+
+def test_short_attention_factor_in_configs():
+    """transformers and llama.cpp carry one attention factor (the long one, at every length); vLLM's
+    short_mscale carries the short one; our reader takes it back from the mscale pair."""
+    spec = RotarySpec(16, 10000.0, L)
+    ext = searched_like(spec).with_(short_attention_factor=1.0)
+    d = to_rope_scaling(ext)
+    assert d["attention_factor"] == pytest.approx(attention_factor(ext)) != 1.0
+    assert (d["short_mscale"], d["long_mscale"]) == (1.0, d["attention_factor"])
+    config = hf_config_dict({"rope_theta": 1e4, "max_position_embeddings": L}, ext)
+    assert vllm_mismatches(config, ext) == []
+    assert vllm_mismatches(config, ext.with_(short_attention_factor=None)) == ["short mscale 1.0 != attention "
+                                                                              f"factor {attention_factor(ext)}"]
+    back = extension_from_hf_config(config)
+    assert back == ext.with_(attention_factor=attention_factor(ext), metadata=back.metadata)
+    assert "attention_factor" in hf_config_dict({"model_type": "phi3", "rope_theta": 1e4}, ext)["rope_scaling"]
+    _, notes = check_exportable(ext, spec, target="llama.cpp")
+    assert len(notes) == 1 and "llama.cpp has one attention factor" in notes[0]
+    assert check_exportable(ext.with_(short_attention_factor=attention_factor(ext)), spec)[1] == []
 
 
 def test_import_phi3_style_config():
@@ -224,7 +245,7 @@ def test_exported_dir_layout_and_config(exported):
             assert rs["original_max_position_embeddings"] == L
             assert rs["attention_factor"] == pytest.approx(attention_factor(ext))
         assert config["max_position_embeddings"] == TARGET and "rope_parameters" not in config
-        assert vllm_mismatches(config, ext, attention_factor(ext)) == []
+        assert vllm_mismatches(config, ext) == []
         assert load_factors(out).long_factor == ext.long_factor  # --factors accepts an exported dir
         for path in [out, *out.rglob("*")]:  # readable by a serving container, whatever the source's modes
             assert stat.S_IMODE(path.stat().st_mode) == (DIR_MODE if path.is_dir() else FILE_MODE), path

@@ -1,6 +1,7 @@
 """Generation across the short/long switch (README, "Library"): keys cached with the
 short factors are stale once the sequence grows past the native context. greedy_generate must
 give exactly the tokens of a fresh full forward at every step."""
+import pytest
 import torch
 
 from longrope.factors import RopeExtension
@@ -29,9 +30,10 @@ def fresh_forward_generate(model, input_ids: torch.Tensor, max_new_tokens: int) 
     return seq[0, input_ids.shape[1]:]
 
 
-def test_greedy_generation_across_the_switch_equals_fresh_forward(make_tiny_model):
+@pytest.mark.parametrize("short_attention", [None, 1.0])  # 1.0: the attention factor switches too
+def test_greedy_generation_across_the_switch_equals_fresh_forward(make_tiny_model, short_attention):
     model = make_tiny_model("llama", seed=3, max_position_embeddings=NATIVE)
-    install_rope(model, switching_extension(half=8))
+    install_rope(model, switching_extension(half=8).with_(short_attention_factor=short_attention))
     prompt = torch.randint(0, 97, (1, NATIVE - 7), generator=torch.Generator().manual_seed(0))  # below native
     n_new = 20  # ends at NATIVE + 13 tokens: above native
     got = greedy_generate(model, prompt, n_new)

@@ -85,6 +85,25 @@ def test_short_long_switch_by_length(make_tiny_model):
     torch.testing.assert_close(long_cos, pi_cos)  # one past L: long factors
 
 
+def test_short_attention_factor_leaves_short_contexts_as_trained(make_tiny_model):
+    """Shipped factors' form: short factors 1 with short_attention_factor 1 give the untouched model's
+    logits up to L, and past L the long factors with the long attention factor."""
+    model = make_tiny_model("llama")
+    spec = rotary_spec(model)
+    L = spec.original_max_position_embeddings
+    ids = torch.randint(0, 97, (1, 2 * L), generator=torch.Generator().manual_seed(4))
+    short_ids = ids[:, :L]
+    untouched = logits(model, short_ids)
+    every_length = build_extension("yarn", spec, 4 * L).with_(method="longrope", short_factor=[1.0] * spec.half,
+                                                                attention_factor=1.3)
+    install_rope(model, every_length)
+    long_want = logits(model, ids)
+    assert not torch.allclose(logits(model, short_ids), untouched, atol=1e-3)  # 1.3 applies below L too
+    install_rope(model, every_length.with_(short_attention_factor=1.0))
+    torch.testing.assert_close(logits(model, short_ids), untouched, rtol=1e-5, atol=1e-5)  # HF's own tables
+    torch.testing.assert_close(logits(model, ids), long_want, rtol=0, atol=0)
+
+
 def test_wrong_factor_length_and_context_are_rejected(make_tiny_model):
     model = make_tiny_model("llama")
     with pytest.raises(UsageError, match="rotary dim 16 needs 8"):

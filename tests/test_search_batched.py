@@ -34,13 +34,16 @@ def test_each_row_equals_its_extension_alone():
             RopeExtension("longrope", [1.0 + 0.3 * i for i in range(8)], 32, 128,
                           short_factor=[1.0 + 0.01 * i for i in range(8)], start_token=4, attention_factor=1.3),
             build_extension("yarn", spec, 128).with_(start_token=2)]
+    exts.append(exts[2].with_(short_attention_factor=1.0))  # twice: within and past the native context
+    exts.append(exts[4])
     T = 100
-    # rows 1 and 2 stay within the native context (short factors), rows 0 and 3 go past it (long)
-    pos = torch.stack([torch.arange(T), torch.arange(T) % 32, torch.arange(T) % 32, torch.arange(T)])  # [B, T]
-    rope, x = ScaledRotaryEmbedding(spec), torch.zeros(4, T, 8)
+    # rows 1, 2 and 4 stay within the native context (short factors), rows 0, 3 and 5 go past it (long)
+    pos = torch.stack([torch.arange(T), torch.arange(T) % 32, torch.arange(T) % 32, torch.arange(T),
+                       torch.arange(T) % 32, torch.arange(T)])  # [B, T]
+    rope, x = ScaledRotaryEmbedding(spec), torch.zeros(len(exts), T, 8)
     rope.set_row_extensions(exts)
     cos, sin = rope(x, pos)
-    assert cos.shape == (4, T, 16)
+    assert cos.shape == (len(exts), T, 16)
     for b, ext in enumerate(exts):
         rope.set_extension(ext)
         c, s = rope(x[:1], pos[b : b + 1])

@@ -37,6 +37,7 @@ def test_every_packaged_file_is_valid_and_describes_its_model():
         assert ext.metadata["rotary_dim"] == 2 * ext.half_dim
         # below the native length the shipped factors leave the model unchanged
         assert ext.short_factor is not None and all(v == 1.0 for v in ext.short_factor), name
+        assert ext.short_attention_factor == 1.0, name  # the long attention factor applies past it only
 
 
 def test_name_resolves_to_the_shipped_file(shipped_dir):

@@ -20,6 +20,7 @@ from ..errors import UsageError
 from ..factors import FACTORS_FILE, RopeExtension
 from ..hf_config import PHI3_STYLE, check_exportable, hf_config_dict
 from ..io import atomic_write_json, check_destination, staged_dir
+from ..methods import attention_factor
 from ..models.load import check_weights, load_config
 from ..models.presets import dequantized_copy, resolve_model
 from ..rope import RotarySpec
@@ -79,7 +80,8 @@ def check_rotary(model_dir: Path, ext: RopeExtension, spec: RotarySpec) -> dict[
         want = ours.inv_freq_at(last + 1, x.device).double()
         got = theirs.inv_freq.double()
         rel = float(((got - want).abs() / want).max()) if got.shape == want.shape else math.inf
-        att = abs(float(theirs.attention_scaling) - ours.attention_factor) / ours.attention_factor
+        want_att = attention_factor(ext)  # transformers' one factor, at every length
+        att = abs(float(theirs.attention_scaling) - want_att) / want_att
         worst = {"inv_freq": max(worst["inv_freq"], rel), "attention_factor": max(worst["attention_factor"], att)}
     if worst["inv_freq"] > 1e-5 or worst["attention_factor"] > 1e-6:
         raise UsageError(

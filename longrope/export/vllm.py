@@ -23,6 +23,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from ..factors import RopeExtension
+from ..methods import attention_factor_at_length
 from ..rope import longrope_attention_factor
 
 
@@ -60,20 +61,23 @@ def vllm_rope(config: dict[str, Any], max_model_len: int | None = None) -> VllmR
     return VllmRope(max_model_len, L, uses_long, tuple(float(v) for v in factors), mscale)
 
 
-def vllm_mismatches(config: dict[str, Any], ext: RopeExtension, attention_factor: float) -> list[str]:
+def vllm_mismatches(config: dict[str, Any], ext: RopeExtension) -> list[str]:
     """Where vLLM, served with `--max-model-len` = the target, would differ from `ext` on long
     prompts, and with `--max-model-len` = L on short ones. Empty when it agrees."""
+    L = ext.original_max_position_embeddings
     problems = []
     long_run = vllm_rope(config, ext.max_position_embeddings)
     if long_run.factors != ext.long_factor:
         problems.append("long_factor differs")
-    if not math.isclose(long_run.mscale, attention_factor, rel_tol=1e-9):
-        problems.append(f"long mscale {long_run.mscale} != attention factor {attention_factor}")
+    want = attention_factor_at_length(ext, L + 1)
+    if not math.isclose(long_run.mscale, want, rel_tol=1e-9):
+        problems.append(f"long mscale {long_run.mscale} != attention factor {want}")
     short_run = vllm_rope(config, ext.original_max_position_embeddings)
     if short_run.factors != (ext.short_factor or ext.long_factor):
         problems.append("short_factor differs")
-    if not math.isclose(short_run.mscale, attention_factor, rel_tol=1e-9):
-        problems.append(f"short mscale {short_run.mscale} != attention factor {attention_factor}")
+    want = attention_factor_at_length(ext, L)
+    if not math.isclose(short_run.mscale, want, rel_tol=1e-9):
+        problems.append(f"short mscale {short_run.mscale} != attention factor {want}")
     return problems
 
 
