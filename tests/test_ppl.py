@@ -83,11 +83,31 @@ def test_ppl_figures_by_position(make_tiny_model):
 
     model = make_tiny_model("llama")
     docs = list(torch.randint(0, 97, (3, 100), generator=torch.Generator().manual_seed(4)))
-    plain = ppl_figures(model, docs, 100)
-    banded = ppl_figures(model, docs, 100, native=32)
+    seen = []  # progress within the cell: one call per document
+    plain = ppl_figures(model, docs, 100, progress=lambda done, total: seen.append((done, total)))
+    banded = ppl_figures(model, docs, 100, native=32, progress=lambda done, total: seen.append((done, total)))
+    assert seen == [(1, 3), (2, 3), (3, 3)] * 2
     assert banded["ppl"] == pytest.approx(plain["ppl"], rel=1e-5) and banded["tokens"] == plain["tokens"] == 297
     assert [(b["start"], b["end"], b["tokens"]) for b in banded["bands"]] == [(0, 32, 93), (32, 64, 96), (64, 100, 108)]
     with torch.no_grad():
         logits = torch.stack([model(input_ids=d[None]).logits[0, :-1].float() for d in docs])
     nll = F.cross_entropy(logits.transpose(1, 2), torch.stack(docs)[:, 1:], reduction="none")  # [3, 99]
     assert banded["bands"][2]["ppl"] == pytest.approx(math.exp(float(nll[:, 63:].mean())), rel=1e-5)
+
+
+def test_runner_shows_progress_within_a_cell(make_tiny_model, capsys):
+    """A cell of long-context trials can take minutes: the bar moves with each document or trial."""
+    from types import SimpleNamespace
+
+    from longrope.evaluate.runner import Variant, run_cells
+
+    def cell(lm, variant, length, progress):
+        for i in range(3):
+            progress(i + 1, 3)
+        return {"length": length}
+
+    shared = SimpleNamespace(model=make_tiny_model("llama"))
+    cells = run_cells([Variant("none", None)], [16, 32], {"ppl": cell}, shared, desc="test")
+    assert list(cells) == [("none", "ppl", 16), ("none", "ppl", 32)]
+    err = capsys.readouterr().err
+    assert "done=1/3" in err and "done=3/3" in err and "length=32" in err

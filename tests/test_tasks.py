@@ -147,7 +147,7 @@ def test_rerun_reuses_finished_cells_and_redoes_changed_ones(tiny_model_dir, tin
     first = json.loads((out / "tasks.json").read_text())
     evaluated = []
     real = cmd.task_figures
-    monkeypatch.setattr(cmd, "task_figures", lambda lm, prompts: evaluated.append(prompts) or real(lm, prompts))
+    monkeypatch.setattr(cmd, "task_figures", lambda lm, prompts, progress: evaluated.append(prompts) or real(lm, prompts, progress))
     assert main(argv) == 0 and evaluated == []  # every cell reused
     again = json.loads((out / "tasks.json").read_text())
     assert (again["summary"], again["trials"]) == (first["summary"], first["trials"])

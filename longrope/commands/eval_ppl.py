@@ -87,8 +87,9 @@ def evaluate(args, out, given_lengths: list[int] | None) -> int:
         done = {(r["method"], "ppl", r["length"]): r for r in previous.get("rows", [])
                 if r.get("method") in ext_of and r.get("extension") == ext_of[r["method"]]}
 
-    def cell(lm, variant, length):
-        figures = ppl_figures(lm.model, docs, length, args.chunk_size, args.stride, L if args.by_position else None)
+    def cell(lm, variant, length, progress):
+        figures = ppl_figures(lm.model, docs, length, args.chunk_size, args.stride, L if args.by_position else None,
+                              progress)
         return {"method": variant.label, "length": length, **figures,
                 "extension": None if variant.extension is None else variant.extension.to_dict()}
 

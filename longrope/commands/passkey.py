@@ -47,10 +47,10 @@ def evaluate(args, out, given_lengths: list[int] | None) -> int:
     variants = method_variants(args, loaded, args.target_length or max(lengths))
     info = run_info(args, {"model": loaded.name, "lengths": lengths})
 
-    def cell(lm, variant, length):
+    def cell(lm, variant, length, progress):
         rng = random.Random(f"{args.seed}:{length}")  # same keys and depths for every method
         try:
-            figures = passkey_figures(lm, length, args.trials, rng)
+            figures = passkey_figures(lm, length, args.trials, rng, progress)
         except ValueError as e:
             raise UsageError(str(e)) from None
         return {"method": variant.label, "length": length, **figures}

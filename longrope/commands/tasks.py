@@ -162,9 +162,9 @@ def evaluate(args, out, tasks: list[str], settings, given_lengths: list[int] | N
     done = finished_cells(read_json_or_none(out / "tasks.json"), info, variants, digests)
 
     def evaluator(task: str):
-        def cell(lm, variant, length):
+        def cell(lm, variant, length, progress):
             return {"task": task, "method": variant.label, "length": length,
-                    **task_figures(lm, prompts[task, length]), "prompts": digests[task, length],
+                    **task_figures(lm, prompts[task, length], progress), "prompts": digests[task, length],
                     "extension": extension_dict(variant)}
         return cell
 

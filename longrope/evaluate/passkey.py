@@ -8,6 +8,7 @@ from dataclasses import dataclass
 import torch
 
 from ..generate import greedy_generate
+from . import Progress, no_progress
 
 INSTRUCTION = (
     "There is an important info hidden inside a lot of irrelevant text. Find it and memorize them. "
@@ -67,8 +68,10 @@ class Trial:
     correct: bool
 
 
-def run_trials(model, tokenizer, length: int, trials: int, rng: random.Random, max_new_tokens: int = 10):
-    """`trials` passkey trials at `length` tokens (prompt + answer), random key and depth from `rng`."""
+def run_trials(model, tokenizer, length: int, trials: int, rng: random.Random, max_new_tokens: int = 10,
+               progress: Progress = no_progress):
+    """`trials` passkey trials at `length` tokens (prompt + answer), random key and depth from `rng`;
+    `progress(done, trials)` after each."""
     results = []
     for _ in range(trials):
         key, depth = rng.randint(1, MAX_KEY), rng.random()
@@ -76,4 +79,5 @@ def run_trials(model, tokenizer, length: int, trials: int, rng: random.Random, m
         out = greedy_generate(model, prompt.input_ids, max_new_tokens)
         text = tokenizer.decode(out.tolist(), skip_special_tokens=True)
         results.append(Trial(length, prompt.input_ids.shape[1], prompt.depth, key, text, first_integer(text) == key))
+        progress(len(results), trials)
     return results

@@ -14,6 +14,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from . import Progress, no_progress
+
 
 @torch.inference_mode()
 def sequence_nll(model: nn.Module, input_ids: torch.Tensor, chunk_size: int = 1024) -> torch.Tensor:
@@ -112,9 +114,11 @@ def position_bands(length: int, native: int) -> list[int]:
 
 
 def band_mean_nlls(model: nn.Module, docs: Sequence[torch.Tensor], length: int, edges: Sequence[int],
-                   chunk_size: int = 1024, batch_size: int = 1) -> tuple[list[list[float]], list[int]]:
+                   chunk_size: int = 1024, batch_size: int = 1,
+                   progress: Progress = no_progress) -> tuple[list[list[float]], list[int]]:
     """Mean token NLL of each document [T] truncated to `length` tokens, in each band of
-    positions given by `edges` (`band_nll`), and the tokens each band holds per document.
+    positions given by `edges` (`band_nll`), and the tokens each band holds per document;
+    `progress(documents done, documents)` after each batch.
     Returns ([document][band] mean NLL, [band] tokens per document)."""
     device = next(model.parameters()).device
     counts = [min(b, length) - max(a, 1) for a, b in zip(edges, edges[1:])]  # token 0 is never a target
@@ -124,19 +128,24 @@ def band_mean_nlls(model: nn.Module, docs: Sequence[torch.Tensor], length: int, 
         x = torch.stack([d[:length] for d in docs[s : s + batch_size]]).to(device)  # [B, length]
         totals = band_nll(model, x, edges, chunk_size).tolist()  # one host sync per batch
         out += [[t / n for t, n in zip(row, counts)] for row in totals]
+        progress(len(out), len(docs))
     return out, counts
 
 
 def mean_nlls(model: nn.Module, docs: Sequence[torch.Tensor], length: int, chunk_size: int = 1024,
-              stride: int | None = None, batch_size: int = 1) -> tuple[list[float], int]:
+              stride: int | None = None, batch_size: int = 1,
+              progress: Progress = no_progress) -> tuple[list[float], int]:
     """Mean token NLL of each document [T], and the number of tokens scored.
 
     stride None: each document truncated to its first `length` tokens and scored in one pass,
     `batch_size` documents at a time. Otherwise whole documents, in windows of `length`
-    tokens advancing by `stride` (`sliding_window_nll`).
+    tokens advancing by `stride` (`sliding_window_nll`). `progress(documents done, documents)`.
     """
     if stride is not None:
-        scored = [sliding_window_nll(model, doc, length, stride, chunk_size) for doc in docs]
+        scored = []
+        for doc in docs:
+            scored.append(sliding_window_nll(model, doc, length, stride, chunk_size))
+            progress(len(scored), len(docs))
         return [nll / n for nll, n in scored], sum(n for _, n in scored)
-    per_doc, counts = band_mean_nlls(model, docs, length, [0, length], chunk_size, batch_size)
+    per_doc, counts = band_mean_nlls(model, docs, length, [0, length], chunk_size, batch_size, progress)
     return [d[0] for d in per_doc], counts[0] * len(docs)

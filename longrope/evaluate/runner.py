@@ -2,8 +2,10 @@
 
 A comparison is a grid of cells: variants (a label, an extension, optionally a model of its
 own) x context lengths x kinds of figure. Each kind is an `Evaluator`, a function that fills
-one cell: `evaluator(loaded_model, variant, length) -> dict`. Perplexity and passkey are two
-kinds; each task of the synthetic suite is one more.
+one cell: `evaluator(loaded_model, variant, length, progress) -> dict`, calling
+`progress(done, total)` as its documents or trials finish (a cell at long context can take
+minutes; the bar shows them). Perplexity and passkey are two kinds; each task of the
+synthetic suite is one more.
 
     for variant:
         model = the shared one (extension installed), or its own (loaded once, if any cell is missing)
@@ -23,6 +25,7 @@ from tqdm import tqdm
 from ..factors import RopeExtension
 from ..models.load import LoadedModel, load_model
 from ..seam import install_rope
+from . import Progress, no_progress
 from .passkey import run_trials
 from .ppl import band_mean_nlls, mean_nlls, perplexity, position_bands
 from .tasks import TaskPrompt, run_prompt
@@ -42,7 +45,8 @@ class Variant:
 
 Cell = dict[str, Any]
 Key = tuple[str, str, int]  # (variant label, kind, length)
-Evaluator = Callable[[LoadedModel, Variant, int], Cell]
+Evaluator = Callable[[LoadedModel, Variant, int, Progress], Cell]
+
 
 
 def run_cells(
@@ -75,8 +79,11 @@ def run_cells(
             if key in done:
                 cells[key] = done[key]
                 continue
-            bar.set_postfix(variant=v.label, length=key[2])  # the cell in progress (one may take minutes)
-            cells[key] = evaluators[key[1]](lm, v, key[2])
+            def progress(done: int, total: int, v=v, key=key) -> None:  # within the cell in progress
+                bar.set_postfix(variant=v.label, length=key[2], done=f"{done}/{total}")
+
+            progress(0, 0)
+            cells[key] = evaluators[key[1]](lm, v, key[2], progress)
             on_cell(cells)
             bar.update(1)
         del lm
@@ -85,7 +92,8 @@ def run_cells(
 
 
 def ppl_figures(model: torch.nn.Module, docs: Sequence[torch.Tensor], length: int, chunk_size: int = 1024,
-                stride: int | None = None, native: int | None = None) -> dict[str, Any]:
+                stride: int | None = None, native: int | None = None,
+                progress: Progress = no_progress) -> dict[str, Any]:
     """Perplexity of documents at one length: ppl, mean NLL, each document's NLL, tokens, seconds.
 
     native: also the perplexity of the tokens in each band of positions [0, L), [L, 2L),
@@ -95,12 +103,12 @@ def ppl_figures(model: torch.nn.Module, docs: Sequence[torch.Tensor], length: in
     """
     t0 = time.perf_counter()
     if native is None:
-        nlls, tokens = mean_nlls(model, docs, length, chunk_size, stride)
+        nlls, tokens = mean_nlls(model, docs, length, chunk_size, stride, progress=progress)
         return {"ppl": perplexity(nlls), "mean_nll": sum(nlls) / len(nlls), "doc_nlls": nlls, "tokens": tokens,
                 "seconds": time.perf_counter() - t0}
     assert stride is None, "bands of positions need one pass per document"
     edges = position_bands(length, native)
-    per_doc, counts = band_mean_nlls(model, docs, length, edges, chunk_size)  # [doc][band], [band]
+    per_doc, counts = band_mean_nlls(model, docs, length, edges, chunk_size, progress=progress)  # [doc][band], [band]
     nlls = [sum(m * n for m, n in zip(row, counts)) / sum(counts) for row in per_doc]
     bands = []
     for j, (lo, hi) in enumerate(zip(edges, edges[1:])):
@@ -111,20 +119,24 @@ def ppl_figures(model: torch.nn.Module, docs: Sequence[torch.Tensor], length: in
             "tokens": sum(counts) * len(docs), "bands": bands, "seconds": time.perf_counter() - t0}
 
 
-def passkey_figures(lm: LoadedModel, length: int, trials: int, rng: random.Random) -> dict[str, Any]:
+def passkey_figures(lm: LoadedModel, length: int, trials: int, rng: random.Random,
+                    progress: Progress = no_progress) -> dict[str, Any]:
     """Passkey accuracy of `trials` trials at one length, and the trials themselves (dicts).
     ValueError when no prompt fits `length`."""
     t0 = time.perf_counter()
-    results = run_trials(lm.model, lm.tokenizer, length, trials, rng)
+    results = run_trials(lm.model, lm.tokenizer, length, trials, rng, progress=progress)
     return {"accuracy": sum(r.correct for r in results) / len(results), "trials": [asdict(r) for r in results],
             "seconds": time.perf_counter() - t0}
 
 
-def task_figures(lm: LoadedModel, prompts: Sequence[TaskPrompt]) -> dict[str, Any]:
+def task_figures(lm: LoadedModel, prompts: Sequence[TaskPrompt], progress: Progress = no_progress) -> dict[str, Any]:
     """Exact-match figures of one task at one length: trial count, correct trials, accuracy,
     mean score, and the trials themselves (dicts, under "results")."""
     t0 = time.perf_counter()
-    results = [run_prompt(lm.model, lm.tokenizer, p) for p in prompts]
+    results = []
+    for p in prompts:
+        results.append(run_prompt(lm.model, lm.tokenizer, p))
+        progress(len(results), len(prompts))
     correct = sum(r.correct for r in results)
     return {"trials": len(results), "correct": correct, "accuracy": correct / len(results),
             "mean_score": sum(r.score for r in results) / len(results), "results": [asdict(r) for r in results],

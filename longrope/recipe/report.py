@@ -70,21 +70,21 @@ def stage_evaluate(recipe: Recipe, where: Path, spec: RotarySpec, variants: list
                 if c.get("identity") == ids.get(c["variant"])}
     docs: list = []  # the same held-out documents for every variant, tokenized on first use
 
-    def ppl(lm, variant, n):
+    def ppl(lm, variant, n, progress):
         if not docs:
             tokens = tokenize_corpus(lm.tokenizer, select_split(load_corpus(recipe.corpus), ev.split, recipe.split_seed,
                                                                   "evaluate.split:"))
             docs.extend(documents_of_length(tokens, max(lengths), ev.docs))
             if len(docs) < ev.docs:
                 log(f"note: only {len(docs)} {ev.split} documents reach {max(lengths)} tokens")
-        f = ppl_figures(lm.model, docs, n, ev.chunk_size, native=L)
+        f = ppl_figures(lm.model, docs, n, ev.chunk_size, native=L, progress=progress)
         return {"variant": variant.label, "identity": ids[variant.label], "kind": "ppl", "length": n,
                 "value": f["ppl"], "doc_nlls": f["doc_nlls"], "bands": f["bands"], "seconds": round(f["seconds"], 1)}
 
-    def passkey(lm, variant, n):
+    def passkey(lm, variant, n, progress):
         rng = random.Random(f"{ev.split}:{n}")  # the same keys and depths for every variant
         try:
-            f = passkey_figures(lm, n, ev.passkey_trials, rng)
+            f = passkey_figures(lm, n, ev.passkey_trials, rng, progress)
         except ValueError:  # the prompt does not fit this length
             f = {"accuracy": None, "trials": [], "seconds": 0.0}
         return {"variant": variant.label, "identity": ids[variant.label], "kind": "passkey", "length": n,
