@@ -67,6 +67,8 @@ def _mutate(data: dict, how: str) -> dict:
         st["search"]["reject"] = "hoeffding"
     elif how == "bad-needles":
         st["search2"]["needles"] = 0
+    elif how == "piecewise-search2":
+        st["search2"]["variant"] = "piecewise"
     elif how == "finetune2-without-search2":
         d["stages"] = {k: v for k, v in st.items() if k != "search2"} | {"finetune2": dict(st["finetune"])}
         d["stages"] = {k: d["stages"][k] for k in ("search", "finetune", "finetune2", "readjust", "evaluate")}
@@ -93,6 +95,7 @@ def _mutate(data: dict, how: str) -> dict:
     ("bad-optimizer", "recipe: readjust.optimizer must be one of ga, cma, got 'adam'"),
     ("bad-reject", "recipe: search.reject must be one of exact, race, got 'hoeffding'"),
     ("bad-needles", "recipe: search2.needles must be in [1, 30], got 0"),
+    ("piecewise-search2", "search2.variant must be longrope or critical"),
     ("finetune2-without-search2", "stage 'finetune2' needs 'search2'"),
     ("finetune2-too-long", "finetune2.length 256 exceeds what the final factors cover (search2.target_length 128)"),
     ("finetune2-corpus", "finetune2.corpus is set once for the whole recipe"),
@@ -154,6 +157,30 @@ def test_search_stage_with_the_needle_objective_and_cma(tiny_model_dir, tiny_cor
         {"objective": "needle", "optimizer": "cma", "needles": 2}
     state = json.loads((tmp_path / "1-search" / "state.json").read_text())
     assert state["config"]["optimizer"] == "cma" and state["optimizer_state"] is not None
+
+
+def test_second_search_in_the_critical_variant(tiny_model_dir, tiny_corpus, tmp_path, capsys):
+    """search2's critical dim is that of the stage-1 factors at the fine-tuned length; below it
+    lambda2 follows lambda2_cd^(i/cd) (LongRoPE2), from 1 at the highest frequency."""
+    import math
+
+    import numpy as np
+
+    from longrope.models.load import model_spec
+    from longrope.search.genes import rescaled_critical_dimension
+
+    data = small_recipe(str(tiny_model_dir), str(tiny_corpus))
+    data["stages"]["search2"]["variant"] = "critical"
+    data["stages"] = {k: data["stages"][k] for k in ("search", "finetune", "search2")}
+    out = tmp_path / "run"
+    assert main(["extend", "--recipe", str(write(tmp_path, data)), "--out", str(out)]) == 0, capsys.readouterr().err
+    spec = model_spec(str(tiny_model_dir))
+    ext1 = json.loads((out / "1-search" / "stage.json").read_text())["extension"]
+    cd = rescaled_critical_dimension(spec.dim, spec.base, 64, ext1["long_factor"])
+    lam2 = np.array(json.loads((out / "3-search2" / "stage.json").read_text())["extension"]["metadata"]["stage2_factor"])
+    assert 0 < cd < spec.half and np.all(lam2[cd:] >= 2.0 - 1e-9)  # s = 128 / 64 from cd on
+    np.testing.assert_allclose(lam2[:cd], lam2[cd] ** (np.arange(cd) / cd))
+    assert math.isclose(lam2[0], 1.0)
 
 
 def test_extend_end_to_end_then_skips_complete_stages(tiny_model_dir, tiny_corpus, tmp_path, capsys, monkeypatch):

@@ -25,7 +25,7 @@ from longrope.search.evolution import (
     score_candidate,
     top_k,
 )
-from longrope.search.genes import Genome, SearchSpace, critical_dimension
+from longrope.search.genes import Genome, SearchSpace, critical_dimension, rescaled_critical_dimension
 
 SPEC = RotarySpec(dim=64, base=10000.0, original_max_position_embeddings=128)
 SMALL = SearchConfig(population=16, parents=8, mutations=4, crossovers=4, iterations=6, seed=0)
@@ -112,6 +112,19 @@ def test_critical_variant_follows_lambda_cd_below_cd():
     lam = space.factors(g)
     assert np.all(lam[cd:] >= 8.0) and len(g.units) == 32 - cd
     np.testing.assert_allclose(lam[:cd], lam[cd] ** (np.arange(cd) / cd))
+
+
+@pytest.mark.parametrize("dim,base,context", [(64, 10000.0, 4096), (32, 10000.0, 256), (64, 1e5, 8192), (128, 5e5, 8192)])
+def test_rescaled_critical_dimension(dim, base, context):
+    """With factors all 1 it is LongRoPE2's cd; stage-1 factors lengthen periods, so a model fine-tuned
+    with them at 8x its context has its cd where the rescaled period first reaches that context."""
+    assert rescaled_critical_dimension(dim, base, context, [1.0] * (dim // 2)) == critical_dimension(dim, base, context)
+    pi8 = [8.0] * (dim // 2)  # every period 8x longer: the same cd at 8x the context
+    assert rescaled_critical_dimension(dim, base, 8 * context, pi8) == critical_dimension(dim, base, context)
+    lam1 = [1.0] * 7 + [8.0] * (dim // 2 - 7)  # the tiny model's stage 1, in shape: high dims rescaled 8x
+    periods = [2 * math.pi * base ** (2 * i / dim) * lam for i, lam in enumerate(lam1)]
+    cd = rescaled_critical_dimension(dim, base, 8 * context, lam1)
+    assert periods[cd] >= 8 * context > periods[cd - 1]
 
 
 def test_critical_seeds_collapse_so_the_rest_of_the_population_is_drawn_uniformly():

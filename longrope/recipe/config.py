@@ -247,8 +247,9 @@ def parse_recipe(data: Any, source: str = "recipe") -> Recipe:
         if search2.target_length <= search.target_length:
             raise UsageError(f"recipe: final target search2.target_length {search2.target_length} must exceed "
                              f"the stage-1 target {search.target_length}")
-        if search2.variant != "longrope":
-            raise UsageError("recipe: search2.variant must be longrope (it searches a factor on top of stage 1)")
+        if search2.variant not in ("longrope", "critical"):
+            raise UsageError("recipe: search2.variant must be longrope or critical (it searches a factor on top of "
+                             "stage 1)")
     finetune2 = None
     if "finetune2" in stages:
         if search2 is None:

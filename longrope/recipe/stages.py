@@ -42,7 +42,7 @@ from ..rope import RotarySpec
 from ..search.driver import SearchJob, SearchOptions, drive, has_state
 from ..search.evolution import SearchConfig, SearchState, peer_seeds
 from ..search.fitness import MakeExtension, long_factor_candidate, search_documents, short_factor_candidate
-from ..search.genes import START_TOKENS, SearchSpace, critical_dimension
+from ..search.genes import START_TOKENS, SearchSpace, critical_dimension, rescaled_critical_dimension
 from ..train.finetune import FinetuneConfig, finetune, has_checkpoint, is_complete
 from .config import Recipe
 from .report import log, report_lengths, stage_evaluate
@@ -210,7 +210,9 @@ def stage_search2(recipe: Recipe, out: Path, spec: RotarySpec, ext1: RopeExtensi
     # the weights adapted to the fine-tuned attention magnitude: keep it unless the recipe says otherwise
     af = stage.attention_factor if stage.attention_factor is not None else attention_factor(ext1)
     start = ext1.start_token  # the model was fine-tuned with this n_hat
-    space = _space(stage, scale2, stage.max_factor or 1.25 * scale2, (start,), spec.half)
+    # critical: dims below cd (periods shorter than the fine-tuned context N1) follow an NTK-like ramp
+    cd = rescaled_critical_dimension(spec.dim, spec.base, N1, lam1) if stage.variant == "critical" else 0
+    space = _space(stage, scale2, stage.max_factor or 1.25 * scale2, (start,), spec.half, cd)
 
     def make(factors: np.ndarray, start_token: int) -> RopeExtension:
         return RopeExtension(method="longrope", long_factor=(lam1 * factors).tolist(),

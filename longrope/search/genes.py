@@ -60,6 +60,15 @@ def critical_dimension(dim: int, base: float, original_max_position_embeddings: 
     return min(max(cd, 1), dim // 2 - 1)
 
 
+def rescaled_critical_dimension(dim: int, base: float, context: int, factors) -> int:
+    """The critical dim of a model that already runs rescaled RoPE (factors lambda, fine-tuned at
+    `context` tokens): the first dim whose rescaled period 2*pi*b^(2i/d)*lambda_i reaches `context`,
+    LongRoPE2's cd for the frequencies the model was fine-tuned with (all ones: `critical_dimension`)."""
+    half = dim // 2
+    cd = next((i for i, lam in enumerate(factors) if 2 * math.pi * base ** (2 * i / dim) * lam >= context), half)
+    return min(max(cd, 1), half - 1)
+
+
 @dataclass(frozen=True)
 class SearchSpace:
     """Where the genomes live: d/2 factors, scale s, grid step, bounds, n_hat candidates."""
