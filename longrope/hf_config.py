@@ -71,10 +71,11 @@ def check_exportable(
         )
         ext = ext.with_(start_token=0)
     if has_own_short_attention(ext):
+        vllm = " (vLLM reads it: short_mscale)" if target == "transformers" else ""
         notes.append(
             f"{target} has one attention factor for every length: below the native context it applies "
             f"{attention_factor(ext):g} where longrope applies short_attention_factor {ext.short_attention_factor:g}, "
-            f"so outputs there differ from longrope's (vLLM reads it as short_mscale)"
+            f"so outputs there differ from longrope's{vllm}"
         )
     if spec is not None:
         ext.check_fits(spec)
