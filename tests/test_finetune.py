@@ -74,6 +74,27 @@ def test_passkey_rows_weigh_exactly_the_answer(tiny_model_dir, tiny_corpus):
     assert rows == 8
 
 
+def test_passkey_row_lengths_upper_or_log(tiny_model_dir, tiny_corpus):
+    """upper: prompts in [N/4, N]; log: from the native length up, as many per octave, so the
+    long factors are trained at every scale (a 64x model otherwise never sees a 2x prompt).
+    Prompts come out up to one filler sentence (~70 tokens here) below their target length."""
+    from transformers import AutoTokenizer
+
+    from longrope.train.finetune import packed_stream
+
+    tok = AutoTokenizer.from_pretrained(str(tiny_model_dir))
+    stream = packed_stream(tok, str(tiny_corpus))
+    ends = {}
+    for how in ("upper", "log"):
+        cfg = small_config(length=4096, batch_size=1, passkey_fraction=1.0, answer_weight=7.0, passkey_lengths=how)
+        batches = PackedBatches(stream, tok, cfg, native=256)
+        ends[how] = [int((w[0] == 7.0).nonzero()[-1]) + 1 for w in (batches.micro_batch(m)[2] for m in range(48))]
+    assert 4096 // 4 - 80 <= min(ends["upper"]) and max(ends["upper"]) <= 4096
+    assert 256 - 80 <= min(ends["log"]) and max(ends["log"]) <= 4096
+    octaves = [sum(lo - 80 <= e < 2 * lo - 80 for e in ends["log"]) for lo in (256, 512, 1024, 2048)]
+    assert all(n >= 5 for n in octaves), octaves  # 12 expected in each
+
+
 def test_finetune_reduces_loss_and_writes_loadable_dir(tiny_model_dir, tiny_corpus, tmp_path):
     from longrope.factors import FACTORS_FILE
     from longrope.models.load import load_model
@@ -146,6 +167,7 @@ def test_mixed_context_window(tiny_model_dir, tiny_corpus, tmp_path):
     (["--length", "64", "--warmup-steps", "9"], "--warmup-steps 9 exceeds --steps 2"),
     (["--length", "64", "--lr", "inf"], "--lr must be a finite number"),
     (["--length", "64", "--save-every", "-1"], "--save-every must be >= 0"),
+    (["--length", "64", "--passkey-lengths", "quarter"], "--passkey-lengths"),
 ])
 def test_bad_input_one_line_exit_2_nothing_written(argv, msg, tiny_model_dir, tmp_path, capsys):
     factors = tmp_path / "f.json"

@@ -23,7 +23,7 @@ import json
 import os
 import shutil
 import time
-from dataclasses import MISSING, asdict, fields
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -43,7 +43,7 @@ from ..search.driver import SearchJob, SearchOptions, drive, has_state
 from ..search.evolution import SearchConfig, SearchState, peer_seeds
 from ..search.fitness import MakeExtension, long_factor_candidate, search_documents, short_factor_candidate
 from ..search.genes import START_TOKENS, SearchSpace, critical_dimension, rescaled_critical_dimension
-from ..train.finetune import FinetuneConfig, finetune, has_checkpoint, is_complete
+from ..train.finetune import finetune, has_checkpoint, is_complete, with_defaults
 from .config import Recipe
 from .report import log, report_lengths, stage_evaluate
 
@@ -171,7 +171,6 @@ def stage_search(recipe: Recipe, out: Path, spec: RotarySpec) -> RopeExtension:
     return ext
 
 
-_FINETUNE_DEFAULTS = {f.name: f.default for f in fields(FinetuneConfig) if f.default is not MISSING}
 
 
 def stage_finetune(recipe: Recipe, ext: RopeExtension | None, where: Path, label: str,
@@ -182,7 +181,7 @@ def stage_finetune(recipe: Recipe, ext: RopeExtension | None, where: Path, label
     if is_complete(where):
         record = json.loads((where / "finetune.json").read_text())
         # settings added since a run was recorded count as their defaults
-        record["config"] = {**_FINETUNE_DEFAULTS, **record.get("config", {})}
+        record["config"] = with_defaults(record.get("config", {}))
         want = {"config": asdict(cfg), "extension": None if ext is None else ext.to_dict()}
         for key, value in want.items():
             if record.get(key) != value:

@@ -28,7 +28,7 @@ import os
 import random
 import sys
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import MISSING, asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -52,6 +52,7 @@ from .toolkit import (
 
 RECORD_FILE = "finetune.json"  # written last: its presence means the run is complete
 PRECISIONS = ("auto", "no", "bf16", "fp16")
+PASSKEY_LENGTHS = ("upper", "log")  # a passkey row's prompt length: uniform in [N/4, N], or log-uniform in [L, N]
 
 
 @dataclass
@@ -73,6 +74,9 @@ class FinetuneConfig:
     mixed_context: float = option(0.0, "LongRoPE2 mixed context window: share of micro-batches that are native-length "
                                   "sequences trained with the original RoPE (0 = off)", min=0, below=1)
     passkey_fraction: float = option(0.0, "share of rows replaced by passkey prompts of random length", min=0, max=1)
+    passkey_lengths: str = option("upper", "their prompt lengths: upper = uniform in [N/4, N]; log = log-uniform from the "
+                                  "native length to N (every scale trained with the long factors)",
+                                  choices=PASSKEY_LENGTHS)
     answer_weight: float = option(1.0, "loss weight of a passkey row's answer tokens and the EOS that ends them "
                                   "(every other token weighs 1)", min=0)
     save_every: int = option(0, "checkpoint every this many steps (0: only at the end, or when stopped early "
@@ -91,6 +95,8 @@ class FinetuneConfig:
         check_options(self)
         if self.schedule not in SCHEDULES:
             raise UsageError(f"unknown --schedule {self.schedule!r}; choose {', '.join(SCHEDULES)}")
+        if self.passkey_lengths not in PASSKEY_LENGTHS:
+            raise UsageError(f"unknown --passkey-lengths {self.passkey_lengths!r}; choose {', '.join(PASSKEY_LENGTHS)}")
         if self.mixed_precision not in PRECISIONS:
             raise UsageError(f"unknown --mixed-precision {self.mixed_precision!r}; choose {', '.join(PRECISIONS)}")
         if self.warmup_steps > self.steps:
@@ -169,7 +175,11 @@ class PackedBatches:
         key = rng.randint(1, MAX_KEY)
         answer = self.tok(f" {key}", add_special_tokens=False).input_ids + [self.tok.eos_token_id]
         budget = T + 1 - len(answer)
-        target = rng.randint(min(budget, max(budget // 4, 1)), budget)
+        if self.cfg.passkey_lengths == "log":
+            lo = min(budget, self.native)
+            target = min(budget, round(math.exp(rng.uniform(math.log(lo), math.log(budget)))))
+        else:
+            target = rng.randint(min(budget, max(budget // 4, 1)), budget)
         try:
             prompt = build_prompt(self.tok, target, rng.random(), key).input_ids[0].tolist()
         except ValueError:  # the window is too short for any prompt: a corpus row instead
@@ -249,9 +259,18 @@ def prepare_out(out: Path, resume: bool) -> None:
         raise UsageError(f"--out {out} is not empty; pass --resume to continue the run there, or choose another")
 
 
+FINETUNE_DEFAULTS = {f.name: f.default for f in fields(FinetuneConfig) if f.default is not MISSING}
+
+
+def with_defaults(config: dict[str, Any]) -> dict[str, Any]:
+    """A recorded `FinetuneConfig` dict with the settings added since it was recorded at their defaults."""
+    return {**FINETUNE_DEFAULTS, **config}
+
+
 def check_finished(out: Path, model: str, extension: RopeExtension | None, cfg: FinetuneConfig) -> None:
     """--resume of a complete run: refuse unless it was made with these settings (naming the keys)."""
     record = json.loads((out / RECORD_FILE).read_text())
+    record["config"] = with_defaults(record.get("config", {}))
     want = {"config": asdict(cfg), "model": str(model), "extension": None if extension is None else extension.to_dict()}
     changed = changed_keys({k: record.get(k) for k in want}, want)
     if changed:
@@ -288,7 +307,8 @@ class Run:
             self.log(f"no checkpoint in {self.out} yet: starting from step 0")
             return 0
         last, state = self.checkpoints.load_record()
-        changed = changed_keys(state["describe"], self.describe)
+        saved = {**state["describe"], "config": with_defaults(state["describe"].get("config", {}))}
+        changed = changed_keys(saved, self.describe)
         if changed:
             raise UsageError(f"cannot resume {self.out} with different settings ({', '.join(changed)} changed)")
         self.accelerator.load_state(str(last))
