@@ -14,7 +14,6 @@ safetensors`; pinning torch to the installed version keeps pip from pulling anot
 from __future__ import annotations
 
 import argparse
-import json
 import subprocess
 import sys
 import tempfile

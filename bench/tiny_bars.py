@@ -17,7 +17,6 @@ Prints one line per measurement and writes the figures as JSON to --out (optiona
 from __future__ import annotations
 
 import argparse
-import json
 import random
 import sys
 from pathlib import Path

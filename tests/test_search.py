@@ -91,7 +91,7 @@ def test_mutation_and_crossover_stay_monotone_and_in_bounds(variant, half, scale
     for g in pop:
         assert_valid(space, g)
     for _ in range(30):
-        a, b = pop[rng.integers(len(pop))], pop[rng.integers(len(pop))]
+        a = pop[rng.integers(len(pop))]
         m = space.mutate(a, rng, p)
         assert_valid(space, m)
         c = space.crossover(a, m, rng)

@@ -48,7 +48,6 @@ Key = tuple[str, str, int]  # (variant label, kind, length)
 Evaluator = Callable[[LoadedModel, Variant, int, Progress], Cell]
 
 
-
 def run_cells(
     variants: Sequence[Variant],
     lengths: Sequence[int],
@@ -79,10 +78,11 @@ def run_cells(
             if key in done:
                 cells[key] = done[key]
                 continue
-            def progress(done: int, total: int, v=v, key=key) -> None:  # within the cell in progress
+            bar.set_postfix(variant=v.label, length=key[2])  # the cell in progress (one may take minutes)
+
+            def progress(done: int, total: int, v=v, key=key) -> None:  # its documents or trials
                 bar.set_postfix(variant=v.label, length=key[2], done=f"{done}/{total}")
 
-            progress(0, 0)
             cells[key] = evaluators[key[1]](lm, v, key[2], progress)
             on_cell(cells)
             bar.update(1)
