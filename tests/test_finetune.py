@@ -85,7 +85,7 @@ def test_passkey_row_lengths_upper_or_log(tiny_model_dir, tiny_corpus):
     tok = AutoTokenizer.from_pretrained(str(tiny_model_dir))
     stream = packed_stream(tok, str(tiny_corpus))
     ends = {}
-    for how in ("upper", "log"):
+    for how in ("upper", "log", "mix"):
         cfg = small_config(length=4096, batch_size=1, passkey_fraction=1.0, answer_weight=7.0, passkey_lengths=how)
         batches = PackedBatches(stream, tok, cfg, native=256)
         ends[how] = [int((w[0] == 7.0).nonzero()[-1]) + 1 for w in (batches.micro_batch(m)[2] for m in range(48))]
@@ -93,6 +93,39 @@ def test_passkey_row_lengths_upper_or_log(tiny_model_dir, tiny_corpus):
     assert 256 - 80 <= min(ends["log"]) and max(ends["log"]) <= 4096
     octaves = [sum(lo - 80 <= e < 2 * lo - 80 for e in ends["log"]) for lo in (256, 512, 1024, 2048)]
     assert all(n >= 5 for n in octaves), octaves  # 12 expected in each
+    below = sum(e < 4096 // 4 - 80 for e in ends["mix"])  # log rows under N/4: 3/8 of the rows expected
+    assert 6 <= below <= 30, below
+
+
+def test_micro_batches_end_at_their_last_target(tiny_model_dir, tiny_corpus):
+    """Padding after the longest row's last target is cut (causal attention: no loss changes),
+    but a long micro-batch keeps more than the native length, so the long factors still apply."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from longrope.train.finetune import packed_stream
+    from longrope.train.toolkit import next_token_loss
+
+    tok = AutoTokenizer.from_pretrained(str(tiny_model_dir))
+    model = AutoModelForCausalLM.from_pretrained(str(tiny_model_dir)).eval()
+    stream = packed_stream(tok, str(tiny_corpus))
+    cfg = small_config(length=1024, batch_size=2, passkey_fraction=1.0, answer_weight=5.0, passkey_lengths="log")
+    batches = PackedBatches(stream, tok, cfg, native=32)
+    widths = []
+    for m in range(6):
+        x, y, w, long = batches.micro_batch(m)
+        last = max(int((row != -100).nonzero()[-1]) for row in y)
+        assert long and x.shape == y.shape == w.shape and x.shape[1] == max(last + 1, 33)
+        widths.append(x.shape[1])
+        pad = torch.full((2, 1024 - x.shape[1]), tok.eos_token_id)
+        xp, yp = torch.cat([x, pad], 1), torch.cat([y, torch.full_like(pad, -100)], 1)
+        wp = torch.cat([w, torch.ones(pad.shape)], 1)
+        with torch.no_grad():
+            cut, full = (next_token_loss(model(input_ids=a).logits, b, c) for a, b, c in ((x, y, w), (xp, yp, wp)))
+        assert torch.allclose(cut, full, rtol=1e-5, atol=1e-6)
+    assert min(widths) < 1024  # log-uniform prompts: some micro-batches are short
+    upper = PackedBatches(stream, tok, small_config(length=1024, batch_size=1, passkey_fraction=1.0), native=900)
+    floored = [b for b in map(upper.micro_batch, range(12)) if int((b[1][0] != -100).nonzero()[-1]) < 900]
+    assert floored and all(b[0].shape[1] == 901 for b in floored)  # prompts under the native length: kept to 901
 
 
 def test_finetune_reduces_loss_and_writes_loadable_dir(tiny_model_dir, tiny_corpus, tmp_path):

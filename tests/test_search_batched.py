@@ -16,8 +16,9 @@ from longrope.rope import RotarySpec
 from longrope.seam import ScaledRotaryEmbedding, rotary_spec
 from longrope.search.driver import OPTIMIZERS
 from longrope.search.evolution import RejectRule, SearchConfig, evaluate_serial, peer_seeds
-from longrope.search.fitness import (NeedleObjective, PerplexityObjective, auto_candidates_per_forward,
-                                    long_factor_candidate)
+from longrope.evaluate.ppl import sequence_nll
+from longrope.search.fitness import (NeedleObjective, PerplexityObjective, TailObjective,
+                                    auto_candidates_per_forward, long_factor_candidate)
 from longrope.search.genes import SearchSpace
 from longrope.search.needle import NeedleDocument
 
@@ -76,15 +77,16 @@ def _needle_docs(ids: list[torch.Tensor]) -> list[NeedleDocument]:
     return [NeedleDocument(x, ((40, 44), (57 - k, 62)), ("a", "b"), ("1", "2"), (0.3, 0.6)) for k, x in enumerate(ids)]
 
 
-@pytest.mark.parametrize("kind", ["ppl", "needle"])
+@pytest.mark.parametrize("kind", ["ppl", "tail", "needle"])
 def test_batched_losses_equal_one_at_a_time(kind):
     model = tiny_model("llama").float()
     spec, T = rotary_spec(model), 64
     g = torch.Generator().manual_seed(0)
     ids = [torch.randint(0, 97, (T,), generator=g) for _ in range(3)]
     make = long_factor_candidate(spec, T)
-    objective = (PerplexityObjective(model, ids, make, chunk_size=16) if kind == "ppl"
-                 else NeedleObjective(model, _needle_docs(ids), make))
+    objective = {"ppl": lambda: PerplexityObjective(model, ids, make, chunk_size=16),
+                 "tail": lambda: TailObjective(model, ids, make, chunk_size=16),
+                 "needle": lambda: NeedleObjective(model, _needle_docs(ids), make)}[kind]()
     cands = _candidates(spec, T)
     alone = [list(objective(f, s)) for f, s in cands]  # [candidate][document]
     rows = [(f, s, (i + 1) % 3) for i, (f, s) in enumerate(cands)]  # mixed documents in one pass
@@ -92,6 +94,20 @@ def test_batched_losses_equal_one_at_a_time(kind):
     assert len(batched) == 4
     np.testing.assert_allclose(batched, [alone[i][doc] for i, (_, _, doc) in enumerate(rows)], rtol=RTOL)
     assert auto_candidates_per_forward(objective, cands[0]) == 1  # on CPU: one at a time
+
+
+def test_tail_objective_scores_the_last_half_only():
+    """The tail value is the mean NLL of tokens T/2 .. T-1: the whole sequence's summed NLL less
+    that of its first T/2 tokens (a causal model scores a prefix the same alone)."""
+    model = tiny_model("llama").float()
+    spec, T = rotary_spec(model), 64
+    ids = torch.randint(0, 97, (T,), generator=torch.Generator().manual_seed(1))
+    make = long_factor_candidate(spec, T)
+    factors, start = _candidates(spec, T)[1]
+    [tail] = TailObjective(model, [ids], make)(factors, start)
+    PerplexityObjective(model, [ids], make).rope.set_extension(make(factors, start))
+    whole, head = (float(sequence_nll(model, x[None])) for x in (ids, ids[: T // 2]))
+    assert tail == pytest.approx((whole - head) / (T - T // 2), rel=1e-5)
 
 
 # -- the search loop --------------------------------------------------------------------------

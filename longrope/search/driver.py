@@ -1,6 +1,6 @@
 """One search driver for `longrope search` and the recipe's search stages.
 
-    objective = OBJECTIVES[name](model, docs, make, chunk_size)   # ppl (default) or needle
+    objective = OBJECTIVES[name](model, docs, make, chunk_size)   # ppl (default), tail or needle
     state     = OPTIMIZERS[name](space, config, objective, ...)   # ga: Algorithm 1 (default), or cma
     after every generation: history.jsonl, state.json, factors.json  (resume point)
     at the end:             factors.json, search.png [, factors.png]
@@ -58,8 +58,10 @@ class SearchOptions:
     optimizer: str = option("ga", "ga: the paper's evolutionary search; cma: CMA-ES (cmaes) on a monotone "
                             "parametrization of the same genome, mutations + crossovers samples per generation",
                             choices=tuple(OPTIMIZERS))
-    objective: str = option("ppl", "ppl: perplexity of every token; needle: loss of the answer tokens only, with "
-                            "needles inserted at several depths of each document (LongRoPE2)",
+    objective: str = option("ppl", "ppl: perplexity of every token; tail: perplexity of the last half of each "
+                            "document's tokens (the positions only the extension reaches); needle: loss of the "
+                            "answer tokens only, with needles inserted at several depths of each document "
+                            "(LongRoPE2)",
                             choices=tuple(OBJECTIVES))
     needles: int = option(3, f"needles per document for --objective needle (1 to {len(KEYS)})")
     candidates_per_forward: int = option(0, "candidates scored together in one forward pass, a batch row each, on "

@@ -11,6 +11,9 @@ with its own factors (`candidates_per_forward` of them; bench/batched_candidates
 chunk_size)`, with `docs` made by `cls.documents` from the K search documents:
 
     ppl     perplexity of every token (LongRoPE section 4.1)
+    tail    perplexity of the last half of each document's tokens, [N/2, N): the positions only
+            the extended window reaches, where methods differ most (the first half's loss, the
+            same for any reasonable factors, only dilutes the differences)
     needle  loss of the answer tokens only, needles at several depths (LongRoPE2 section 3.2)
 """
 from __future__ import annotations
@@ -22,7 +25,7 @@ import torch
 from torch import nn
 
 from ..data import split_documents
-from ..evaluate.ppl import document_nll, sequence_nll
+from ..evaluate.ppl import band_nll, document_nll, sequence_nll
 from ..factors import RopeExtension
 from ..rope import RotarySpec
 from ..seam import install_rope
@@ -136,7 +139,28 @@ class NeedleObjective(PerplexityObjective):
         return [v / p.numel() for v, p in zip(nll, positions)]
 
 
-OBJECTIVES = {"ppl": PerplexityObjective, "needle": NeedleObjective}
+class TailObjective(PerplexityObjective):
+    """objective(factors [d/2], start_token) -> yields the mean NLL of the tokens at positions
+    [T/2, T) of each document [T] (fitness = their perplexity)."""
+
+    def __call__(self, factors: np.ndarray, start_token: int) -> Iterator[float]:
+        self.rope.set_extension(self.make(factors, start_token))
+        device = next(self.model.parameters()).device
+        for ids in self.docs:
+            T = ids.shape[0]
+            nll = band_nll(self.model, ids[None].to(device), [T // 2, T], self.chunk_size)
+            yield float(nll.item()) / (T - T // 2)  # the one host sync per document
+
+    def losses(self, rows: Sequence[Row]) -> list[float]:
+        """The value `__call__` yields for each (factors, start_token, document) row, all rows
+        in one forward pass [B, T] (equal up to float rounding)."""
+        x = self._install_rows(rows)
+        T = x.shape[1]
+        nll = band_nll(self.model, x, [T // 2, T], max(1, self.chunk_size // len(rows)))[:, 0].tolist()
+        return [v / (T - T // 2) for v in nll]
+
+
+OBJECTIVES = {"ppl": PerplexityObjective, "tail": TailObjective, "needle": NeedleObjective}
 
 
 def auto_candidates_per_forward(objective: PerplexityObjective, probe: tuple[np.ndarray, int], limit: int = 64,

@@ -46,13 +46,15 @@ from ..models.load import load_model
 from ..seam import install_rope
 from .pretrain import TRAIN_SPLITS  # the tiny preset's pretraining data; "test" stays held out
 from .toolkit import (
-    SCHEDULES, Checkpoints, Schedule, adamw, answer_weights, lr_at, next_token_loss, padded_row, plot_losses, set_lr,
+    IGNORE, SCHEDULES, Checkpoints, Schedule, adamw, answer_weights, lr_at, next_token_loss, padded_row, plot_losses,
+    set_lr,
     write_model_dir,
 )
 
 RECORD_FILE = "finetune.json"  # written last: its presence means the run is complete
 PRECISIONS = ("auto", "no", "bf16", "fp16")
-PASSKEY_LENGTHS = ("upper", "log")  # a passkey row's prompt length: uniform in [N/4, N], or log-uniform in [L, N]
+# a passkey row's prompt length: uniform in [N/4, N], log-uniform in [L, N], or either with equal chance
+PASSKEY_LENGTHS = ("upper", "log", "mix")
 
 
 @dataclass
@@ -75,7 +77,8 @@ class FinetuneConfig:
                                   "sequences trained with the original RoPE (0 = off)", min=0, below=1)
     passkey_fraction: float = option(0.0, "share of rows replaced by passkey prompts of random length", min=0, max=1)
     passkey_lengths: str = option("upper", "their prompt lengths: upper = uniform in [N/4, N]; log = log-uniform from the "
-                                  "native length to N (every scale trained with the long factors)",
+                                  "native length to N (every scale trained with the long factors); mix = either, "
+                                  "with equal chance",
                                   choices=PASSKEY_LENGTHS)
     answer_weight: float = option(1.0, "loss weight of a passkey row's answer tokens and the EOS that ends them "
                                   "(every other token weighs 1)", min=0)
@@ -143,7 +146,10 @@ class PackedBatches:
     batch_size * (length // native) rows of the native length, the same number of tokens.
     A row is replaced by a passkey prompt (`longrope.evaluate.passkey`) of random length and depth with
     probability `passkey_fraction`; its padding is ignored by the loss (-100) and its answer
-    tokens weigh `answer_weight` in the loss.
+    tokens weigh `answer_weight` in the loss. A micro-batch is cut after its longest row's last
+    target (a long one never to the native length or below, which would select the short
+    factors): padding at the end changes no loss (attention is causal), so a micro-batch of
+    short prompts costs a short forward.
     """
 
     def __init__(self, stream: torch.Tensor, tokenizer, cfg: FinetuneConfig, native: int,
@@ -175,7 +181,10 @@ class PackedBatches:
         key = rng.randint(1, MAX_KEY)
         answer = self.tok(f" {key}", add_special_tokens=False).input_ids + [self.tok.eos_token_id]
         budget = T + 1 - len(answer)
-        if self.cfg.passkey_lengths == "log":
+        mode = self.cfg.passkey_lengths
+        if mode == "mix":
+            mode = "log" if rng.random() < 0.5 else "upper"
+        if mode == "log":
             lo = min(budget, self.native)
             target = min(budget, round(math.exp(rng.uniform(math.log(lo), math.log(budget)))))
         else:
@@ -207,8 +216,13 @@ class PackedBatches:
             xs.append(row[0])
             ys.append(row[1])
             ws.append(row[2])
-        w = torch.stack(ws) if self.cfg.answer_weight != 1 else None
-        return torch.stack(xs), torch.stack(ys), w, long
+        x, y, w = torch.stack(xs), torch.stack(ys), torch.stack(ws)
+        kept = (y != IGNORE).any(dim=0).nonzero()
+        end = int(kept[-1]) + 1 if len(kept) else T
+        if long:  # past the native length, so the row still sees the long factors
+            end = max(end, min(T, self.native + 1))
+        x, y, w = x[:, :end], y[:, :end], w[:, :end]
+        return x, y, (w if self.cfg.answer_weight != 1 else None), long
 
 
 # -- the run ---------------------------------------------------------------------------------------
