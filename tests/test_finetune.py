@@ -72,6 +72,13 @@ def test_passkey_rows_weigh_exactly_the_answer(tiny_model_dir, tiny_corpus):
             assert key is not None and f"{key}" in tok.decode(xi[: int(heavy[0]) + 1])  # the needle holds the key
             rows += 1
     assert rows == 8
+    digits = PackedBatches(packed_stream(tok, str(tiny_corpus)), tok,
+                           small_config(length=1024, passkey_fraction=1.0, answer_weight=7.0, weigh_eos=False), native=32)
+    _, y2, w2, _ = digits.micro_batch(0)
+    for yi, wi in zip(y2, w2):
+        heavy = (wi == 7.0).nonzero().flatten()
+        assert len(heavy) and yi[int(heavy[-1]) + 1] == tok.eos_token_id  # the EOS right after weighs 1
+        assert wi[int(heavy[-1]) + 1] == 1.0 and tok.eos_token_id not in yi[heavy]
 
 
 def test_passkey_row_lengths_upper_or_log(tiny_model_dir, tiny_corpus):

@@ -82,6 +82,8 @@ class FinetuneConfig:
                                   choices=PASSKEY_LENGTHS)
     answer_weight: float = option(1.0, "loss weight of a passkey row's answer tokens and the EOS that ends them "
                                   "(every other token weighs 1)", min=0)
+    weigh_eos: bool = option(True, "--answer-weight on the answer's digits only, not on the EOS after them (as "
+                             "the tiny preset was pretrained)", flag="--answer-digits-only")
     save_every: int = option(0, "checkpoint every this many steps (0: only at the end, or when stopped early "
                              "or interrupted)", min=0)
     keep_checkpoints: bool = option(False, "keep checkpoints/ after the run completes")
@@ -195,7 +197,8 @@ class PackedBatches:
             return None
         pad = self.tok.pad_token_id if self.tok.pad_token_id is not None else self.tok.eos_token_id
         x, y = padded_row(prompt + answer, T, pad)
-        return x, y, answer_weights(T, len(prompt), len(prompt) + len(answer), self.cfg.answer_weight)  # EOS too
+        end = len(prompt) + len(answer) - (0 if self.cfg.weigh_eos else 1)  # the EOS is answer[-1]
+        return x, y, answer_weights(T, len(prompt), end, self.cfg.answer_weight)
 
     def micro_batch(self, m: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None, bool]:
         """x, y: [B, T] int64 (y = -100 where ignored); w: [B, T] loss weights, None when every
