@@ -190,7 +190,7 @@ def test_mixed_context_window(tiny_model_dir, tiny_corpus, tmp_path):
     """LongRoPE2: short micro-batches train with the original RoPE; the model keeps short_factor = 1."""
     from longrope.factors import FACTORS_FILE
 
-    ext = pi_extension(64)
+    ext = pi_extension(64).with_(attention_factor=1.2)  # magnitude scaling past the native length
     cfg = small_config(steps=4, mixed_context=0.5, corpus=str(tiny_corpus))
     mixed = finetune(str(tiny_model_dir), ext, tmp_path / "mixed", cfg, progress=False)
     plain = finetune(str(tiny_model_dir), ext, tmp_path / "plain", small_config(steps=4, corpus=str(tiny_corpus)),
@@ -198,6 +198,18 @@ def test_mixed_context_window(tiny_model_dir, tiny_corpus, tmp_path):
     assert mixed.losses != plain.losses
     saved = RopeExtension.load(tmp_path / "mixed" / FACTORS_FILE)
     assert saved.short_factor == (1.0,) * 8 and saved.long_factor == ext.long_factor
+    assert saved.short_attention_factor == 1.0 and saved.attention_factor != 1.0
+    # within the native context the saved model is the model under the original RoPE, as trained
+    from longrope.models.load import load_model
+    from longrope.seam import install_rope
+
+    lm = load_model(str(tmp_path / "mixed"), dtype="fp32", device="cpu")
+    x = torch.randint(0, 97, (1, 32), generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        as_saved = lm.model(input_ids=x).logits
+        install_rope(lm.model, None)
+        original = lm.model(input_ids=x).logits
+    torch.testing.assert_close(as_saved, original, rtol=0, atol=0)
 
 
 @pytest.mark.parametrize("argv,msg", [

@@ -300,7 +300,7 @@ def run_recipe(recipe: Recipe, out: str | os.PathLike) -> dict[str, Any]:
         timings["finetune2"] = time.time() - t
         t = time.time()
     if (recipe.finetune2 or recipe.finetune).mixed_context > 0:  # LongRoPE2: short sequences keep the original RoPE
-        ext = ext.with_(short_factor=[1.0] * spec.half)
+        ext = ext.with_(short_factor=[1.0] * spec.half, short_attention_factor=1.0)
     no_readjust = ext
     if recipe.readjust is not None:
         ext = stage_readjust(recipe, out, spec, ext1, ext, ft_dir)

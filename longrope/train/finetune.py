@@ -18,7 +18,8 @@ state: it loads the last checkpoint and repeats the uninterrupted run's loss seq
 
 Mixed context window training (LongRoPE2, arXiv 2502.20082, section 3.3): a share of the
 micro-batches are short sequences of the native length trained with the original RoPE,
-the rest long sequences with the rescaled RoPE; the model then keeps `short_factor` = 1.
+the rest long sequences with the rescaled RoPE; the model then keeps `short_factor` = 1 and
+`short_attention_factor` = 1 (the original RoPE within the native context).
 """
 from __future__ import annotations
 
@@ -457,8 +458,8 @@ def _save(run: Run, tokenizer, start: int, t0: float) -> None:
     if acc.is_main_process:
         saved_ext = run.extension
         if saved_ext is not None and cfg.mixed_context > 0:
-            # LongRoPE2: short sequences were trained with the original RoPE
-            saved_ext = saved_ext.with_(short_factor=[1.0] * saved_ext.half_dim)
+            # LongRoPE2: short sequences were trained with the original RoPE (no magnitude scaling either)
+            saved_ext = saved_ext.with_(short_factor=[1.0] * saved_ext.half_dim, short_attention_factor=1.0)
         record = {**run.describe, "steps": cfg.steps, "losses": run.losses, "curve": run.curve,
                   "seconds_this_call": round(time.time() - t0, 1), "resumed_from": start or None,
                   "tokens_per_step": cfg.batch_size * cfg.grad_accum * cfg.length * acc.num_processes}
