@@ -76,7 +76,8 @@ def run_trials(model, tokenizer, length: int, trials: int, rng: random.Random, m
     for _ in range(trials):
         key, depth = rng.randint(1, MAX_KEY), rng.random()
         prompt = build_prompt(tokenizer, length - max_new_tokens, depth, key)
-        out = greedy_generate(model, prompt.input_ids, max_new_tokens)
+        # the answer ends at EOS: tokens after it would be decoded onto the digits (EOS is skipped)
+        out = greedy_generate(model, prompt.input_ids, max_new_tokens, eos_token_id=tokenizer.eos_token_id)
         text = tokenizer.decode(out.tolist(), skip_special_tokens=True)
         results.append(Trial(length, prompt.input_ids.shape[1], prompt.depth, key, text, first_integer(text) == key))
         progress(len(results), trials)
