@@ -48,8 +48,7 @@ from ..seam import install_rope
 from .pretrain import TRAIN_SPLITS  # the tiny preset's pretraining data; "test" stays held out
 from .toolkit import (
     IGNORE, SCHEDULES, Checkpoints, Schedule, adamw, answer_weights, lr_at, next_token_loss, padded_row, plot_losses,
-    set_lr,
-    write_model_dir,
+    set_lr, write_model_dir,
 )
 
 RECORD_FILE = "finetune.json"  # written last: its presence means the run is complete
