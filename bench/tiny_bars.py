@@ -35,7 +35,7 @@ from longrope.io import atomic_write_json  # noqa: E402
 from longrope.methods import build_extension  # noqa: E402
 from longrope.models.load import load_model  # noqa: E402
 from longrope.seam import install_rope, rotary_spec_from_config  # noqa: E402
-from window_floor import window_floor_nll  # noqa: E402
+from window_floor import leading_bos, window_floor_nll  # noqa: E402
 
 
 def band_ppls(model, docs, length: int, edges: list[int]) -> list[float]:
@@ -64,7 +64,7 @@ def room_for_method(lm, docs, L: int, factors: str) -> dict:
     install_rope(lm.model, load_factors(factors))
     out["searched"] = band_ppls(lm.model, docs, 8 * L, edges)[1]
     install_rope(lm.model, None)
-    nll, n = window_floor_nll(lm.model, docs, L, 4 * L, 8 * L, int(docs[0][0]))  # the tiny docs start with BOS
+    nll, n = window_floor_nll(lm.model, docs, L, 4 * L, 8 * L, leading_bos(lm.tokenizer, docs))
     out["window_floor"] = math.exp(nll / n)
     best = min(("pi", "ntk", "yarn"), key=out.get)
     out["best_baseline"] = best

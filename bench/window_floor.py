@@ -28,27 +28,29 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import torch  # noqa: E402
 
 from longrope.data import split_documents  # noqa: E402
+from longrope.evaluate.ppl import band_nll  # noqa: E402
 from longrope.models.load import load_model  # noqa: E402
 from longrope.seam import install_rope  # noqa: E402
 
 
-@torch.inference_mode()
+def leading_bos(tokenizer, docs) -> int | None:
+    """The BOS id when every document starts with it (training rows then start with it too)."""
+    bos = tokenizer.bos_token_id
+    return bos if bos is not None and all(int(d[0]) == bos for d in docs) else None
+
+
 def window_floor_nll(model, docs, L: int, lo: int, hi: int, bos: int | None = None) -> tuple[float, int]:
     """Summed NLL and count of the tokens at [lo, hi) of each document, each scored in a native
     window: `bos` (if given) + the L-1 (or L) tokens before the window's end, last L/2 scored."""
     device = next(model.parameters()).device
-    head = model.get_output_embeddings()
-    prefix = [] if bos is None else [bos]
+    prefix = torch.tensor([] if bos is None else [bos], dtype=torch.long)
     width = L - len(prefix)  # document tokens per window
     nll, n = 0.0, 0
     for d in docs:
         for end in range(lo + L // 2, hi + 1, L // 2):
-            x = torch.tensor(prefix + d[end - width : end].tolist(), device=device)[None]
-            hidden = model.base_model(input_ids=x, use_cache=False).last_hidden_state[0]
-            logits = head(hidden[L - L // 2 - 1 : L - 1]).float()  # predict the window's last L/2 tokens
-            target = x[0, L - L // 2 :]
-            nll += float(torch.nn.functional.cross_entropy(logits, target, reduction="sum"))
-            n += len(target)
+            x = torch.cat([prefix, d[end - width : end]])[None].to(device)
+            nll += float(band_nll(model, x, [L - L // 2, L])[0, 0])  # the window's last L/2 tokens
+            n += L // 2
     return nll, n
 
 
@@ -65,8 +67,7 @@ def main() -> None:
     install_rope(lm.model, None)
     L = lm.spec.original_max_position_embeddings
     docs = split_documents(lm.tokenizer, args.corpus, args.split, args.length, args.docs)
-    bos = lm.tokenizer.bos_token_id
-    bos = bos if bos is not None and all(int(d[0]) == bos for d in docs) else None
+    bos = leading_bos(lm.tokenizer, docs)
     lo = L
     while lo < args.length:
         hi = min(2 * lo, args.length)

@@ -43,7 +43,7 @@ from ..search.driver import SearchJob, SearchOptions, drive, has_state
 from ..search.evolution import SearchConfig, SearchState, peer_seeds
 from ..search.fitness import MakeExtension, long_factor_candidate, search_documents, short_factor_candidate
 from ..search.genes import START_TOKENS, SearchSpace, critical_dimension, rescaled_critical_dimension
-from ..train.finetune import finetune, has_checkpoint, is_complete, with_defaults
+from ..train.finetune import finetune, has_checkpoint, is_complete, original_rope_below_native, with_defaults
 from .config import Recipe
 from .report import log, report_lengths, stage_evaluate
 
@@ -169,8 +169,6 @@ def stage_search(recipe: Recipe, out: Path, spec: RotarySpec) -> RopeExtension:
     log(f"search: {L} -> {N} tokens, n_hat={ext.start_token}, ppl {ext.metadata['search_perplexity']:.3f} "
         f"({seconds:.0f}s)")
     return ext
-
-
 
 
 def stage_finetune(recipe: Recipe, ext: RopeExtension | None, where: Path, label: str,
@@ -299,8 +297,8 @@ def run_recipe(recipe: Recipe, out: str | os.PathLike) -> dict[str, Any]:
         ft_dir = stage_finetune(recipe, ext, out / DIRS["finetune2"], "finetune2", second=ft_dir)
         timings["finetune2"] = time.time() - t
         t = time.time()
-    if (recipe.finetune2 or recipe.finetune).mixed_context > 0:  # LongRoPE2: short sequences keep the original RoPE
-        ext = ext.with_(short_factor=[1.0] * spec.half, short_attention_factor=1.0)
+    if (recipe.finetune2 or recipe.finetune).mixed_context > 0:
+        ext = original_rope_below_native(ext)
     no_readjust = ext
     if recipe.readjust is not None:
         ext = stage_readjust(recipe, out, spec, ext1, ext, ft_dir)

@@ -25,7 +25,7 @@ import torch
 from torch import nn
 
 from ..data import split_documents
-from ..evaluate.ppl import band_nll, document_nll, sequence_nll
+from ..evaluate.ppl import band_nll
 from ..factors import RopeExtension
 from ..rope import RotarySpec
 from ..seam import install_rope
@@ -79,6 +79,7 @@ class PerplexityObjective:
     """
 
     candidates_per_forward = 1  # rows per `losses` call the search makes (search.evolution.score_rows)
+    scored_from = 0.0  # share of each document before its first scored token (TailObjective: 1/2)
 
     def __init__(self, model: nn.Module, docs: Sequence[torch.Tensor], make: MakeExtension, chunk_size: int = 1024):
         self.model, self.docs, self.make, self.chunk_size = model, list(docs), make, chunk_size
@@ -89,11 +90,18 @@ class PerplexityObjective:
         """The documents this objective scores, made from K search documents [length]: themselves."""
         return docs
 
+    def _scored(self, T: int) -> tuple[list[int], int]:
+        """The band of scored positions in a document [T] (band_nll edges) and its token count."""
+        first = int(T * self.scored_from)
+        return [first, T], T - max(first, 1)  # token 0 is never a target
+
     def __call__(self, factors: np.ndarray, start_token: int) -> Iterator[float]:
         self.rope.set_extension(self.make(factors, start_token))
+        device = next(self.model.parameters()).device
         for ids in self.docs:
-            nll, count = document_nll(self.model, ids[None], self.chunk_size)
-            yield nll / count
+            edges, count = self._scored(ids.shape[0])
+            nll = band_nll(self.model, ids[None].to(device), edges, self.chunk_size)
+            yield float(nll.item()) / count  # the one host sync per document
 
     def _install_rows(self, rows: Sequence[Row]) -> torch.Tensor:
         """Row b's factors into the rotary module; its document as row b of the input [B, T]."""
@@ -106,8 +114,9 @@ class PerplexityObjective:
         in one forward pass [B, T] (equal up to float rounding). The LM head's chunk is divided
         by B, so its logits take the memory of one row's."""
         x = self._install_rows(rows)
-        nll = sequence_nll(self.model, x, max(1, self.chunk_size // len(rows))).tolist()  # one host sync
-        return [v / (x.shape[1] - 1) for v in nll]
+        edges, count = self._scored(x.shape[1])
+        nll = band_nll(self.model, x, edges, max(1, self.chunk_size // len(rows)))[:, 0].tolist()  # one host sync
+        return [v / count for v in nll]
 
 
 class NeedleObjective(PerplexityObjective):
@@ -143,21 +152,7 @@ class TailObjective(PerplexityObjective):
     """objective(factors [d/2], start_token) -> yields the mean NLL of the tokens at positions
     [T/2, T) of each document [T] (fitness = their perplexity)."""
 
-    def __call__(self, factors: np.ndarray, start_token: int) -> Iterator[float]:
-        self.rope.set_extension(self.make(factors, start_token))
-        device = next(self.model.parameters()).device
-        for ids in self.docs:
-            T = ids.shape[0]
-            nll = band_nll(self.model, ids[None].to(device), [T // 2, T], self.chunk_size)
-            yield float(nll.item()) / (T - T // 2)  # the one host sync per document
-
-    def losses(self, rows: Sequence[Row]) -> list[float]:
-        """The value `__call__` yields for each (factors, start_token, document) row, all rows
-        in one forward pass [B, T] (equal up to float rounding)."""
-        x = self._install_rows(rows)
-        T = x.shape[1]
-        nll = band_nll(self.model, x, [T // 2, T], max(1, self.chunk_size // len(rows)))[:, 0].tolist()
-        return [v / (T - T // 2) for v in nll]
+    scored_from = 0.5
 
 
 OBJECTIVES = {"ppl": PerplexityObjective, "tail": TailObjective, "needle": NeedleObjective}

@@ -112,6 +112,12 @@ class FinetuneConfig:
         return Schedule(self.lr, self.steps, self.warmup_steps, self.schedule, self.lr * self.min_lr_ratio)
 
 
+def original_rope_below_native(ext: RopeExtension) -> RopeExtension:
+    """`ext` as a mixed-context run leaves it (LongRoPE2): within the native context the short
+    micro-batches trained with the original RoPE, so short factor 1 and no magnitude scaling."""
+    return ext.with_(short_factor=[1.0] * ext.half_dim, short_attention_factor=1.0)
+
+
 def check_covers(ext: RopeExtension | None, length: int, native: int | None = None) -> None:
     """Fine-tuning past the length the factors were made for would train positions they do not
     cover: refuse it (UsageError)."""
@@ -457,8 +463,7 @@ def _save(run: Run, tokenizer, start: int, t0: float) -> None:
     if acc.is_main_process:
         saved_ext = run.extension
         if saved_ext is not None and cfg.mixed_context > 0:
-            # LongRoPE2: short sequences were trained with the original RoPE (no magnitude scaling either)
-            saved_ext = saved_ext.with_(short_factor=[1.0] * saved_ext.half_dim, short_attention_factor=1.0)
+            saved_ext = original_rope_below_native(saved_ext)
         record = {**run.describe, "steps": cfg.steps, "losses": run.losses, "curve": run.curve,
                   "seconds_this_call": round(time.time() - t0, 1), "resumed_from": start or None,
                   "tokens_per_step": cfg.batch_size * cfg.grad_accum * cfg.length * acc.num_processes}
