@@ -308,9 +308,10 @@ class CorpusSummary:
 
 def split_documents(tokenizer, corpus: str | None, split: str, length: int, count: int | None,
                     seed: int = 0) -> list[torch.Tensor]:
-    """Up to `count` documents of one split of a corpus (`split_corpus`, seeded) with at least
-    `length` tokens, each cut to [length] (`documents_of_length`)."""
-    docs = split_corpus(load_corpus(corpus), seed)[split]
+    """Up to `count` documents of one split of a corpus (`split_corpus`, seeded; "all": every
+    document) with at least `length` tokens, each cut to [length] (`documents_of_length`)."""
+    docs = load_corpus(corpus)
+    docs = docs if split == "all" else split_corpus(docs, seed)[split]
     return documents_of_length(tokenize_corpus(tokenizer, docs), length, count)
 
 

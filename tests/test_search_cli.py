@@ -94,6 +94,30 @@ def test_a_fixed_attention_factor_is_used_recorded_and_kept_on_resume(assets, tm
     assert not (tmp_path / "bad").exists()
 
 
+def test_split_chooses_the_documents_searched_on_and_is_kept_on_resume(assets, tmp_path, capsys):
+    from longrope.data import split_corpus, load_corpus
+    from longrope.models.load import load_model
+    from longrope.search.fitness import search_documents
+    model, corpus = assets
+    tok = load_model(str(model), dtype="fp32").tokenizer
+    test, search = (search_documents(tok, str(corpus), 64, 2, split=s) for s in ("test", "search"))
+    names = {s: [d.name for d in split_corpus(load_corpus(str(corpus)))[s]] for s in ("test", "search")}
+    assert len(test) == 2 and set(names["test"]).isdisjoint(names["search"])
+    assert all(not any(a.equal(b) for b in search) for a in test)
+    assert len(search_documents(tok, str(corpus), 64, 20, split="all")) == 12
+    out = tmp_path / "run"
+    assert main(search_args(assets, out, extra=["--split", "test"])) == 0
+    assert "no longer held out" in capsys.readouterr().err
+    assert RopeExtension.load(out / "factors.json").metadata["split"] == "test"
+    assert main(search_args(assets, tmp_path / "default")) == 0
+    assert "split" not in RopeExtension.load(tmp_path / "default" / "factors.json").metadata
+    first = lambda run: json.loads((run / "history.jsonl").read_text().splitlines()[0])["perplexity"]  # noqa: E731
+    assert first(out) != first(tmp_path / "default")  # the same seed (PI) scored on other documents
+    capsys.readouterr()
+    assert main(search_args(assets, out, extra=["--resume"])) == 2  # searched on test; this would be search
+    assert "split" in capsys.readouterr().err
+
+
 def test_init_factors_carry_a_shorter_search_into_generation_0(assets, tmp_path, capsys):
     import numpy as np
 

@@ -89,6 +89,10 @@ def register(subparsers) -> None:
                    "context, for these long factors (kept, with their n_hat and attention factor), at "
                    "--target-length <= the native context, lambda in [1, --max-factor (default: their scale s)]; "
                    "seeded with 1 (the original RoPE) and the long factors; writes both")
+    p.add_argument("--split", default="search", choices=["search", "validation", "test", "all"],
+                   help="the split searched on; eval-ppl's held-out splits are validation and test, so search "
+                   "another only to bound what factors can do on those very documents, or use all for a "
+                   "corpus kept for searching (default: search)")
     p.add_argument("--split-seed", type=ranged(int, min=0), default=0,
                    help="seed of the search/validation/test split (default: 0)")
     p.add_argument("--resume", action="store_true", help="continue the search saved in --out")
@@ -233,12 +237,19 @@ def _search(args: argparse.Namespace, d: Dist, config: SearchConfig, options: Se
                 "dtype": str(resolve_dtype(args.dtype, device)).removeprefix("torch.")}
     if args.attention_factor is not None:  # recorded only when set: older states resume unchanged
         describe["attention_factor"] = args.attention_factor
+    if args.split != "search":
+        describe["split"] = args.split
     plan = (_long_plan if args.short_for is None else _short_plan)(args, lm.spec, N, describe)
 
     # -- K search documents of the target length (the split eval-ppl holds out) ----------------
-    docs = search_documents(lm.tokenizer, args.corpus, N, args.docs, args.split_seed, options.objective, options.needles)
+    docs = search_documents(lm.tokenizer, args.corpus, N, args.docs, args.split_seed, options.objective,
+                            options.needles, split=args.split)
     if d.is_main and len(docs) < args.docs:
-        print(f"note: only {len(docs)} search documents reach {N} tokens (asked for {args.docs})", file=sys.stderr)
+        print(f"note: only {len(docs)} {args.split} documents reach {N} tokens (asked for {args.docs})",
+              file=sys.stderr)
+    if d.is_main and args.split in ("validation", "test"):
+        print(f"note: searching on the {args.split} split, which eval-ppl holds out: its figures on that split "
+              "are no longer held out", file=sys.stderr)
     describe["docs"] = len(docs)
     state = _on_main(d, lambda: SearchState.load(out)) if args.resume and has_state(out) else None
     job = SearchJob(lm.model, docs, plan.make, plan.space, config, plan.seeds, out, describe, options,

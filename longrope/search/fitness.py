@@ -38,11 +38,11 @@ Row = tuple[np.ndarray, int, int]
 
 
 def search_documents(tokenizer, corpus: str | None, length: int, count: int, split_seed: int = 0,
-                     objective: str = "ppl", needles: int = 3) -> list:
-    """K documents of the corpus' "search" split with at least `length` tokens, each cut to
-    [length] (the validation and test splits stay held out for eval-ppl), as `objective`
+                     objective: str = "ppl", needles: int = 3, split: str = "search") -> list:
+    """K documents of the corpus' "search" split (or `split`) with at least `length` tokens, each
+    cut to [length] (the validation and test splits stay held out for eval-ppl), as `objective`
     scores them (needle: with `needles` needles each, placed with `split_seed`)."""
-    docs = split_documents(tokenizer, corpus, "search", length, count, split_seed)
+    docs = split_documents(tokenizer, corpus, split, length, count, split_seed)
     return OBJECTIVES[objective].documents(tokenizer, docs, length, needles, split_seed)
 
 
