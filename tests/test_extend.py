@@ -91,7 +91,7 @@ def _mutate(data: dict, how: str) -> dict:
     ("missing-search", "stage 'search' is required"),
     ("bad-type", "finetune.steps must be an integer"),
     ("bad-baseline", "unknown method 'warp'"),
-    ("bad-objective", "recipe: search.objective must be one of ppl, tail, needle, got 'bleu'"),
+    ("bad-objective", "recipe: search.objective must be one of ppl, tail, needle, passkey, got 'bleu'"),
     ("bad-optimizer", "recipe: readjust.optimizer must be one of ga, cma, got 'adam'"),
     ("bad-reject", "recipe: search.reject must be one of exact, race, got 'hoeffding'"),
     ("bad-needles", "recipe: search2.needles must be in [1, 30], got 0"),

@@ -129,3 +129,34 @@ def test_cli_search_with_the_needle_objective(tiny_model_dir, tiny_corpus, tmp_p
         changed = [swap[value] if a == value and args[i - 1] == flag else a for i, a in enumerate(args)]
         assert main(changed + ["--resume"]) == 2
         assert "different configuration" in capsys.readouterr().err
+
+
+def test_passkey_documents_end_their_prompt_with_the_answer_then_filler(tok):
+    from longrope.evaluate.passkey import QUESTION as PASSKEY_QUESTION
+    from longrope.search.needle import passkey_documents
+    T, K = 400, 3
+    docs = passkey_documents(tok, K, T, seed=5)
+    assert [d.values for d in docs] == [d.values for d in passkey_documents(tok, K, T, seed=5)]
+    assert [d.values for d in docs] != [d.values for d in passkey_documents(tok, K, T, seed=6)]
+    assert [d.depths[0] for d in docs] == sorted(d.depths[0] for d in docs) and docs[0].depths[0] < docs[-1].depths[0]
+    for d in docs:
+        (a, b), = d.answers
+        assert d.ids.shape == (T,) and b < T  # filler follows the answer
+        assert tok.decode(d.ids[a:b]).strip() == d.values[0] and 1 <= int(d.values[0]) <= 50000
+        assert tok.decode(d.ids[:a]).rstrip().endswith(PASSKEY_QUESTION)
+        assert f"The pass key is {d.values[0]}." in tok.decode(d.ids[:a])  # the needle holds this key
+    with pytest.raises(UsageError, match="passkey"):
+        passkey_documents(tok, 2, 20)
+
+
+def test_cli_search_with_the_passkey_objective(tiny_model_dir, tiny_corpus, tmp_path):
+    out = tmp_path / "run"
+    args = ["search", "--model", str(tiny_model_dir), "--corpus", str(tiny_corpus), "--target-length", "256",
+            "--out", str(out), "--population", "6", "--parents", "3", "--mutations", "2", "--crossovers", "2",
+            "--iterations", "1", "--docs", "2", "--dtype", "fp32", "--objective", "passkey", "--optimizer", "cma"]
+    assert main(args) == 0
+    ext = RopeExtension.load(out / "factors.json")
+    assert ext.metadata["objective"] == "passkey" and "needles" not in ext.metadata
+    history = [json.loads(line) for line in (out / "history.jsonl").read_text().splitlines()]
+    assert history and all(h["num_docs"] == 2 for h in history)
+    assert all(np.isfinite(h["perplexity"]) and h["perplexity"] > 1 for h in history if not h["rejected"])

@@ -61,7 +61,8 @@ class SearchOptions:
     objective: str = option("ppl", "ppl: perplexity of every token; tail: perplexity of the last half of each "
                             "document's tokens (the positions only the extension reaches); needle: loss of the "
                             "answer tokens only, with needles inserted at several depths of each document "
-                            "(LongRoPE2)",
+                            "(LongRoPE2); passkey: the same on passkey prompts, one per document, for a model "
+                            "that knows them (tiny presets, passkey fine-tuning)",
                             choices=tuple(OBJECTIVES))
     needles: int = option(3, f"needles per document for --objective needle (1 to {len(KEYS)})")
     candidates_per_forward: int = option(0, "candidates scored together in one forward pass, a batch row each, on "

@@ -15,6 +15,7 @@ chunk_size)`, with `docs` made by `cls.documents` from the K search documents:
             the extended window reaches, where methods differ most (the first half's loss, the
             same for any reasonable factors, only dilutes the differences)
     needle  loss of the answer tokens only, needles at several depths (LongRoPE2 section 3.2)
+    passkey the same loss on LongRoPE's passkey prompts (section 4.2), for models that know them
 """
 from __future__ import annotations
 
@@ -29,7 +30,7 @@ from ..evaluate.ppl import band_nll
 from ..factors import RopeExtension
 from ..rope import RotarySpec
 from ..seam import install_rope
-from .needle import NeedleDocument, needle_documents, positions_nll, rows_positions_nll
+from .needle import NeedleDocument, needle_documents, passkey_documents, positions_nll, rows_positions_nll
 
 # what a candidate stands for: (factors [d/2] float64, start_token) -> the extension to install
 MakeExtension = Callable[[np.ndarray, int], RopeExtension]
@@ -148,6 +149,16 @@ class NeedleObjective(PerplexityObjective):
         return [v / p.numel() for v, p in zip(nll, positions)]
 
 
+class PasskeyObjective(NeedleObjective):
+    """`NeedleObjective` on passkey prompts (`needle.passkey_documents`), one per search document
+    (which only sets their number): the answer loss of the prompt `longrope passkey` scores, for
+    a model that knows that prompt (the tiny presets, a model fine-tuned with passkey rows)."""
+
+    @staticmethod
+    def documents(tokenizer, docs: list[torch.Tensor], length: int, needles: int, seed: int) -> list[NeedleDocument]:
+        return passkey_documents(tokenizer, len(docs), length, seed)
+
+
 class TailObjective(PerplexityObjective):
     """objective(factors [d/2], start_token) -> yields the mean NLL of the tokens at positions
     [T/2, T) of each document [T] (fitness = their perplexity)."""
@@ -155,7 +166,8 @@ class TailObjective(PerplexityObjective):
     scored_from = 0.5
 
 
-OBJECTIVES = {"ppl": PerplexityObjective, "tail": TailObjective, "needle": NeedleObjective}
+OBJECTIVES = {"ppl": PerplexityObjective, "tail": TailObjective, "needle": NeedleObjective,
+              "passkey": PasskeyObjective}
 
 
 def auto_candidates_per_forward(objective: PerplexityObjective, probe: tuple[np.ndarray, int], limit: int = 64,

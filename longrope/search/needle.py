@@ -31,6 +31,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..errors import UsageError
+from ..evaluate.passkey import FILLER, MAX_KEY, build_prompt
 
 KEYS = ("apple", "river", "falcon", "copper", "meadow", "lantern", "harbor", "violet", "glacier", "pepper",
         "canyon", "orchid", "thunder", "marble", "willow", "ember", "saddle", "comet", "basil", "quartz",
@@ -128,3 +129,26 @@ def rows_positions_nll(model: nn.Module, input_ids: torch.Tensor, positions: Seq
     logits = model.get_output_embeddings()(hidden[row, pos - 1]).float()  # [sum P, V]: t-1 predicts t
     nll = F.cross_entropy(logits, input_ids[row, pos], reduction="none")  # [sum P]
     return torch.zeros(B, device=device).index_add_(0, row, nll)
+
+
+def passkey_documents(tokenizer, count: int, target_length: int, seed: int = 0) -> list[NeedleDocument]:
+    """`count` passkey prompts (LongRoPE section 4.2: the prompt `longrope passkey` asks), the
+    needle at depths (k + 1/2) / count, each followed by its answer " {key}" (the scored tokens)
+    and then by filler up to exactly `target_length` tokens (after the answer, so no scored
+    token sees it). Keys are drawn in [1, 50000] by a seeded generator."""
+    rng = np.random.default_rng(seed)
+    filler = tokenizer(" " + FILLER, add_special_tokens=False)["input_ids"]
+    out = []
+    for k in range(count):
+        key = int(rng.integers(1, MAX_KEY + 1))
+        answer = tokenizer(f" {key}", add_special_tokens=False)["input_ids"]
+        try:
+            prompt = build_prompt(tokenizer, target_length - len(answer), (k + 0.5) / count, key)
+        except ValueError as e:
+            raise UsageError(f"--objective passkey: {e}") from None
+        ids = prompt.input_ids[0].tolist() + answer
+        start = prompt.input_ids.shape[1]
+        ids += (filler * (1 + target_length // len(filler)))[: target_length - len(ids)]
+        out.append(NeedleDocument(torch.tensor(ids, dtype=torch.long), ((start, start + len(answer)),),
+                                  ("pass key",), (str(key),), (prompt.depth,)))
+    return out
