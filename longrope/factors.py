@@ -29,6 +29,7 @@ JSON_KEYS = (
     "max_position_embeddings",
     "metadata",
     "short_attention_factor",  # written only when set, so files without it read and digest as before
+    "attention_by_length",  # written only when true, likewise
 )
 
 
@@ -73,6 +74,10 @@ class RopeExtension:
     means the method's default (see `longrope.methods.attention_factor`); it applies at every
     length unless `short_attention_factor` is set, which replaces it while `short_factor` is
     in force (1.0 leaves short contexts exactly as trained when `short_factor` is all 1).
+    `attention_by_length` replaces the long attention factor, past the native context, by
+    LongRoPE's sqrt(1 + ln s / ln L) with s = the sequence's length / L: a magnitude that grows
+    with the length in force instead of one fixed for the target (longrope's runtime only;
+    exports keep `attention_factor`).
     """
 
     method: str
@@ -84,6 +89,7 @@ class RopeExtension:
     attention_factor: float | None = None
     metadata: dict[str, Any] = field(default_factory=dict)
     short_attention_factor: float | None = None
+    attention_by_length: bool = False
 
     def __post_init__(self):
         object.__setattr__(self, "long_factor", _check_factor_vector("long_factor", self.long_factor))
@@ -126,6 +132,8 @@ class RopeExtension:
                              "attention_factor apply at every length)")
         if not isinstance(self.metadata, dict):
             raise UsageError("metadata must be a JSON object")
+        if not isinstance(self.attention_by_length, bool):
+            raise UsageError(f"attention_by_length must be true or false, got {self.attention_by_length!r}")
 
     @property
     def scale(self) -> float:
@@ -166,7 +174,8 @@ class RopeExtension:
         d = asdict(self)
         d["long_factor"] = list(self.long_factor)
         d["short_factor"] = None if self.short_factor is None else list(self.short_factor)
-        return {k: d[k] for k in JSON_KEYS if k != "short_attention_factor" or d[k] is not None}
+        optional = {"short_attention_factor": None, "attention_by_length": False}  # written only when set
+        return {k: d[k] for k in JSON_KEYS if k not in optional or d[k] != optional[k]}
 
     @classmethod
     def from_dict(cls, d: dict[str, Any], source: str = "factors") -> "RopeExtension":
@@ -192,6 +201,7 @@ class RopeExtension:
                 start_token=0 if start is None else start,
                 attention_factor=d.get("attention_factor"),
                 short_attention_factor=d.get("short_attention_factor"),
+                attention_by_length=d.get("attention_by_length", False),
                 original_max_position_embeddings=d["original_max_position_embeddings"],
                 max_position_embeddings=d["max_position_embeddings"],
                 metadata=d.get("metadata") or {},

@@ -70,6 +70,13 @@ def check_exportable(
             f"so outputs differ from longrope's runtime"
         )
         ext = ext.with_(start_token=0)
+    if ext.attention_by_length:
+        notes.append(
+            f"{target} has one attention factor past the native context: it applies {attention_factor(ext):g} "
+            f"where longrope's attention_by_length applies sqrt(1 + ln(n/L) / ln L) at n tokens, so outputs "
+            f"differ from longrope's (most at lengths far from the one that factor suits)"
+        )
+        ext = ext.with_(attention_by_length=False)
     if has_own_short_attention(ext):
         vllm = " (vLLM reads it: short_mscale)" if target == "transformers" else ""
         notes.append(

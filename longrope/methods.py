@@ -119,9 +119,13 @@ def attention_factor(ext: RopeExtension) -> float:
 
 def attention_factor_at_length(ext: RopeExtension, seq_len: int) -> float:
     """The attention factor for a sequence of `seq_len` tokens: `short_attention_factor` while
-    the short factors are in force (see `factors_at_length`), when the extension has one."""
-    if ext.short_attention_factor is not None and seq_len <= ext.original_max_position_embeddings:
+    the short factors are in force (see `factors_at_length`), when the extension has one; past
+    the native context, LongRoPE's factor for seq_len / L when `attention_by_length` is set."""
+    L = ext.original_max_position_embeddings
+    if ext.short_attention_factor is not None and seq_len <= L:
         return ext.short_attention_factor
+    if ext.attention_by_length and seq_len > L:
+        return METHODS["longrope"].attention(seq_len / L, L)  # LongRoPE's factor for the scale in force
     return attention_factor(ext)
 
 

@@ -69,6 +69,9 @@ def _mutate(data: dict, how: str) -> dict:
         st["search2"]["needles"] = 0
     elif how == "bad-attention-factors":
         st["readjust"]["attention_factors"] = [1.2, 0]
+    elif how == "both-attention-readjustments":
+        st["readjust"]["attention_factors"] = [1.2]
+        st["readjust"]["attention_by_length"] = True
     elif how == "piecewise-search2":
         st["search2"]["variant"] = "piecewise"
     elif how == "finetune2-without-search2":
@@ -98,6 +101,7 @@ def _mutate(data: dict, how: str) -> dict:
     ("bad-reject", "recipe: search.reject must be one of exact, race, got 'hoeffding'"),
     ("bad-needles", "recipe: search2.needles must be in [1, 30], got 0"),
     ("bad-attention-factors", "recipe: readjust.attention_factors must be a non-empty list of numbers > 0"),
+    ("both-attention-readjustments", "attention_factors picks one long attention factor and attention_by_length"),
     ("piecewise-search2", "search2.variant must be longrope or critical"),
     ("finetune2-without-search2", "stage 'finetune2' needs 'search2'"),
     ("finetune2-too-long", "finetune2.length 256 exceeds what the final factors cover (search2.target_length 128)"),
@@ -222,6 +226,25 @@ def test_readjust_picks_the_long_attention_factor_that_scores_best_over_the_long
     capsys.readouterr()
     assert main(["extend", "--recipe", str(write(tmp_path, data)), "--out", str(out)]) == 0
     assert "attention factor" not in capsys.readouterr().err  # complete: skipped
+
+
+def test_readjust_can_let_the_attention_factor_follow_the_length(tiny_model_dir, tiny_corpus, tmp_path, capsys):
+    from longrope.factors import RopeExtension
+    from longrope.models.load import load_model
+
+    data = small_recipe(str(tiny_model_dir), str(tiny_corpus))
+    data["stages"]["readjust"]["attention_by_length"] = True
+    del data["stages"]["evaluate"]
+    out = tmp_path / "run"
+    assert main(["extend", "--recipe", str(write(tmp_path, data)), "--out", str(out)]) == 0, capsys.readouterr().err
+    ext = RopeExtension.load(out / "final" / "longrope_factors.json")
+    assert ext.attention_by_length
+    assert json.loads((out / "4-readjust" / "stage.json").read_text())["settings"]["attention_by_length"] is True
+    rope = load_model(str(out / "final"), dtype="fp32").model.model.rotary_emb  # the final model runs with it
+    assert rope.attention_factor_at(64) < rope.attention_factor_at(128) < rope.attention_factor_at(1024)
+    # its config.json (for transformers) keeps one factor
+    cfg = json.loads((out / "final" / "config.json").read_text())
+    assert "attention_by_length" not in json.dumps(cfg)
 
 
 def test_extend_end_to_end_then_skips_complete_stages(tiny_model_dir, tiny_corpus, tmp_path, capsys, monkeypatch):

@@ -39,7 +39,7 @@ from ..train.finetune import FinetuneConfig
 NOT_RECIPE_KEYS = ("reject_slack",)  # SearchConfig fields a recipe does not set
 METHOD_KEYS = ("optimizer", "objective", "needles")  # SearchOptions.method(): needles only for needle
 # keys added after recipes were first run: a stage records them only when they differ from these
-RECORDED_WHEN_SET = {**DEFAULT_METHOD, **ADDED_SETTINGS, "attention_factors": None}
+RECORDED_WHEN_SET = {**DEFAULT_METHOD, **ADDED_SETTINGS, "attention_factors": None, "attention_by_length": False}
 SPEED_KEYS = ("candidates_per_forward",)  # not recorded: a complete stage stays complete (its search state keeps it)
 STAGES = ("search", "finetune", "search2", "finetune2", "readjust", "evaluate")
 REQUIRED_STAGES = ("search", "finetune")
@@ -78,11 +78,16 @@ class ReadjustStage(SearchSettings):
     # the long attention factor too: each value (and the fine-tuned one) scored on the stage's
     # objective at the final length, the best kept (None: the fine-tuned one stays)
     attention_factors: list[float] | None = None
+    # or a magnitude that follows the length in force (RopeExtension.attention_by_length)
+    attention_by_length: bool = False
 
     def validate(self) -> None:
         if self.attention_factors is not None and (not self.attention_factors or min(self.attention_factors) <= 0):
             raise UsageError(f"readjust.attention_factors must be a non-empty list of numbers > 0, "
                              f"got {self.attention_factors}")
+        if self.attention_factors is not None and self.attention_by_length:
+            raise UsageError("readjust: attention_factors picks one long attention factor and attention_by_length "
+                             "replaces it by one per length: set one of them")
 
 
 @dataclass

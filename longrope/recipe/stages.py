@@ -7,7 +7,8 @@
     3b-finetune2 (optional) fine-tune the stage-1 model again with the final factors, at a
                  longer length (the paper fine-tunes at 128k, then at 256k with its factors)
     4-readjust   search short_factor at the native length on the extended model (and, given
-                 attention_factors, pick the long attention factor over 2L ... the final length)
+                 attention_factors, pick the long attention factor over 2L ... the final length,
+                 or with attention_by_length, let it follow the length in force)
     final        HF model directory: long_factor, short_factor, attention_factor,
                  original_max_position_embeddings, max_position_embeddings
     report       perplexity vs length and passkey for every stage, beside PI and YaRN
@@ -245,6 +246,8 @@ def stage_readjust(recipe: Recipe, out: Path, spec: RotarySpec, ext1: RopeExtens
     seeds = [np.ones(spec.half), np.minimum(ext1.long_factor, bound), np.minimum(ext.long_factor, bound)]
     def keep_metadata(found: RopeExtension, lm) -> RopeExtension:
         found = found.with_(metadata=dict(ext.metadata) | {"short_search_perplexity": found.metadata["search_perplexity"]})
+        if stage.attention_by_length:
+            return found.with_(attention_by_length=True)
         return found if stage.attention_factors is None else _attention_grid(recipe, stage, lm, found)
 
     found, seconds = _search(recipe, stage, where, settings, str(ft_dir), L, make, space, seeds,
