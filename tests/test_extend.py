@@ -67,11 +67,8 @@ def _mutate(data: dict, how: str) -> dict:
         st["search"]["reject"] = "hoeffding"
     elif how == "bad-needles":
         st["search2"]["needles"] = 0
-    elif how == "bad-attention-factors":
-        st["readjust"]["attention_factors"] = [1.2, 0]
-    elif how == "both-attention-readjustments":
-        st["readjust"]["attention_factors"] = [1.2]
-        st["readjust"]["attention_by_length"] = True
+    elif how == "bad-attention-by-length":
+        st["readjust"]["attention_by_length"] = "yes"
     elif how == "piecewise-search2":
         st["search2"]["variant"] = "piecewise"
     elif how == "finetune2-without-search2":
@@ -100,8 +97,7 @@ def _mutate(data: dict, how: str) -> dict:
     ("bad-optimizer", "recipe: readjust.optimizer must be one of ga, cma, got 'adam'"),
     ("bad-reject", "recipe: search.reject must be one of exact, race, got 'hoeffding'"),
     ("bad-needles", "recipe: search2.needles must be in [1, 30], got 0"),
-    ("bad-attention-factors", "recipe: readjust.attention_factors must be a non-empty list of numbers > 0"),
-    ("both-attention-readjustments", "attention_factors picks one long attention factor and attention_by_length"),
+    ("bad-attention-by-length", "recipe: readjust.attention_by_length must be true or false, got 'yes'"),
     ("piecewise-search2", "search2.variant must be longrope or critical"),
     ("finetune2-without-search2", "stage 'finetune2' needs 'search2'"),
     ("finetune2-too-long", "finetune2.length 256 exceeds what the final factors cover (search2.target_length 128)"),
@@ -188,44 +184,6 @@ def test_second_search_in_the_critical_variant(tiny_model_dir, tiny_corpus, tmp_
     assert 0 < cd < spec.half and np.all(lam2[cd:] >= 2.0 - 1e-9)  # s = 128 / 64 from cd on
     np.testing.assert_allclose(lam2[:cd], lam2[cd] ** (np.arange(cd) / cd))
     assert math.isclose(lam2[0], 1.0)
-
-
-def test_readjust_picks_the_long_attention_factor_that_scores_best_over_the_long_lengths(
-        tiny_model_dir, tiny_corpus, tmp_path, capsys):
-    import math
-
-    import numpy as np
-
-    from longrope.factors import RopeExtension
-    from longrope.models.load import load_model
-    from longrope.search.fitness import PerplexityObjective, search_documents
-
-    data = small_recipe(str(tiny_model_dir), str(tiny_corpus))
-    data["stages"]["readjust"]["attention_factors"] = [0.5, 1.0, 1.6]
-    del data["stages"]["evaluate"]
-    out = tmp_path / "run"
-    assert main(["extend", "--recipe", str(write(tmp_path, data)), "--out", str(out)]) == 0, capsys.readouterr().err
-    ext = RopeExtension.load(out / "final" / "longrope_factors.json")
-    grid = ext.metadata["attention_grid"]
-    scores = {float(a): v for a, v in grid["scores"].items()}
-    assert grid["lengths"] == [64, 128] and len(scores) == 4  # 2L .. the final length; fine-tuned + 3 asked
-    assert ext.attention_factor == min(scores, key=scores.get)
-    fine_tuned = json.loads((out / "3-search2" / "stage.json").read_text())["extension"]["attention_factor"]
-    assert ext.short_attention_factor == pytest.approx(fine_tuned)  # short contexts as the short search saw them
-    # each score: the stage's objective on the fine-tuned model with that factor, per length, recomputed here;
-    # the fitness is exp of the mean over lengths of the mean loss
-    lm = load_model(str(out / "2-finetune"), dtype="fp32")
-    nll = {}
-    for n in (64, 128):
-        docs = search_documents(lm.tokenizer, str(tiny_corpus), n, 2)
-        objective = PerplexityObjective(lm.model, docs, lambda f, s: ext.with_(attention_factor=0.5))
-        nll[n] = float(np.mean(list(objective(None, ext.start_token))))
-        assert math.exp(nll[n]) == pytest.approx(grid["by_length"]["0.5"][str(n)], rel=1e-4)
-    assert math.exp((nll[64] + nll[128]) / 2) == pytest.approx(scores[0.5], rel=1e-4)
-    assert len(set(scores.values())) == 4  # the factor changes the score
-    capsys.readouterr()
-    assert main(["extend", "--recipe", str(write(tmp_path, data)), "--out", str(out)]) == 0
-    assert "attention factor" not in capsys.readouterr().err  # complete: skipped
 
 
 def test_readjust_can_let_the_attention_factor_follow_the_length(tiny_model_dir, tiny_corpus, tmp_path, capsys):

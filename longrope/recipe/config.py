@@ -12,7 +12,7 @@ A recipe is a YAML file: a few top-level settings and the stages, in this order:
       finetune2: {length: 8192, steps: 100, ...}  # 3b. fine-tune again with the final factors
                                               #    (the paper's second fine-tuning at the longer length)
       readjust: {...}                         # 4. short_factor: search at the native length
-                                              #    (and the long attention factor, by grid)
+                                              #    (and attention_by_length)
       evaluate: {lengths: [...], ...}         # 5. report: ppl and passkey for every stage
 
 `search` and `finetune` are required, the others optional (`finetune2` needs `search2`). Parsing checks everything that
@@ -39,7 +39,7 @@ from ..train.finetune import FinetuneConfig
 NOT_RECIPE_KEYS = ("reject_slack",)  # SearchConfig fields a recipe does not set
 METHOD_KEYS = ("optimizer", "objective", "needles")  # SearchOptions.method(): needles only for needle
 # keys added after recipes were first run: a stage records them only when they differ from these
-RECORDED_WHEN_SET = {**DEFAULT_METHOD, **ADDED_SETTINGS, "attention_factors": None, "attention_by_length": False}
+RECORDED_WHEN_SET = {**DEFAULT_METHOD, **ADDED_SETTINGS, "attention_by_length": False}
 SPEED_KEYS = ("candidates_per_forward",)  # not recorded: a complete stage stays complete (its search state keeps it)
 STAGES = ("search", "finetune", "search2", "finetune2", "readjust", "evaluate")
 REQUIRED_STAGES = ("search", "finetune")
@@ -75,19 +75,9 @@ class ReadjustStage(SearchSettings):
     """Short-context readjustment: search `short_factor` at the native length (paper section 3.3)."""
 
     docs: int = option(8, "K documents at the native length", min=1, max=10_000)
-    # the long attention factor too: each value (and the fine-tuned one) scored on the stage's
-    # objective at the final length, the best kept (None: the fine-tuned one stays)
-    attention_factors: list[float] | None = None
-    # or a magnitude that follows the length in force (RopeExtension.attention_by_length)
+    # past the native context, an attention factor that follows the length in force
+    # (RopeExtension.attention_by_length) instead of the fine-tuned one
     attention_by_length: bool = False
-
-    def validate(self) -> None:
-        if self.attention_factors is not None and (not self.attention_factors or min(self.attention_factors) <= 0):
-            raise UsageError(f"readjust.attention_factors must be a non-empty list of numbers > 0, "
-                             f"got {self.attention_factors}")
-        if self.attention_factors is not None and self.attention_by_length:
-            raise UsageError("readjust: attention_factors picks one long attention factor and attention_by_length "
-                             "replaces it by one per length: set one of them")
 
 
 @dataclass

@@ -6,9 +6,8 @@
                  long_factor = lambda1 * lambda2 (element-wise)
     3b-finetune2 (optional) fine-tune the stage-1 model again with the final factors, at a
                  longer length (the paper fine-tunes at 128k, then at 256k with its factors)
-    4-readjust   search short_factor at the native length on the extended model (and, given
-                 attention_factors, pick the long attention factor over 2L ... the final length,
-                 or with attention_by_length, let it follow the length in force)
+    4-readjust   search short_factor at the native length on the extended model (and, with
+                 attention_by_length, let the long attention factor follow the length in force)
     final        HF model directory: long_factor, short_factor, attention_factor,
                  original_max_position_embeddings, max_position_embeddings
     report       perplexity vs length and passkey for every stage, beside PI and YaRN
@@ -22,7 +21,6 @@ refuses a stage whose recorded settings differ from the recipe's.
 from __future__ import annotations
 
 import json
-import math
 import os
 import shutil
 import time
@@ -44,8 +42,7 @@ from ..models.load import load_model, load_tokenizer, model_spec
 from ..rope import RotarySpec
 from ..search.driver import SearchJob, SearchOptions, drive, has_state
 from ..search.evolution import SearchConfig, SearchState, peer_seeds
-from ..search.fitness import (OBJECTIVES, MakeExtension, long_factor_candidate, search_documents,
-                              short_factor_candidate)
+from ..search.fitness import MakeExtension, long_factor_candidate, search_documents, short_factor_candidate
 from ..search.genes import START_TOKENS, SearchSpace, critical_dimension, rescaled_critical_dimension
 from ..train.finetune import finetune, has_checkpoint, is_complete, original_rope_below_native, with_defaults
 from .config import Recipe
@@ -128,10 +125,10 @@ def check_recipe_corpus(recipe: Recipe, spec: RotarySpec) -> None:
 
 def _search(recipe: Recipe, stage, where: Path, settings: dict[str, Any], model: str, length: int, make: MakeExtension,
             space: SearchSpace, seeds, describe: dict[str, Any], title: str,
-            finalize=lambda ext, lm: ext) -> tuple[RopeExtension, float]:
+            finalize=lambda ext: ext) -> tuple[RopeExtension, float]:
     """One search of the recipe through the search driver, resumed from where/state.json if there;
-    `finalize(ext, loaded model)` adjusts the found extension before the stage is marked complete.
-    Returns it and the seconds this run took."""
+    `finalize` adjusts the found extension before the stage is marked complete. Returns it and
+    the seconds this run took."""
     t0 = time.time()
     config = build(SearchConfig, stage)
     lm = load_model(model, recipe.dtype)
@@ -143,7 +140,7 @@ def _search(recipe: Recipe, stage, where: Path, settings: dict[str, Any], model:
     state = SearchState.load(where) if has_state(where) else None
     job = SearchJob(lm.model, docs, make, space, config, seeds, where, {**describe, "docs": len(docs)},
                     build(SearchOptions, stage), title=title, resume_hint="rerun the recipe to continue")
-    ext = finalize(drive(job, state)[1], lm)
+    ext = finalize(drive(job, state)[1])
     write_stage(where, {"settings": settings, "extension": ext.to_dict(), "seconds": round(time.time() - t0, 1)})
     return ext, time.time() - t0
 
@@ -244,53 +241,16 @@ def stage_readjust(recipe: Recipe, out: Path, spec: RotarySpec, ext1: RopeExtens
     make = short_factor_candidate(ext)
     # seeds: the original RoPE, the factors the model was fine-tuned with, and the final ones
     seeds = [np.ones(spec.half), np.minimum(ext1.long_factor, bound), np.minimum(ext.long_factor, bound)]
-    def keep_metadata(found: RopeExtension, lm) -> RopeExtension:
-        found = found.with_(metadata=dict(ext.metadata) | {"short_search_perplexity": found.metadata["search_perplexity"]})
-        if stage.attention_by_length:
-            return found.with_(attention_by_length=True)
-        return found if stage.attention_factors is None else _attention_grid(recipe, stage, lm, found)
+    def finish(found: RopeExtension) -> RopeExtension:
+        """The final extension: the long search's metadata, and the magnitude following the length if asked."""
+        record = {"short_search_perplexity": found.metadata["search_perplexity"]}
+        return found.with_(metadata=dict(ext.metadata) | record, attention_by_length=stage.attention_by_length)
 
     found, seconds = _search(recipe, stage, where, settings, str(ft_dir), L, make, space, seeds,
                              {"stage": "readjust", "model": ft_dir.name, "length": L}, f"readjust short_factor at {L}",
-                             keep_metadata)
+                             finish)
     log(f"readjust: short_factor at {L} tokens, ppl {found.metadata['short_search_perplexity']:.3f} ({seconds:.0f}s)")
     return found
-
-
-def _attention_grid(recipe: Recipe, stage, lm, ext: RopeExtension) -> RopeExtension:
-    """`ext` with the long attention factor, among the fine-tuned one and `stage.attention_factors`,
-    that scores best on the stage's objective with the final long factors, over the lengths the
-    long factors serve: 2L, 4L, ... and the final length (one factor serves them all, and a
-    factor that helps the longest can hurt the shortest). Fitness: exp of the mean over lengths
-    of the mean loss per document; ties keep the fine-tuned factor. Every score goes into the
-    metadata (`attention_grid`)."""
-    L, N = ext.original_max_position_embeddings, recipe.final_target
-    lengths = [L * 2**k for k in range(1, 64) if L * 2**k < N] + [N]
-    grid = list(dict.fromkeys([attention_factor(ext), *stage.attention_factors]))
-    trying = {"factor": grid[0]}
-    losses: dict[float, dict[int, float]] = {a: {} for a in grid}
-    for n in lengths:
-        docs = search_documents(lm.tokenizer, recipe.corpus, n, stage.docs, recipe.split_seed, stage.objective,
-                                stage.needles)
-        objective = OBJECTIVES[stage.objective](lm.model, docs, lambda factors, start: ext.with_(
-            attention_factor=trying["factor"]), stage.chunk_size)
-        for a in grid:
-            trying["factor"] = a
-            losses[a][n] = float(np.mean(list(objective(np.ones(1), ext.start_token))))
-        objective.rope.set_extension(None)
-        log(f"readjust: attention factors at {n} tokens, {stage.objective}: "
-            + ", ".join(f"{a:.4g} {math.exp(losses[a][n]):.4f}" for a in grid))
-    scores = {a: math.exp(float(np.mean(list(by_length.values())))) for a, by_length in losses.items()}
-    best = min(grid, key=scores.__getitem__)  # the first minimum: the fine-tuned factor on a tie
-    log(f"readjust: attention factor {best:.4g} ({stage.objective} {scores[best]:.4f} over {len(lengths)} lengths; "
-        f"fine-tuned {grid[0]:.4g}: {scores[grid[0]]:.4f})")
-    record = {"lengths": lengths, "objective": stage.objective,
-              "scores": {f"{a:.6g}": v for a, v in scores.items()},
-              "by_length": {f"{a:.6g}": {str(n): math.exp(v) for n, v in by_n.items()} for a, by_n in losses.items()}}
-    # up to the native length the magnitude stays what the short factors were searched with
-    short = ext.short_attention_factor if ext.short_attention_factor is not None else grid[0]
-    return ext.with_(attention_factor=best, short_attention_factor=short,
-                     metadata=dict(ext.metadata) | {"attention_grid": record})
 
 
 def stage_final(out: Path, ext: RopeExtension, ft_dir: Path) -> Path:
