@@ -6,7 +6,6 @@ import pytest
 import torch
 
 from longrope.cli import main
-from longrope.errors import UsageError
 from longrope.factors import RopeExtension
 from longrope.train.finetune import FinetuneConfig, PackedBatches, finetune, lr_at
 
@@ -80,42 +79,6 @@ def test_passkey_rows_weigh_exactly_the_answer(tiny_model_dir, tiny_corpus):
         heavy = (wi == 7.0).nonzero().flatten()
         assert len(heavy) and yi[int(heavy[-1]) + 1] == tok.eos_token_id  # the EOS right after weighs 1
         assert wi[int(heavy[-1]) + 1] == 1.0 and tok.eos_token_id not in yi[heavy]
-
-
-def test_passkey_keys_uniform_or_by_digit_count(tiny_model_dir, tiny_corpus):
-    """uniform: the test's draw (four in five keys have five digits), the same random numbers as
-    before the option; digits: keys of 1 to 5 digits equally often, every key in [1, 50000]."""
-    import random
-
-    from transformers import AutoTokenizer
-
-    from longrope.evaluate.passkey import MAX_KEY, draw_key, first_integer
-    from longrope.train.finetune import packed_stream
-
-    assert [draw_key(random.Random(s)) for s in range(20)] == [random.Random(s).randint(1, MAX_KEY) for s in range(20)]
-    rng = random.Random(0)
-    keys = [draw_key(rng, "digits") for _ in range(5000)]
-    assert 1 <= min(keys) and max(keys) <= MAX_KEY
-    counts = [sum(len(str(k)) == n for k in keys) for n in range(1, 6)]
-    assert all(850 <= c <= 1150 for c in counts), counts
-    with pytest.raises(ValueError):
-        draw_key(rng, "gaussian")
-
-    tok = AutoTokenizer.from_pretrained(str(tiny_model_dir))
-    stream = packed_stream(tok, str(tiny_corpus))
-    lengths = {}
-    for how in ("uniform", "digits"):
-        cfg = small_config(length=1024, batch_size=1, passkey_fraction=1.0, answer_weight=7.0, passkey_keys=how)
-        batches = PackedBatches(stream, tok, cfg, native=32)
-        lengths[how] = []
-        for m in range(40):
-            _, y, w, _ = batches.micro_batch(m)
-            key = first_integer(tok.decode(y[0][w[0] == 7.0][:-1]))  # the weighted answer, EOS dropped
-            lengths[how].append(len(str(key)))
-    assert sum(n == 5 for n in lengths["uniform"]) >= 26  # 32 expected
-    assert sum(n == 5 for n in lengths["digits"]) <= 16 and sum(n <= 2 for n in lengths["digits"]) >= 8  # 8, 16
-    with pytest.raises(UsageError, match="--passkey-keys"):
-        small_config(passkey_keys="gaussian").validate()
 
 
 def test_passkey_row_lengths_upper_or_log(tiny_model_dir, tiny_corpus):

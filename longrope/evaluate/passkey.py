@@ -18,19 +18,6 @@ FILLER = "The grass is green. The sky is blue. The sun is yellow. Here we go. Th
 NEEDLE = "The pass key is {key}. Remember it. {key} is the pass key."
 QUESTION = "What is the pass key? The pass key is"
 MAX_KEY = 50000
-# how training rows draw their keys: uniform in [1, MAX_KEY] like the test (four in five keys have
-# five digits), or "digits": each length of 1 to 5 digits equally often
-KEY_DRAWS = ("uniform", "digits")
-
-
-def draw_key(rng: random.Random, how: str = "uniform") -> int:
-    """A passkey in [1, MAX_KEY]: uniform, or with its number of digits uniform first."""
-    if how == "uniform":
-        return rng.randint(1, MAX_KEY)
-    if how != "digits":
-        raise ValueError(f"unknown key draw {how!r}")
-    n = rng.randint(1, len(str(MAX_KEY)))
-    return rng.randint(10 ** (n - 1), min(10**n - 1, MAX_KEY))
 
 
 def passkey_text(n_filler_before: int, n_filler_after: int, key: int) -> tuple[str, str]:

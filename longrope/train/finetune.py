@@ -38,7 +38,7 @@ from tqdm import tqdm
 
 from ..data import CORPUS_HELP, DEFAULT_CORPUS, load_corpus, split_corpus, tokenize_corpus
 from ..errors import UsageError
-from ..evaluate.passkey import KEY_DRAWS, build_prompt, draw_key
+from ..evaluate.passkey import MAX_KEY, build_prompt
 from ..factors import RopeExtension
 from ..io import atomic_write_json, changed_keys
 from ..models.device import auto_mixed_precision
@@ -80,9 +80,6 @@ class FinetuneConfig:
                                   "native length to N (every scale trained with the long factors); mix = either, "
                                   "with equal chance",
                                   choices=PASSKEY_LENGTHS)
-    passkey_keys: str = option("uniform", "their keys: uniform in [1, 50000], as passkey tests draw them (most have "
-                               "five digits); digits = keys of 1 to 5 digits equally often, so where an answer "
-                               "ends is read from the needle rather than assumed", choices=KEY_DRAWS)
     answer_weight: float = option(1.0, "loss weight of a passkey row's answer tokens and the EOS that ends them "
                                   "(every other token weighs 1)", min=0)
     weigh_eos: bool = option(True, "--answer-weight on the answer's digits only, not on the EOS after them (as "
@@ -105,8 +102,6 @@ class FinetuneConfig:
             raise UsageError(f"unknown --schedule {self.schedule!r}; choose {', '.join(SCHEDULES)}")
         if self.passkey_lengths not in PASSKEY_LENGTHS:
             raise UsageError(f"unknown --passkey-lengths {self.passkey_lengths!r}; choose {', '.join(PASSKEY_LENGTHS)}")
-        if self.passkey_keys not in KEY_DRAWS:
-            raise UsageError(f"unknown --passkey-keys {self.passkey_keys!r}; choose {', '.join(KEY_DRAWS)}")
         if self.mixed_precision not in PRECISIONS:
             raise UsageError(f"unknown --mixed-precision {self.mixed_precision!r}; choose {', '.join(PRECISIONS)}")
         if self.warmup_steps > self.steps:
@@ -191,7 +186,7 @@ class PackedBatches:
         return self.stream[start : start + T + 1]
 
     def _passkey_row(self, T: int, rng: random.Random) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None:
-        key = draw_key(rng, self.cfg.passkey_keys)
+        key = rng.randint(1, MAX_KEY)
         answer = self.tok(f" {key}", add_special_tokens=False).input_ids + [self.tok.eos_token_id]
         budget = T + 1 - len(answer)
         mode = self.cfg.passkey_lengths
