@@ -227,6 +227,10 @@ def test_diverged_training_is_an_error_and_saves_nothing(tiny_model_dir, tiny_co
     (["eval-ppl", "--chunk-size", "0"], "--chunk-size must be >= 1"),
     (["eval-ppl", "--target-length", "0"], "--target-length must be >= 2"),
     (["eval-ppl", "--lengths", "32", "--stride", "64"], "--stride 64 exceeds the shortest length 32"),
+    (["passkey", "--lengths", "256,100000000000"], "--lengths: 100000000000 exceeds 16777216"),  # not built first
+    (["tasks", "--lengths", "99999999999"], "--lengths: 99999999999 exceeds 16777216"),
+    (["eval-ppl", "--target-length", "99999999999"], "--target-length must be <= 16777216"),
+    (["search", "--target-length", "99999999999"], "--target-length must be <= 16777216"),
     (["eval-ppl", "--docs", "-2"], "--docs must be >= 1"),
     (["passkey", "--depth-bins", "0"], "--depth-bins must be >= 1"),
     (["search", "--target-length", "64", "--chunk-size", "-5"], "--chunk-size must be >= 1"),

@@ -42,6 +42,9 @@ def add_corpus_args(p: argparse.ArgumentParser, default_split: str = "validation
 
 DEFAULT_METHODS = "none,pi,ntk,yarn"
 OWN = "model"  # the method name of the factors a model carries
+# the longest sequence a length flag takes: 16M tokens, 8x LongRoPE's 2048k (a larger one is a typo,
+# and would exhaust memory building its inputs before any message)
+MAX_LENGTH = 1 << 24
 
 
 def add_method_args(p: argparse.ArgumentParser) -> None:
@@ -53,7 +56,7 @@ def add_method_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--factors", action="append", default=[], metavar="F.json",
                    help="a factors file (longrope search output, or an HF config with longrope factors); "
                         "may be repeated; each is evaluated as one more method")
-    p.add_argument("--target-length", type=ranged(int, min=2), default=None,
+    p.add_argument("--target-length", type=ranged(int, min=2, max=MAX_LENGTH), default=None,
                    help="context every peer method is configured for, in tokens (default: the largest length)")
 
 
@@ -64,6 +67,8 @@ def parse_int_list(text: str, flag: str) -> list[int]:
         raise UsageError(f"{flag} must be comma-separated integers, got {text!r}") from None
     if not values or any(v < 2 for v in values):
         raise UsageError(f"{flag} needs at least one value >= 2, got {text!r}")
+    if max(values) > MAX_LENGTH:
+        raise UsageError(f"{flag}: {max(values)} exceeds {MAX_LENGTH}, the longest sequence this tool runs")
     return sorted(set(values))
 
 

@@ -39,7 +39,7 @@ from ..search.scored import SCORED_FILE
 from ..search.evolution import PEER_SEED_NAMES, STATE_FILE, SearchConfig, SearchState, carried_seed, peer_seeds
 from ..search.fitness import MakeExtension, long_factor_candidate, search_documents, short_factor_candidate
 from ..search.genes import START_TOKENS, SearchSpace, critical_dimension
-from .common import add_model_args
+from .common import MAX_LENGTH, add_model_args
 
 
 EPILOG = """\
@@ -63,7 +63,7 @@ def register(subparsers) -> None:
         epilog=EPILOG)
     add_model_args(p)
     p.add_argument("--corpus", default=None, help=CORPUS_HELP)
-    p.add_argument("--target-length", type=ranged(int, min=2), required=True, help="target context L' in tokens")
+    p.add_argument("--target-length", type=ranged(int, min=2, max=MAX_LENGTH), required=True, help="target context L' in tokens")
     p.add_argument("--out", required=True, help="output folder (state.json, factors.json, history.jsonl, plots)")
     add_options(p, SearchConfig)
     add_options(p, SearchOptions)
