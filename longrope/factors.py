@@ -153,16 +153,17 @@ class RopeExtension:
         """Raise UsageError unless these factors fit a model's RoPE (`RotarySpec`): d/2 values,
         the same native context, and the same rope base when the metadata records one
         (shipped and searched factors do)."""
+        model = self.metadata.get("model")
+        made_for = f" (made for {model})" if model else ""
         if self.half_dim != spec.half:
-            raise UsageError(f"factors have {self.half_dim} values but the model's rotary dim {spec.dim} "
+            raise UsageError(f"factors are for another model{made_for}: {self.half_dim} values, one per pair of "
+                             f"a rotary dim of {2 * self.half_dim}, where this model's rotary dim {spec.dim} "
                              f"needs {spec.half}")
         if self.original_max_position_embeddings != spec.original_max_position_embeddings:
             raise UsageError(f"factors are for a native context of {self.original_max_position_embeddings} "
-                             f"tokens but the model's is {spec.original_max_position_embeddings}")
+                             f"tokens{made_for} but the model's is {spec.original_max_position_embeddings}")
         base = self.metadata.get("rope_theta")
         if isinstance(base, (int, float)) and not math.isclose(float(base), spec.base, rel_tol=1e-6):
-            model = self.metadata.get("model")
-            made_for = f" ({model})" if model else ""
             raise UsageError(f"factors were searched for a model with rope base {base:g}{made_for}; "
                              f"this model's base is {spec.base:g}")
 

@@ -51,9 +51,9 @@ def test_name_resolves_to_the_shipped_file(shipped_dir):
 def test_factors_for_another_model_are_refused(shipped_dir):
     write_factors(shipped_dir, "other-base", base=500000.0)
     write_factors(shipped_dir, "other-dim", half=4)
-    with pytest.raises(UsageError, match="rope base 500000 .tiny-test.; this model's base is 10000"):
+    with pytest.raises(UsageError, match="rope base 500000 .made for tiny-test.; this model.s base is 10000"):
         load_factors("other-base").check_fits(TINY)
-    with pytest.raises(UsageError, match="factors have 4 values"):
+    with pytest.raises(UsageError, match="another model .made for tiny-test.: 4 values"):
         load_factors("other-dim").check_fits(TINY)
     write_factors(shipped_dir, "fits")
     assert shipped.shipped_for(TINY) == ["fits"]
