@@ -165,7 +165,20 @@ def test_failed_runs_leave_no_folder_and_errors_start_their_own_line(tiny_model_
     # a cell that fails while the progress bar is drawn: the error is not glued to the bar
     code = main(["passkey", "--model", str(tiny_model_dir), "--lengths", "8,16", "--trials", "1", "--methods", "none",
                  "--out", str(out)])
-    one_line_error(capsys, code, "passkey")
+    one_line_error(capsys, code, "a passkey trial needs at least", "and 10 for the answer); 8 is too short")
+    assert not (tmp_path / "deep").exists()
+
+
+@pytest.mark.parametrize("device,fragment", [
+    ("foo", "--device 'foo' is not a torch device"),
+    pytest.param("cuda", "--device cuda: no CUDA device is available", marks=pytest.mark.skipif(
+        __import__("torch").cuda.is_available(), reason="a CUDA device is here")),
+])
+def test_an_unusable_device_is_one_line(device, fragment, tiny_model_dir, tmp_path, capsys):
+    out = tmp_path / "out"
+    one_line_error(capsys, main(["eval-ppl", "--model", str(tiny_model_dir), "--lengths", "32", "--device", device,
+                                 "--out", str(out)]), fragment)
+    assert not out.exists()
 
 
 def test_interrupted_finetune_saves_its_steps_and_resumes(tiny_model_dir, tiny_corpus, tmp_path, monkeypatch):

@@ -33,23 +33,28 @@ class PasskeyPrompt:
     depth: float  # fraction of the filler placed before the needle, in [0, 1]
 
 
-def build_prompt(tokenizer, length: int, depth: float, key: int) -> PasskeyPrompt:
-    """The longest standard prompt of at most `length` tokens with the needle at `depth`."""
+def build_prompt(tokenizer, length: int, depth: float, key: int, reserve: int = 0) -> PasskeyPrompt:
+    """The longest standard prompt of at most `length - reserve` tokens with the needle at `depth`
+    (`reserve`: room kept for the answer); ValueError when even the shortest one does not fit."""
+    room = length - reserve
 
     def encode(n_before, n_after):
         return tokenizer(passkey_text(n_before, n_after, key)[0], return_tensors="pt").input_ids
 
     base = encode(0, 0).shape[1]
     per_filler = (encode(0, 8).shape[1] - base) / 8
-    n = max(int((length - base) / per_filler), 0)
+    n = max(int((room - base) / per_filler), 0)
     while True:
         before = round(depth * n)
         ids = encode(before, n - before)
-        if ids.shape[1] <= length or n == 0:
+        if ids.shape[1] <= room or n == 0:
             break
         n -= 1
-    if ids.shape[1] > length:
-        raise ValueError(f"a passkey prompt needs at least {ids.shape[1]} tokens; {length} is too short")
+    if ids.shape[1] > room:
+        need = (f"a passkey trial needs at least {ids.shape[1] + reserve} tokens (the shortest prompt, "
+                f"{ids.shape[1]}, and {reserve} for the answer)" if reserve
+                else f"a passkey prompt needs at least {ids.shape[1]} tokens")
+        raise ValueError(f"{need}; {length} is too short")
     return PasskeyPrompt(ids, key, before / n if n else 0.0)
 
 
@@ -75,7 +80,7 @@ def run_trials(model, tokenizer, length: int, trials: int, rng: random.Random, m
     results = []
     for _ in range(trials):
         key, depth = rng.randint(1, MAX_KEY), rng.random()
-        prompt = build_prompt(tokenizer, length - max_new_tokens, depth, key)
+        prompt = build_prompt(tokenizer, length, depth, key, reserve=max_new_tokens)
         # the answer ends at EOS: tokens after it would be decoded onto the digits (EOS is skipped)
         out = greedy_generate(model, prompt.input_ids, max_new_tokens, eos_token_id=tokenizer.eos_token_id)
         text = tokenizer.decode(out.tolist(), skip_special_tokens=True)

@@ -23,6 +23,21 @@ def default_device() -> str:
     return "cuda" if torch.cuda.is_available() else "cpu"
 
 
+def check_device(device: str) -> str:
+    """`device` when torch can run on it here, else UsageError naming --device."""
+    try:
+        kind = torch.device(device).type
+    except RuntimeError:
+        raise UsageError(f"--device {device!r} is not a torch device (cpu, cuda, cuda:1, mps, ...)") from None
+    if kind == "cuda" and not torch.cuda.is_available():
+        raise UsageError(f"--device {device}: no CUDA device is available to this torch {torch.__version__}")
+    if kind == "cuda" and (index := torch.device(device).index) is not None and index >= torch.cuda.device_count():
+        raise UsageError(f"--device {device}: only {torch.cuda.device_count()} CUDA device(s) here")
+    if kind == "mps" and not torch.backends.mps.is_available():
+        raise UsageError(f"--device {device}: MPS is not available here")
+    return device
+
+
 def auto_half_dtype(device: str | torch.device = "cpu") -> torch.dtype | None:
     """The reduced precision worth computing in on `device`, or None where fp32 is faster:
     bf16 (fp16 on GPUs without bf16) on CUDA, bf16 on AMX/AVX512-BF16 CPUs."""

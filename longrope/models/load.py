@@ -20,7 +20,7 @@ from ..factors import FACTORS_FILE, RopeExtension
 from ..hf_config import carried_extension, load_factors
 from ..rope import RotarySpec
 from ..seam import install_rope, rotary_slots, rotary_spec, rotary_spec_from_config
-from .device import default_device, resolve_dtype
+from .device import check_device, default_device, resolve_dtype
 from .presets import ModelSource, resolve_model
 
 @dataclass
@@ -81,7 +81,7 @@ def load_model(
     """Load a model by preset name, HF model directory or .gguf file, in eval mode with SDPA.
     With need_tokenizer=False a directory without a tokenizer loads with tokenizer None."""
     transformers = _offline_transformers()
-    device = device or default_device()
+    device = check_device(device or default_device())
     source = resolve_model(name_or_path)
     kwargs: dict[str, Any] = {"dtype": resolve_dtype(dtype, device), "attn_implementation": "sdpa"}
     if source.gguf_file is not None:
