@@ -63,7 +63,8 @@ def register(subparsers) -> None:
         epilog=EPILOG)
     add_model_args(p)
     p.add_argument("--corpus", default=None, help=CORPUS_HELP)
-    p.add_argument("--target-length", type=ranged(int, min=2, max=MAX_LENGTH), required=True, help="target context L' in tokens")
+    p.add_argument("--target-length", type=ranged(int, min=2, max=MAX_LENGTH), required=True,
+                   help="target context L' in tokens")
     p.add_argument("--out", required=True, help="output folder (state.json, factors.json, history.jsonl, plots)")
     add_options(p, SearchConfig)
     add_options(p, SearchOptions)
