@@ -68,7 +68,7 @@ def _mutate(data: dict, how: str) -> dict:
     elif how == "bad-needles":
         st["search2"]["needles"] = 0
     elif how == "bad-attention-by-length":
-        st["readjust"]["attention_by_length"] = "yes"
+        d["attention_by_length"] = "yes"
     elif how == "piecewise-search2":
         st["search2"]["variant"] = "piecewise"
     elif how == "finetune2-without-search2":
@@ -97,7 +97,7 @@ def _mutate(data: dict, how: str) -> dict:
     ("bad-optimizer", "recipe: readjust.optimizer must be one of ga, cma, got 'adam'"),
     ("bad-reject", "recipe: search.reject must be one of exact, race, got 'hoeffding'"),
     ("bad-needles", "recipe: search2.needles must be in [1, 30], got 0"),
-    ("bad-attention-by-length", "recipe: readjust.attention_by_length must be true or false, got 'yes'"),
+    ("bad-attention-by-length", "recipe: attention_by_length must be true or false, got 'yes'"),
     ("piecewise-search2", "search2.variant must be longrope or critical"),
     ("finetune2-without-search2", "stage 'finetune2' needs 'search2'"),
     ("finetune2-too-long", "finetune2.length 256 exceeds what the final factors cover (search2.target_length 128)"),
@@ -186,18 +186,19 @@ def test_second_search_in_the_critical_variant(tiny_model_dir, tiny_corpus, tmp_
     assert math.isclose(lam2[0], 1.0)
 
 
-def test_readjust_can_let_the_attention_factor_follow_the_length(tiny_model_dir, tiny_corpus, tmp_path, capsys):
+def test_the_final_attention_factor_can_follow_the_length(tiny_model_dir, tiny_corpus, tmp_path, capsys):
     from longrope.factors import RopeExtension
     from longrope.models.load import load_model
 
     data = small_recipe(str(tiny_model_dir), str(tiny_corpus))
-    data["stages"]["readjust"]["attention_by_length"] = True
-    del data["stages"]["evaluate"]
+    data["attention_by_length"] = True
+    del data["stages"]["evaluate"], data["stages"]["readjust"]  # no readjustment needed for it
     out = tmp_path / "run"
     assert main(["extend", "--recipe", str(write(tmp_path, data)), "--out", str(out)]) == 0, capsys.readouterr().err
     ext = RopeExtension.load(out / "final" / "longrope_factors.json")
     assert ext.attention_by_length
-    assert json.loads((out / "4-readjust" / "stage.json").read_text())["settings"]["attention_by_length"] is True
+    assert json.loads((out / "recipe.json").read_text())["attention_by_length"] is True
+    assert not RopeExtension.load(out / "2-finetune" / "longrope_factors.json").attention_by_length
     rope = load_model(str(out / "final"), dtype="fp32").model.model.rotary_emb  # the final model runs with it
     assert rope.attention_factor_at(64) < rope.attention_factor_at(128) < rope.attention_factor_at(1024)
     # its config.json (for transformers) keeps one factor

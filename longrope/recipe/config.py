@@ -12,7 +12,6 @@ A recipe is a YAML file: a few top-level settings and the stages, in this order:
       finetune2: {length: 8192, steps: 100, ...}  # 3b. fine-tune again with the final factors
                                               #    (the paper's second fine-tuning at the longer length)
       readjust: {...}                         # 4. short_factor: search at the native length
-                                              #    (and attention_by_length)
       evaluate: {lengths: [...], ...}         # 5. report: ppl and passkey for every stage
 
 `search` and `finetune` are required, the others optional (`finetune2` needs `search2`). Parsing checks everything that
@@ -39,7 +38,7 @@ from ..train.finetune import FinetuneConfig
 NOT_RECIPE_KEYS = ("reject_slack",)  # SearchConfig fields a recipe does not set
 METHOD_KEYS = ("optimizer", "objective", "needles")  # SearchOptions.method(): needles only for needle
 # keys added after recipes were first run: a stage records them only when they differ from these
-RECORDED_WHEN_SET = {**DEFAULT_METHOD, **ADDED_SETTINGS, "attention_by_length": False}
+RECORDED_WHEN_SET = {**DEFAULT_METHOD, **ADDED_SETTINGS}
 SPEED_KEYS = ("candidates_per_forward",)  # not recorded: a complete stage stays complete (its search state keeps it)
 STAGES = ("search", "finetune", "search2", "finetune2", "readjust", "evaluate")
 REQUIRED_STAGES = ("search", "finetune")
@@ -75,9 +74,6 @@ class ReadjustStage(SearchSettings):
     """Short-context readjustment: search `short_factor` at the native length (paper section 3.3)."""
 
     docs: int = option(8, "K documents at the native length", min=1, max=10_000)
-    # past the native context, an attention factor that follows the length in force
-    # (RopeExtension.attention_by_length) instead of the fine-tuned one
-    attention_by_length: bool = False
 
 
 @dataclass
@@ -107,6 +103,9 @@ class Recipe:
     finetune2: FinetuneConfig | None = None  # continues from `finetune`'s model with the final factors
     readjust: ReadjustStage | None = None
     evaluate: EvaluateStage | None = None
+    # the final factors' long attention factor follows the length in force past the native context
+    # (RopeExtension.attention_by_length) instead of staying the fine-tuned one
+    attention_by_length: bool = False
 
     @property
     def final_target(self) -> int:
@@ -206,7 +205,7 @@ def parse_recipe(data: Any, source: str = "recipe") -> Recipe:
     """A Recipe from the parsed YAML; UsageError (one line) on anything malformed."""
     if not isinstance(data, dict):
         raise UsageError(f"{source}: expected a mapping with 'model' and 'stages'")
-    top = {"model", "corpus", "split_seed", "dtype", "stages"}
+    top = {"model", "corpus", "split_seed", "dtype", "attention_by_length", "stages"}
     unknown = [k for k in data if k not in top]
     if unknown:
         raise UsageError(f"recipe: unknown top-level key(s) {', '.join(map(str, unknown))}; "
@@ -221,6 +220,7 @@ def parse_recipe(data: Any, source: str = "recipe") -> Recipe:
     dtype = _check_value(data.get("dtype", "auto"), str, "dtype")
     if dtype not in ("auto", "fp32", "bf16", "fp16"):
         raise UsageError(f"recipe: dtype must be auto, fp32, bf16 or fp16, got {dtype!r}")
+    attention_by_length = _check_value(data.get("attention_by_length", False), bool, "attention_by_length")
 
     stages = data.get("stages")
     if not isinstance(stages, dict) or not stages:
@@ -275,7 +275,8 @@ def parse_recipe(data: Any, source: str = "recipe") -> Recipe:
             except UsageError as e:
                 raise UsageError(f"recipe: evaluate.baselines: {e}") from None
     return Recipe(model=model, corpus=corpus, split_seed=split_seed, dtype=dtype, search=search,
-                  finetune=finetune, search2=search2, finetune2=finetune2, readjust=readjust, evaluate=evaluate)
+                  finetune=finetune, search2=search2, finetune2=finetune2, readjust=readjust, evaluate=evaluate,
+                  attention_by_length=attention_by_length)
 
 
 def load_recipe(path: str | Path) -> Recipe:

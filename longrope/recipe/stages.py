@@ -6,10 +6,10 @@
                  long_factor = lambda1 * lambda2 (element-wise)
     3b-finetune2 (optional) fine-tune the stage-1 model again with the final factors, at a
                  longer length (the paper fine-tunes at 128k, then at 256k with its factors)
-    4-readjust   search short_factor at the native length on the extended model (and, with
-                 attention_by_length, let the long attention factor follow the length in force)
+    4-readjust   search short_factor at the native length on the extended model
     final        HF model directory: long_factor, short_factor, attention_factor,
-                 original_max_position_embeddings, max_position_embeddings
+                 original_max_position_embeddings, max_position_embeddings (with the recipe's
+                 attention_by_length, the long attention factor follows the length in force)
     report       perplexity vs length and passkey for every stage, beside PI and YaRN
                  fine-tuned with the same budget at the same lengths (baselines/)
 
@@ -241,14 +241,12 @@ def stage_readjust(recipe: Recipe, out: Path, spec: RotarySpec, ext1: RopeExtens
     make = short_factor_candidate(ext)
     # seeds: the original RoPE, the factors the model was fine-tuned with, and the final ones
     seeds = [np.ones(spec.half), np.minimum(ext1.long_factor, bound), np.minimum(ext.long_factor, bound)]
-    def finish(found: RopeExtension) -> RopeExtension:
-        """The final extension: the long search's metadata, and the magnitude following the length if asked."""
-        record = {"short_search_perplexity": found.metadata["search_perplexity"]}
-        return found.with_(metadata=dict(ext.metadata) | record, attention_by_length=stage.attention_by_length)
+    def keep_metadata(found: RopeExtension) -> RopeExtension:
+        return found.with_(metadata=dict(ext.metadata) | {"short_search_perplexity": found.metadata["search_perplexity"]})
 
     found, seconds = _search(recipe, stage, where, settings, str(ft_dir), L, make, space, seeds,
                              {"stage": "readjust", "model": ft_dir.name, "length": L}, f"readjust short_factor at {L}",
-                             finish)
+                             keep_metadata)
     log(f"readjust: short_factor at {L} tokens, ppl {found.metadata['short_search_perplexity']:.3f} ({seconds:.0f}s)")
     return found
 
@@ -307,6 +305,8 @@ def run_recipe(recipe: Recipe, out: str | os.PathLike) -> dict[str, Any]:
         ext = stage_readjust(recipe, out, spec, ext1, ext, ft_dir)
         timings["readjust"] = time.time() - t
         t = time.time()
+    if recipe.attention_by_length:  # longrope's runtime; exports keep the fine-tuned factor and say so
+        ext = ext.with_(attention_by_length=True)
     final_dir = stage_final(out, ext, ft_dir)
     summary: dict[str, Any] = {"final": str(final_dir), "extension": ext.to_dict()}
 
