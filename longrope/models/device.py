@@ -26,14 +26,14 @@ def default_device() -> str:
 def check_device(device: str) -> str:
     """`device` when torch can run on it here, else UsageError naming --device."""
     try:
-        kind = torch.device(device).type
+        dev = torch.device(device)
     except RuntimeError:
         raise UsageError(f"--device {device!r} is not a torch device (cpu, cuda, cuda:1, mps, ...)") from None
-    if kind == "cuda" and not torch.cuda.is_available():
+    if dev.type == "cuda" and not torch.cuda.is_available():
         raise UsageError(f"--device {device}: no CUDA device is available to this torch {torch.__version__}")
-    if kind == "cuda" and (index := torch.device(device).index) is not None and index >= torch.cuda.device_count():
+    if dev.type == "cuda" and dev.index is not None and dev.index >= torch.cuda.device_count():
         raise UsageError(f"--device {device}: only {torch.cuda.device_count()} CUDA device(s) here")
-    if kind == "mps" and not torch.backends.mps.is_available():
+    if dev.type == "mps" and not torch.backends.mps.is_available():
         raise UsageError(f"--device {device}: MPS is not available here")
     return device
 
