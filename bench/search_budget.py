@@ -1,6 +1,6 @@
 """Budget curves: what each search strategy buys per document forward pass.
 
-    python bench/search_budget.py --model tiny --target-length 1024 --seeds 0,1,2 --out runs/budget-tiny-8x
+    python bench/search_budget.py --model tiny --target-length 2048 --seeds 0,1,2 --out runs/budget-tiny-8x
     python bench/search_budget.py ... --strategies paper,early-reject     # a subset
     (interrupted? run the same command again: every (strategy, seed) run resumes where it stopped)
 

@@ -3,7 +3,8 @@
 The JSON file has these top-level keys, so other tools can write one:
 `method`, `long_factor`, `short_factor` (null when absent), `start_token`,
 `attention_factor` (null = the method's default), `original_max_position_embeddings`,
-`max_position_embeddings`, `metadata`, and `short_attention_factor` only when set.
+`max_position_embeddings`, `metadata`, and `short_attention_factor` only when set and
+`attention_by_length` only when true.
 """
 from __future__ import annotations
 

@@ -21,9 +21,12 @@ from ..hf_config import load_factors
 from ..methods import build_extension, get_method
 
 
-def add_model_args(p: argparse.ArgumentParser) -> None:
+def add_model_args(p: argparse.ArgumentParser, compute: bool = True) -> None:
+    """--model, and unless compute=False (a command that runs nothing) --dtype and --device."""
     p.add_argument("--model", default="tiny",
                    help=f"preset ({', '.join(PRESETS)}), Hugging Face model directory, or .gguf file (default: tiny)")
+    if not compute:
+        return
     p.add_argument("--dtype", default="auto", choices=["auto", "fp32", "bf16", "fp16"],
                    help="compute dtype; auto = bf16 on GPUs and AMX/AVX512-BF16 CPUs, else fp32 (default: auto)")
     p.add_argument("--device", default=None, help="torch device (default: cuda if available, else cpu)")

@@ -14,7 +14,7 @@ from .common import add_model_args
 def register(sub) -> None:
     p = sub.add_parser("info", help="print a model's path, stored dtype and RoPE facts (architecture, head dim, base, context, "
                         "rope type, carried factors)")
-    add_model_args(p)
+    add_model_args(p, compute=False)
     p.add_argument("--json", action="store_true", help="print as JSON")
     p.set_defaults(func=run)
 

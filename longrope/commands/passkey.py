@@ -17,7 +17,7 @@ def register(sub) -> None:
         "passkey",
         help="passkey retrieval accuracy vs length (standard prompt, greedy decoding)",
         description="For each method and length, --trials prompts of that many tokens with a random "
-        "5-digit-or-less key at a random depth (seeded); greedy-decode 10 tokens with a KV cache and "
+        "5-digit-or-less key at a random depth (seeded); greedy-decode up to 10 tokens (stopping at EOS) with a KV cache and "
         "count a hit when the first integer equals the key. Writes passkey.json and passkey.png "
         "(length x depth heat map) to --out.",
     )

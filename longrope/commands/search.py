@@ -7,9 +7,9 @@
 
 Reads top to bottom: load the model once, pick K search documents of the target length,
 seed the population with PI/NTK/YaRN, run Algorithm 1 (longrope.search.evolution, or CMA-ES:
-search/cma.py) with perplexity (or the needle loss: search/needle.py) as the fitness,
-checkpoint after every generation, then write factors.json, history.jsonl, search.png and
-factors.png to --out.
+search/cma.py) with perplexity (or its last band, the needle loss: search/needle.py, or the passkey
+answer loss) as the fitness, checkpoint after every generation, then write factors.json,
+history.jsonl, search.png and factors.png to --out.
 """
 from __future__ import annotations
 
@@ -58,7 +58,8 @@ def register(subparsers) -> None:
     p = subparsers.add_parser(
         "search", help="evolutionary search for LongRoPE rescale factors (paper Algorithm 1)",
         description="Search per-dimension RoPE rescale factors and the start token for a target context "
-        "length, with perplexity on long documents (or LongRoPE2's needle loss) as the fitness, by the paper's "
+        "length, with perplexity on long documents (or on their last band, LongRoPE2's needle loss, or the "
+        "passkey answer loss: --objective) as the fitness, by the paper's "
         "evolutionary search or CMA-ES. Defaults are the paper's.",
         epilog=EPILOG)
     add_model_args(p)

@@ -1,6 +1,6 @@
 """One search driver for `longrope search` and the recipe's search stages.
 
-    objective = OBJECTIVES[name](model, docs, make, chunk_size)   # ppl (default), tail or needle
+    objective = OBJECTIVES[name](model, docs, make, chunk_size)   # ppl (default), tail, needle or passkey
     state     = OPTIMIZERS[name](space, config, objective, ...)   # ga: Algorithm 1 (default), or cma
     after every generation: history.jsonl, state.json, factors.json  (resume point)
     at the end:             factors.json, search.png [, factors.png]

@@ -56,7 +56,7 @@ class PretrainConfig:
     rope_theta: float = option(10000.0, "RoPE base", flag="--rope-base", above=1)
     # optimisation
     steps: int = option(1000, "optimizer steps", min=1)
-    batch_size: int = option(24, "rows of block_size (128) tokens per step", min=1)
+    batch_size: int = option(24, "rows of --native-length tokens per step", min=1)
     lr: float = option(2e-3, "peak learning rate", above=0)
     min_lr: float = 2e-4
     warmup_steps: int = 50
@@ -97,7 +97,7 @@ class PretrainConfig:
 # The `tiny` preset: native 256 tokens, a small vocabulary and four 32-dim heads per layer, trained
 # on a mix that teaches copying (--copy-fraction) and retrieval (passkey rows whose answer weighs 10x).
 # It uses its context, breaks past it without extension and retrieves in its window; the measurements
-# that chose it are in the README ("Candidates for a tiny preset").
+# that chose it are in the README ("How the `tiny` preset was chosen").
 TINY = dict(vocab_size=1024, n_embd=128, n_head=4, head_dim=32, intermediate_size=384, block_size=256,
             steps=2000, batch_size=16, lr=3e-3, min_lr=3e-4, passkey_fraction=0.4, copy_fraction=0.3,
             copy_reach=0.9, answer_weight=10.0,
