@@ -9,6 +9,7 @@ import stat
 from pathlib import Path
 
 import pytest
+import torch
 import yaml
 
 import longrope.io as lio
@@ -181,25 +182,47 @@ def test_an_unusable_device_is_one_line(device, fragment, tiny_model_dir, tmp_pa
     assert not out.exists()
 
 
-def test_interrupted_finetune_saves_its_steps_and_resumes(tiny_model_dir, tiny_corpus, tmp_path, monkeypatch):
+def test_interrupted_finetune_saves_its_steps_and_resumes(tiny_model_dir, tiny_corpus, tmp_path, monkeypatch, capsys):
+    """Ctrl-C after a step's optimizer update, before the step is counted: the run stops after
+    that step with a checkpoint that holds exactly it, and the resumed run repeats the
+    uninterrupted one (the batch is not trained twice). A second Ctrl-C stops at once."""
+    import os
+    import signal
+
+    from safetensors.torch import load_file
+
     import longrope.train.finetune as ft
 
     cfg = ft.FinetuneConfig(length=32, steps=3, lr=1e-3, mixed_precision="no", corpus=str(tiny_corpus))
-    real, calls = ft._train_step, []
+    full = ft.finetune(str(tiny_model_dir), None, tmp_path / "full", cfg, progress=False)
+    real, calls, presses = ft._train_step, [], {"n": 1}
 
     def step(run, i):
+        loss = real(run, i)  # the weights now hold step i
         calls.append(i)
-        if i == 2 and len(calls) == 3:
-            raise KeyboardInterrupt
-        return real(run, i)
+        if i == 1 and len(calls) == 2:
+            for _ in range(presses["n"]):
+                os.kill(os.getpid(), signal.SIGINT)
+        return loss
 
     monkeypatch.setattr(ft, "_train_step", step)
     out = tmp_path / "ft"
     with pytest.raises(KeyboardInterrupt):
-        ft.finetune(str(tiny_model_dir), None, out, cfg, progress=False)
+        ft.finetune(str(tiny_model_dir), None, out, cfg)
     assert ft.Checkpoints(out).last_step() == 2  # --save-every 0, yet nothing is lost
+    assert "interrupted: step 2 is saved" in capsys.readouterr().err
     result = ft.finetune(str(tiny_model_dir), None, out, cfg, resume=True, progress=False)
-    assert len(result.losses) == 3 and calls == [0, 1, 2, 2]
+    assert calls == [0, 1, 2] and result.losses == full.losses
+    a, b = load_file(str(tmp_path / "full" / "model.safetensors")), load_file(str(out / "model.safetensors"))
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    # twice: stops inside the step, and saves nothing the weights do not match
+    calls.clear()
+    presses["n"] = 2
+    with pytest.raises(KeyboardInterrupt):
+        ft.finetune(str(tiny_model_dir), None, tmp_path / "twice", cfg)
+    assert ft.Checkpoints(tmp_path / "twice").last_step() is None
+    assert "interrupted mid-step: nothing is saved" in capsys.readouterr().err
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # the handler is put back
 
 
 def test_finetune_killed_before_its_first_checkpoint_can_restart(tiny_model_dir, tiny_corpus, tmp_path, capsys):

@@ -182,16 +182,17 @@ def stage_finetune(recipe: Recipe, ext: RopeExtension | None, where: Path, label
         # settings added since a run was recorded count as their defaults
         record["config"] = with_defaults(record.get("config", {}))
         want = {"config": asdict(cfg), "extension": None if ext is None else ext.to_dict()}
-        for key, value in want.items():
-            if record.get(key) != value:
-                raise UsageError(f"{where} was fine-tuned with a different {key}; restore it or remove that folder")
+        changed = changed_keys({k: record.get(k) for k in want}, want)
+        if changed:
+            raise UsageError(f"{where} was fine-tuned with different settings ({', '.join(changed)}); restore them "
+                             f"or remove that folder")
         log(f"{label}: complete in {where}, skipped")
         return where
     resume = has_checkpoint(where)
     if where.exists() and not resume:
         shutil.rmtree(where)  # started but never checkpointed: nothing to keep
     t0 = time.time()
-    finetune(model, ext, where, cfg, resume=resume)
+    finetune(model, ext, where, cfg, resume=resume, resume_hint="rerun the recipe to continue")
     log(f"{label}: {cfg.steps} steps at {cfg.length} tokens ({time.time() - t0:.0f}s)")
     return where
 

@@ -47,8 +47,8 @@ from ..models.load import load_model
 from ..seam import install_rope
 from .pretrain import TRAIN_SPLITS  # the tiny preset's pretraining data; "test" stays held out
 from .toolkit import (
-    IGNORE, SCHEDULES, Checkpoints, Schedule, adamw, answer_weights, lr_at, next_token_loss, padded_row, plot_losses,
-    set_lr, write_model_dir,
+    IGNORE, SCHEDULES, Checkpoints, Schedule, StepBoundary, StepInterrupted, adamw, answer_weights, lr_at,
+    next_token_loss, padded_row, plot_losses, set_lr, write_model_dir,
 )
 
 RECORD_FILE = "finetune.json"  # written last: its presence means the run is complete
@@ -398,11 +398,13 @@ def finetune(
     resume: bool = False,
     stop_after: int | None = None,
     progress: bool = True,
+    resume_hint: str = "continue with --resume",
 ) -> FinetuneResult:
     """Fine-tune `model` with `extension` installed and write an HF directory to `out`.
 
     resume: continue from the last checkpoint in `out` (a complete run is left as it is).
     stop_after: stop (with a checkpoint) once this many steps are done, as if interrupted.
+    Ctrl-C stops after the step in progress, with a checkpoint (see `StepBoundary`).
     Returns the per-step losses of this call (all of them when the run completes).
     """
     cfg.validate()
@@ -416,12 +418,18 @@ def finetune(
     t0 = time.time()
     end = cfg.steps if stop_after is None else min(cfg.steps, stop_after)
     try:
-        _loop(run, start, end, progress)
-    except KeyboardInterrupt:  # Ctrl-C: keep every finished step
+        with StepBoundary(run.log) as stop:
+            _loop(run, start, end, progress, stop)
+    except StepInterrupted:  # Ctrl-C, taken between steps: keep every finished step
         done = len(run.losses)  # steps finished, resumed ones included
         if done > (run.checkpoints.last_step() or 0):
             run.checkpoint(done)
-        run.log(f"interrupted: step {done} is saved in {out / Checkpoints.FOLDER}; continue with --resume")
+        run.log(f"interrupted: step {done} is saved in {out / Checkpoints.FOLDER}; {resume_hint}")
+        raise
+    except KeyboardInterrupt:  # a second Ctrl-C, mid-step: the weights match no step count
+        last = run.checkpoints.last_step()
+        run.log(f"interrupted mid-step: {f'step {last} is saved' if last else 'nothing is saved'} in "
+                f"{out / Checkpoints.FOLDER}; {resume_hint}")
         raise
     run.rope.set_extension(extension)
     if end < cfg.steps:  # stopped early on purpose: leave a checkpoint to resume from
@@ -433,10 +441,17 @@ def finetune(
     return FinetuneResult(out, run.losses)
 
 
-def _loop(run: Run, start: int, end: int, progress: bool) -> None:
+def _loop(run: Run, start: int, end: int, progress: bool, stop: StepBoundary) -> None:
     """Steps start..end-1, checkpointing every save_every steps; UsageError when the loss stops
-    being finite (a diverged model is never saved)."""
-    cfg = run.cfg
+    being finite (a diverged model is never saved); StepInterrupted after a step once Ctrl-C
+    was pressed in any process."""
+    cfg, acc = run.cfg, run.accelerator
+
+    def any_process(flag: bool) -> bool:
+        if acc.num_processes == 1:
+            return flag
+        return bool(acc.reduce(torch.tensor(float(flag), device=acc.device), reduction="sum") > 0)
+
     bar = tqdm(range(start, end), initial=start, total=cfg.steps, desc="finetune",
                disable=not (progress and run.accelerator.is_main_process), dynamic_ncols=True)
     for step in bar:
@@ -452,6 +467,7 @@ def _loop(run: Run, start: int, end: int, progress: bool) -> None:
         done = step + 1
         if cfg.save_every and done % cfg.save_every == 0 and done < cfg.steps:
             run.checkpoint(done)
+        stop.check(any_process)
     bar.close()
 
 

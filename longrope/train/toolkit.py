@@ -6,7 +6,10 @@ import json
 import math
 import os
 import shutil
+import signal
+import sys
 import tempfile
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
@@ -140,6 +143,47 @@ class Checkpoints:
 
     def remove(self) -> None:
         shutil.rmtree(self.folder, ignore_errors=True)
+
+
+class StepInterrupted(KeyboardInterrupt):
+    """Ctrl-C taken at a step boundary: the weights hold exactly the steps counted so far."""
+
+
+class StepBoundary:
+    """Ctrl-C during a training step waits for the step to end, so that a checkpoint written
+    on the way out never holds an optimizer update its step count does not (a resumed run
+    would train that batch twice). A second Ctrl-C stops at once, with no checkpoint.
+
+        with StepBoundary() as stop:
+            for step in ...:
+                train(step); record(step)
+                stop.check(sync)   # raises StepInterrupted once a Ctrl-C is pending
+
+    `sync(flag)` (optional) returns whether any process saw a Ctrl-C, so that every process
+    stops after the same step. Outside the main thread it defers nothing.
+    """
+
+    def __init__(self, say: Callable[[str], None] = lambda msg: print(msg, file=sys.stderr)) -> None:
+        self.pending, self.old, self.say = False, None, say
+
+    def __enter__(self) -> "StepBoundary":
+        if threading.current_thread() is threading.main_thread():
+            self.old = signal.signal(signal.SIGINT, self._handler)
+        return self
+
+    def _handler(self, signum, frame) -> None:
+        if self.pending:
+            raise KeyboardInterrupt  # the second Ctrl-C: mid-step, nothing may be saved
+        self.pending = True
+        self.say("stopping after this step (Ctrl-C again to stop at once, losing it)")
+
+    def check(self, sync: Callable[[bool], bool] | None = None) -> None:
+        if sync(self.pending) if sync is not None else self.pending:
+            raise StepInterrupted
+
+    def __exit__(self, *exc) -> None:
+        if self.old is not None:
+            signal.signal(signal.SIGINT, self.old)
 
 
 # -- model folders -------------------------------------------------------------------------------
