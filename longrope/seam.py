@@ -38,6 +38,13 @@ def rotary_spec_from_config(config) -> RotarySpec:
     base = params.get("rope_theta", getattr(config, "rope_theta", None))
     if base is None:
         raise UsageError(f"{type(config).__name__} has no rope_theta: the model does not use rotary embeddings")
+    if isinstance(base, bool) or not isinstance(base, (int, float)) or not base > 1:
+        raise UsageError(f"the model's config has rope_theta {base!r}: it must be a number > 1")
+    for key in ("hidden_size", "num_attention_heads", "max_position_embeddings", "head_dim"):
+        value = getattr(config, key, None)
+        if (value is not None or key != "head_dim") and (isinstance(value, bool) or not isinstance(value, int)
+                                                          or value < 1):
+            raise UsageError(f"the model's config has {key} {value!r}: it must be a positive integer")
     head_dim = getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
     partial = params.get("partial_rotary_factor", getattr(config, "partial_rotary_factor", None)) or 1.0
     original = config.max_position_embeddings

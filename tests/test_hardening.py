@@ -275,6 +275,11 @@ def test_diverged_training_is_an_error_and_saves_nothing(tiny_model_dir, tiny_co
     (["search", "--target-length", "64", "--mutation-prob", "nan"], "--mutation-prob must be a finite number"),
     (["finetune", "--length", "32", "--steps", "1", "--lr", "inf"], "--lr must be a finite number"),
     (["pretrain", "--steps", "0"], "--steps must be >= 1"),
+    (["finetune", "--length", "32", "--steps", "1", "--lr", "1e300"], "--lr must be <= 10"),  # finite, not in fp32
+    (["pretrain", "--lr", "1e300"], "--lr must be <= 10"),
+    (["pretrain", "--width", "65", "--heads", "2"], "--width 65 is not a multiple of --heads 2"),
+    (["pretrain", "--head-dim", "31"], "--head-dim must be even"),
+    (["pretrain", "--passkey-fraction", "0.8", "--copy-fraction", "0.8"], "exceed 1"),
 ])
 def test_bad_numbers_are_one_line_before_loading(argv, fragment, tmp_path, capsys):
     out = tmp_path / "out"
@@ -405,6 +410,28 @@ def test_truncated_or_foreign_weights_are_one_line(tiny_model_dir, tmp_path, cap
     one_line_error(capsys, main(["export", "--format", "gguf", "--model", str(bad), "--factors", str(f), "--out",
                                  str(tmp_path / "o")]), "not a readable GGUF file")
     one_line_error(capsys, main(["info", "--model", str(bad)]), "not a readable GGUF file")
+
+
+@pytest.mark.parametrize("edit,fragment", [
+    (lambda c: c.update(rope_theta="abc"), "rope_theta 'abc': it must be a number > 1"),
+    (lambda c: c.pop("hidden_size"), "does not describe these weights"),
+    (lambda c: c.update(num_attention_heads="4"), "num_attention_heads"),
+])
+def test_a_config_that_does_not_describe_its_weights_is_one_line(edit, fragment, tiny_model_dir, tmp_path, capsys):
+    """Checked before any model is built or any file copied: no traceback, and no export that
+    plain transformers could not load."""
+    bad = tmp_path / "bad"
+    shutil.copytree(tiny_model_dir, bad)
+    config = json.loads((bad / "config.json").read_text())
+    config.pop("rope_parameters", None)  # transformers 5.x nests rope_theta there; 4.x keeps it on top
+    config["rope_theta"] = 10000.0
+    edit(config)
+    (bad / "config.json").write_text(json.dumps(config))
+    f = factors(tmp_path / "f.json")
+    for argv in (["info"], ["eval-ppl", "--lengths", "32", "--out", str(tmp_path / "e")],
+                 ["export", "--factors", str(f), "--out", str(tmp_path / "x")]):
+        one_line_error(capsys, main(argv + ["--model", str(bad)]), fragment)
+    assert not (tmp_path / "e").exists() and not (tmp_path / "x").exists()
 
 
 def test_method_model_is_the_models_own_factors_and_none_the_original(fine_tuned_dir, tiny_model_dir, tiny_corpus,

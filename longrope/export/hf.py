@@ -21,7 +21,7 @@ from ..factors import FACTORS_FILE, RopeExtension
 from ..hf_config import PHI3_STYLE, check_exportable, hf_config_dict
 from ..io import atomic_write_json, check_destination, staged_dir
 from ..methods import attention_factor
-from ..models.load import check_weights, load_config
+from ..models.load import check_config, check_weights, load_config
 from ..models.presets import dequantized_copy, resolve_model
 from ..rope import RotarySpec
 from ..seam import ScaledRotaryEmbedding, rotary_spec_from_config
@@ -104,9 +104,11 @@ def export_hf(
     check_destination(out, force)
     ext, notes = check_exportable(ext, drop_start_token=drop_start_token)
     source = resolve_model(model)
-    spec = rotary_spec_from_config(load_config(source))
-    ext, _ = check_exportable(ext, spec)
     check_weights(source)  # a truncated weights file is copied nowhere
+    config = load_config(source)
+    check_config(source, config)  # nor weights their config does not describe
+    spec = rotary_spec_from_config(config)
+    ext, _ = check_exportable(ext, spec)
     with staged_dir(out, replace=force) as tmp:
         if source.gguf_file is None and _safetensors_dir(source.path):
             for item in source.path.iterdir():

@@ -45,7 +45,11 @@ def _offline_transformers():
 
 
 def _first_line(e: Exception) -> str:
-    return str(e).splitlines()[0] if str(e) else type(e).__name__
+    """The message's first line (with the next one when the first only introduces it)."""
+    lines = [line.strip() for line in str(e).splitlines() if line.strip()]
+    if not lines:
+        return type(e).__name__
+    return f"{lines[0]} {lines[1]}" if lines[0].endswith(":") and len(lines) > 1 else lines[0]
 
 
 def load_config(name_or_path: str | os.PathLike | ModelSource):
@@ -55,7 +59,11 @@ def load_config(name_or_path: str | os.PathLike | ModelSource):
     kwargs = {"gguf_file": source.gguf_file} if source.gguf_file else {}
     try:
         return transformers.AutoConfig.from_pretrained(str(source.path), **kwargs)
-    except (OSError, ValueError, KeyError) as e:
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        raise UsageError(f"cannot read the config of {str(source.path)!r}: {_first_line(e)}") from None
+    except Exception as e:  # huggingface_hub's field validation errors derive from Exception alone
+        if type(e).__module__.split(".")[0] != "huggingface_hub":
+            raise
         raise UsageError(f"cannot read the config of {str(source.path)!r}: {_first_line(e)}") from None
 
 
@@ -88,13 +96,14 @@ def load_model(
         kwargs["gguf_file"] = source.gguf_file
     tok_kwargs = {"gguf_file": source.gguf_file} if source.gguf_file else {}
     check_weights(source)
+    check_config(source, load_config(source))
 
     def fail(e: Exception, what: str = "model"):
         raise UsageError(f"cannot load {what} of {name_or_path!r}: {_first_line(e)}") from None
 
     try:
         model = transformers.AutoModelForCausalLM.from_pretrained(str(source.path), **kwargs)
-    except (OSError, ValueError, KeyError) as e:
+    except (OSError, ValueError, KeyError, TypeError, RuntimeError) as e:
         fail(e)
     try:
         tokenizer = transformers.AutoTokenizer.from_pretrained(str(source.path), **tok_kwargs)
@@ -132,7 +141,23 @@ def check_weights(source: ModelSource) -> None:
         _check_safetensors(path)
 
 
-def _check_safetensors(path: Path) -> None:
+def check_config(source: ModelSource, config: Any) -> None:
+    """UsageError when a config cannot describe the weights beside it: rotary numbers that are
+    not numbers, or a token embedding of another shape than the [vocab_size, hidden_size] it
+    gives (a config.json missing a size field describes another model). After `check_weights`."""
+    rotary_spec_from_config(config)
+    if source.gguf_file is not None:
+        return
+    headers = (_check_safetensors(p) for p in sorted(source.path.glob("*.safetensors")))
+    embedding = next((v.get("shape") for header in headers for k, v in header.items()
+                      if k.endswith("embed_tokens.weight") and isinstance(v, dict)), None)
+    want = [getattr(config, "vocab_size", None), getattr(config, "hidden_size", None)]
+    if embedding is not None and embedding != want:
+        raise UsageError(f"{source.path / 'config.json'} does not describe these weights: its vocab_size and "
+                         f"hidden_size give an embedding of {want}, the weights hold {embedding}")
+
+
+def _check_safetensors(path: Path) -> dict:
     size = path.stat().st_size
     problem = None
     try:
@@ -148,6 +173,7 @@ def _check_safetensors(path: Path) -> None:
                and isinstance(v.get("data_offsets"), list) and len(v["data_offsets"]) == 2), default=0)
     if 8 + n + end > size:
         raise UsageError(f"{path} is truncated ({size} bytes, its header describes {8 + n + end}): copy it again")
+    return header
 
 
 def model_fingerprint(name_or_path: str, samples: int = 16, block: int = 1 << 16) -> str:

@@ -65,11 +65,11 @@ class FinetuneConfig:
     steps: int = option(help="optimizer steps", min=1)
     batch_size: int = option(1, "sequences per micro-batch and process", min=1)
     grad_accum: int = option(1, "micro-batches per optimizer step", min=1)
-    lr: float = option(2e-5, "peak learning rate (the paper's for LLaMA2)", above=0)
+    lr: float = option(2e-5, "peak learning rate (the paper's for LLaMA2)", above=0, max=10)
     schedule: str = option("linear", "decay after warm-up (linear: the paper's)", choices=SCHEDULES)
     warmup_steps: int = option(0, "linear warm-up steps", min=0)
     min_lr_ratio: float = option(0.0, "decay floor as a share of --lr", min=0, max=1)
-    weight_decay: float = option(0.0, "AdamW weight decay", min=0)
+    weight_decay: float = option(0.0, "AdamW weight decay", min=0, max=10)
     grad_clip: float = option(1.0, "max global gradient norm, 0 = off", min=0)
     gradient_checkpointing: bool = option(False, "recompute activations in backward (memory for time)")
     mixed_precision: str = option("auto", "autocast; auto = bf16 on GPUs and AMX/AVX512-BF16 CPUs", choices=PRECISIONS)
@@ -81,7 +81,7 @@ class FinetuneConfig:
                                   "with equal chance",
                                   choices=PASSKEY_LENGTHS)
     answer_weight: float = option(1.0, "loss weight of a passkey row's answer tokens and the EOS that ends them "
-                                  "(every other token weighs 1)", min=0)
+                                  "(every other token weighs 1)", min=0, max=1e6)
     weigh_eos: bool = option(True, "--answer-weight on the answer's digits only, not on the EOS after them (as "
                              "the tiny preset was pretrained)", flag="--answer-digits-only")
     save_every: int = option(0, "checkpoint every this many steps (0: only at the end, or when stopped early "

@@ -57,7 +57,7 @@ class PretrainConfig:
     # optimisation
     steps: int = option(1000, "optimizer steps", min=1)
     batch_size: int = option(24, "rows of --native-length tokens per step", min=1)
-    lr: float = option(2e-3, "peak learning rate", above=0)
+    lr: float = option(2e-3, "peak learning rate", above=0, max=10)
     min_lr: float = 2e-4
     warmup_steps: int = 50
     weight_decay: float = 0.1
@@ -67,7 +67,7 @@ class PretrainConfig:
     copy_reach: float = option(0.5, "longest copy distance of a copy row, as a share of the native length", min=0.1,
                                max=0.95)
     answer_weight: float = option(1.0, "loss weight of a passkey row's answer tokens (every other token weighs 1)",
-                                  min=0)
+                                  min=0, max=1e6)
     bf16: bool | None = None  # None: bf16 autocast where the CPU/GPU runs it fast
     seed: int = option(0, "seed of initialisation and batches", min=0)
     threads: int | None = option(None, "torch CPU threads (1 is often faster on a busy machine)",
@@ -81,6 +81,13 @@ class PretrainConfig:
 
     def __post_init__(self):
         check_options(self)
+        if self.head_dim % 2:
+            raise UsageError(f"--head-dim must be even (RoPE rotates pairs of dims), got {self.head_dim}")
+        if self.n_embd % self.n_head:
+            raise UsageError(f"--width {self.n_embd} is not a multiple of --heads {self.n_head}")
+        if self.passkey_fraction + self.copy_fraction > 1:
+            raise UsageError(f"--passkey-fraction {self.passkey_fraction:g} + --copy-fraction {self.copy_fraction:g} "
+                             f"exceed 1 (they are shares of the same training rows)")
 
     def lr_schedule(self) -> Schedule:
         """Linear warm-up, then cosine decay from lr to min_lr over the remaining steps."""
