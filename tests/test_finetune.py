@@ -174,6 +174,11 @@ def test_resume_repeats_the_uninterrupted_run(tiny_model_dir, tiny_corpus, tmp_p
     full = finetune(str(tiny_model_dir), ext, tmp_path / "full", cfg, progress=False)
     part = finetune(str(tiny_model_dir), ext, tmp_path / "part", cfg, stop_after=3, progress=False)
     assert (tmp_path / "part" / "checkpoints" / "step-000003").is_dir()
+    import stat
+
+    from longrope.io import FILE_MODE
+    saved = [p for p in (tmp_path / "part" / "checkpoints" / "step-000003").iterdir() if p.is_file()]
+    assert {stat.S_IMODE(p.stat().st_mode) for p in saved} == {FILE_MODE}  # the weights are not private
     assert not (tmp_path / "part" / "finetune.json").exists()
     rest = finetune(str(tiny_model_dir), ext, tmp_path / "part", cfg, resume=True, progress=False)
     assert part.losses + rest.losses[3:] == full.losses

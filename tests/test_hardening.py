@@ -225,6 +225,19 @@ def test_interrupted_finetune_saves_its_steps_and_resumes(tiny_model_dir, tiny_c
     assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # the handler is put back
 
 
+def test_a_corrupt_checkpoint_is_one_line(tiny_model_dir, tiny_corpus, tmp_path, capsys):
+    import longrope.train.finetune as ft
+
+    cfg = ft.FinetuneConfig(length=32, steps=3, lr=1e-3, mixed_precision="no", corpus=str(tiny_corpus))
+    out = tmp_path / "ft"
+    ft.finetune(str(tiny_model_dir), None, out, cfg, stop_after=2, progress=False)
+    (out / "checkpoints" / "step-000002" / "model.safetensors").write_bytes(b"garbage" * 10)
+    argv = ["finetune", "--model", str(tiny_model_dir), "--length", "32", "--steps", "3", "--lr", "1e-3",
+            "--mixed-precision", "no", "--corpus", str(tiny_corpus), "--out", str(out), "--resume"]
+    one_line_error(capsys, main(argv), "cannot resume from", "step-000002", "remove that folder")
+    assert not (out / "finetune.json").exists()
+
+
 def test_finetune_killed_before_its_first_checkpoint_can_restart(tiny_model_dir, tiny_corpus, tmp_path, capsys):
     out = tmp_path / "ft"
     (out / "checkpoints" / ".tmp-step-000001").mkdir(parents=True)  # what SIGKILL mid-checkpoint leaves

@@ -334,7 +334,12 @@ class Run:
         changed = changed_keys(saved, self.describe)
         if changed:
             raise UsageError(f"cannot resume {self.out} with different settings ({', '.join(changed)} changed)")
-        self.accelerator.load_state(str(last))
+        try:
+            self.accelerator.load_state(str(last))
+        except Exception as e:  # torch, safetensors and accelerate each raise their own kind on a bad file
+            first = (str(e).strip().splitlines() or [type(e).__name__])[0]
+            raise UsageError(f"cannot resume from {last}: {first}; remove that folder to start again from "
+                             f"the step before it, or from step 0") from None
         self.losses, self.curve = state["losses"], state["curve"]
         self.log(f"resuming {self.out} at step {state['step']}/{self.cfg.steps}")
         return state["step"]

@@ -134,6 +134,7 @@ class Checkpoints:
         write_state(tmp)
         self.barrier()
         if self.is_main:
+            ordinary_modes(tmp)  # safetensors writes its file private
             atomic_write_json(tmp / self.STATE_FILE, {"step": step, **record})
             shutil.rmtree(final, ignore_errors=True)
             os.replace(tmp, final)
