@@ -117,8 +117,13 @@ def changed_keys(saved: dict[str, Any], current: dict[str, Any], prefix: str = "
 
 # -- whole folders ---------------------------------------------------------------------------
 def check_destination(out: str | os.PathLike, force: bool) -> Path:
-    """Fail early (before any heavy work) if `out` exists without `force`, or cannot be made."""
+    """Fail early (before any heavy work) if `out` exists without `force`, or cannot be made, or
+    would replace the current folder or one that holds it."""
+    if not str(out).strip():
+        raise UsageError("--out is empty: name the folder to write")
     out = Path(out).expanduser()
+    if out.exists() and Path.cwd().resolve().is_relative_to(out.resolve()):
+        raise UsageError(f"output {out} is the current folder or holds it: choose a folder of its own")
     if out.exists() and not force:
         raise UsageError(f"output {out} already exists (use --force to replace it)")
     if out.exists() and not out.is_dir():
@@ -266,6 +271,8 @@ def _make_dirs(path: Path) -> list[Path]:
     while not p.exists():
         missing.append(p)
         p = p.parent
+    if not p.is_dir():
+        raise UsageError(f"cannot create {path}: {p} is a file, not a folder")
     try:
         path.mkdir(parents=True, exist_ok=True)
     except OSError as e:
@@ -294,6 +301,8 @@ def output_dir(path: str | os.PathLike, create: bool = True) -> Iterator[Path]:
     create=False: the caller writes `path` itself, whole (a staged folder); only its parent
     is made and probed. In a multi-process launch only rank 0 owns the folder.
     """
+    if not str(path).strip():
+        raise UsageError("--out is empty: name the folder to write")
     path = Path(path).expanduser()
     if path.exists() and not path.is_dir():
         raise UsageError(f"--out {path} exists and is not a directory")

@@ -225,6 +225,22 @@ def test_interrupted_finetune_saves_its_steps_and_resumes(tiny_model_dir, tiny_c
     assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # the handler is put back
 
 
+def test_outputs_that_are_empty_the_current_folder_or_under_a_file(tiny_model_dir, tmp_path, capsys, monkeypatch):
+    f = factors(tmp_path / "f.json")
+    (tmp_path / "here").mkdir()
+    (tmp_path / "here" / "keep.txt").write_text("mine")
+    (tmp_path / "afile").write_text("x")
+    monkeypatch.chdir(tmp_path / "here")
+    export = ["export", "--model", str(tiny_model_dir), "--factors", str(f), "--force", "--out"]
+    one_line_error(capsys, main(export + ["."]), "is the current folder or holds it")
+    one_line_error(capsys, main(export + [".."]), "is the current folder or holds it")
+    one_line_error(capsys, main(export + [""]), "--out is empty")
+    one_line_error(capsys, main(["eval-ppl", "--model", str(tiny_model_dir), "--out", ""]), "--out is empty")
+    one_line_error(capsys, main(["eval-ppl", "--model", str(tiny_model_dir), "--out", str(tmp_path / "afile" / "o")]),
+                   "afile is a file, not a folder")
+    assert sorted(p.name for p in (tmp_path / "here").iterdir()) == ["keep.txt"]
+
+
 def test_a_corrupt_checkpoint_is_one_line(tiny_model_dir, tiny_corpus, tmp_path, capsys):
     import longrope.train.finetune as ft
 
