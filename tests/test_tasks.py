@@ -69,8 +69,13 @@ def test_multi_needle_tasks_ask_one_key_and_keep_chains_in_order(tokenizer, hays
 
 def test_too_short_a_length_names_the_minimum(tokenizer, haystacks):
     sample = T.multi_value(random.Random(0), 0.5)
-    with pytest.raises(UsageError, match=r"task multi-value needs at least \d+ tokens; 100 is too short"):
+    with pytest.raises(UsageError, match=r"^length 100 too short: multi-value needs at least \d+ tokens$"):
         T.fit_prompt(tokenizer, sample, haystacks["corpus"], 100, 48, random.Random(0))
+    # every task a length cannot hold, in one message
+    with pytest.raises(T.TooShort) as e:
+        T.build_prompts(tokenizer, haystacks, ["single-needle", "multi-key", "multi-value"], [100, 2048], 2, 0)
+    assert set(e.value.needs) == {"single-needle", "multi-key", "multi-value"} and "lengths 100 too" not in str(e.value)
+    assert str(e.value).startswith("length 100 too short: single-needle needs at least")
 
 
 def test_same_seed_same_prompts_for_any_set_of_tasks(tokenizer, haystacks):
@@ -160,7 +165,7 @@ def test_rerun_reuses_finished_cells_and_redoes_changed_ones(tiny_model_dir, tin
     (["--trials", "0"], "--trials must be >= 1"),
     (["--depth-bins", "0"], "--depth-bins must be >= 1"),
     (["--lengths", "40"], "task multi-value decodes 48 answer tokens; length 40 leaves no room"),
-    (["--lengths", "400", "--tasks", "multi-value"], "task multi-value needs at least"),  # knowable after the tokenizer
+    (["--lengths", "400", "--tasks", "multi-value"], "multi-value needs at least"),  # knowable after the tokenizer
 ])
 def test_bad_input_exits_2_with_one_line_and_writes_nothing(argv, msg, tiny_model_dir, tiny_corpus, tmp_path, capsys):
     out = tmp_path / "out"
@@ -169,3 +174,19 @@ def test_bad_input_exits_2_with_one_line_and_writes_nothing(argv, msg, tiny_mode
     err = capsys.readouterr().err.strip()
     assert code == 2 and msg in err and "\n" not in err, err
     assert not out.exists()
+
+
+def test_default_lengths_too_short_for_the_tasks_are_left_out_with_a_note(tiny_corpus, tmp_path, capsys):
+    """The default 1x..8x lengths of a model with a short context start where the tasks fit;
+    lengths the user gives are never dropped (see the bad-input test above)."""
+    from conftest import save_tiny_llama, tiny_tokenizer
+
+    model = save_tiny_llama(tmp_path / "m", tiny_tokenizer(), bos_token_id=0, eos_token_id=1,
+                            max_position_embeddings=128)
+    out = tmp_path / "out"
+    assert main(["tasks", "--model", str(model), "--corpus", str(tiny_corpus), "--split", "all", "--methods",
+                 "none", "--dtype", "fp32", "--trials", "1", "--tasks", "single-needle", "--out", str(out)]) == 0
+    err = capsys.readouterr().err
+    assert "note: default lengths 128, 256 are too short for these tasks" in err
+    trials = json.loads((out / "tasks.json").read_text())["trials"]
+    assert sorted({t["length"] for t in trials}) == [512, 1024]

@@ -3,12 +3,15 @@ from __future__ import annotations
 
 import hashlib
 import json
+import sys
 from dataclasses import asdict
 
 from ..data import load_corpus, select_split
 from ..errors import UsageError
 from ..evaluate.runner import Variant, run_cells, task_figures
-from ..evaluate.tasks import TASKS, Haystack, TaskPrompt, TaskSettings, build_prompts, get_task, has_chat_template
+from ..evaluate.tasks import (
+    TASKS, Haystack, TaskPrompt, TaskSettings, TooShort, build_prompts, get_task, has_chat_template,
+)
 from ..io import atomic_write_json, output_dir, read_json_or_none
 from ..models.load import load_model
 from ..options import add_options, build, ranged
@@ -132,9 +135,9 @@ def run(args) -> int:
     tasks = task_names(args.tasks)
     settings = build(TaskSettings, args)
     if settings.trials < 1:
-        raise UsageError("--trials must be >= 1")
+        raise UsageError(f"--trials must be >= 1, got {settings.trials}")
     if args.depth_bins < 1:
-        raise UsageError("--depth-bins must be >= 1")
+        raise UsageError(f"--depth-bins must be >= 1, got {args.depth_bins}")
     given_lengths = check_inputs(args)
     check_answer_room(tasks, given_lengths or [])
     haystacks = haystacks_for(args, tasks)
@@ -151,7 +154,17 @@ def evaluate(args, out, tasks: list[str], settings, given_lengths: list[int] | N
     # one prompt per (task, length, trial), shared by every method; a too short length fails here
     chat = use_chat(settings.chat, loaded)
     prompts: dict[tuple[str, int], list[TaskPrompt]] = {}
-    for p in build_prompts(loaded.tokenizer, haystacks, tasks, lengths, settings.trials, settings.seed, chat):
+    try:
+        built = build_prompts(loaded.tokenizer, haystacks, tasks, lengths, settings.trials, settings.seed, chat)
+    except TooShort as e:
+        need = max(e.needs.values())
+        if given_lengths or not any(n >= need for n in lengths):
+            raise
+        dropped, lengths = [n for n in lengths if n < need], [n for n in lengths if n >= need]
+        print(f"note: default lengths {', '.join(map(str, dropped))} are too short for these tasks ({e}); "
+              f"measuring {', '.join(map(str, lengths))}", file=sys.stderr)
+        built = build_prompts(loaded.tokenizer, haystacks, tasks, lengths, settings.trials, settings.seed, chat)
+    for p in built:
         prompts.setdefault((p.task, p.length), []).append(p)
     digests = {k: prompts_digest(v) for k, v in prompts.items()}
 

@@ -280,6 +280,17 @@ def _cut(text: str, n: int) -> str:
     return text[:space] if space > 0 else ""
 
 
+class TooShort(UsageError):
+    """Lengths too short for some tasks' prompts even without haystack; `needs`: task -> the
+    fewest tokens seen to fit it (prompt and answer)."""
+
+    def __init__(self, needs: dict[str, int], lengths: list[int]):
+        self.needs = needs
+        listed = ", ".join(f"{task} needs at least {n} tokens" for task, n in needs.items())
+        shown = ", ".join(str(n) for n in lengths)
+        super().__init__(f"{'length' if len(lengths) == 1 else 'lengths'} {shown} too short: {listed}")
+
+
 def fit_prompt(tokenizer, sample: TaskSample, haystack: Haystack, length: int, max_new_tokens: int,
                rng: random.Random, chat: bool = False) -> TaskPrompt:
     """The longest prompt of `sample` within `length - max_new_tokens` tokens: the haystack is
@@ -293,8 +304,7 @@ def fit_prompt(tokenizer, sample: TaskSample, haystack: Haystack, length: int, m
 
     ids, text, depth = encode("")
     if ids.shape[1] > budget:
-        raise UsageError(f"task {sample.task} needs at least {ids.shape[1] + max_new_tokens} tokens; "
-                         f"{length} is too short")
+        raise TooShort({sample.task: ids.shape[1] + max_new_tokens}, [length])
     # enough characters for the budget: measure the haystack's characters per token on a sample
     probe = haystack.window(random.Random(0), 4000)
     per_token = len(probe) / max(1, tokenizer(probe, return_tensors="pt").input_ids.shape[1])
@@ -317,16 +327,23 @@ def build_prompts(tokenizer, haystacks: dict[str, Haystack], tasks: list[str], l
     """Every (task, length, trial) prompt, each from its own seeded rng, so the prompts do not
     depend on the method evaluated nor on which other tasks or lengths are run. Depths are
     stratified: trial i of n draws its depth in [i/n, (i+1)/n). haystacks: "corpus" and/or
-    "filler" -> Haystack; each task reads the one its TaskDef names."""
-    prompts = []
+    "filler" -> Haystack; each task reads the one its TaskDef names. TooShort names every task
+    that some length cannot hold, with the most tokens one of its prompts needed."""
+    prompts, needs, short = [], {}, set()
     for task in tasks:
         spec = get_task(task)
         for length in lengths:
             for i in range(trials):
                 rng = random.Random(f"{seed}:{task}:{length}:{i}")
                 sample = spec.generate(rng, (i + rng.random()) / trials)
-                prompts.append(fit_prompt(tokenizer, sample, haystacks[spec.haystack], length,
-                                          spec.max_new_tokens, rng, chat))
+                try:
+                    prompts.append(fit_prompt(tokenizer, sample, haystacks[spec.haystack], length,
+                                              spec.max_new_tokens, rng, chat))
+                except TooShort as e:
+                    needs[task] = max(needs.get(task, 0), e.needs[task])
+                    short.add(length)
+    if needs:
+        raise TooShort(needs, sorted(short))
     return prompts
 
 
