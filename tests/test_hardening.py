@@ -302,6 +302,8 @@ def test_diverged_training_is_an_error_and_saves_nothing(tiny_model_dir, tiny_co
     (["search", "--target-length", "64", "--start-token", "100000"], "--start-token 100000 must be below"),
     (["search", "--target-length", "64", "--population", "2", "--parents", "4"], "--population 2 is smaller"),
     (["search", "--target-length", "64", "--mutation-prob", "nan"], "--mutation-prob must be a finite number"),
+    (["search", "--target-length", "64", "--optimizer", "cma", "--mutations", "1", "--crossovers", "1"],
+     "CMA-ES needs at least 4 samples per generation (--mutations + --crossovers), got 2"),
     (["finetune", "--length", "32", "--steps", "1", "--lr", "inf"], "--lr must be a finite number"),
     (["pretrain", "--steps", "0"], "--steps must be >= 1"),
     (["finetune", "--length", "32", "--steps", "1", "--lr", "1e300"], "--lr must be <= 10"),  # finite, not in fp32

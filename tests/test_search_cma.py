@@ -264,6 +264,6 @@ def test_early_rejection_drops_only_candidates_that_miss_the_top_k(name):
 
 
 def test_cma_refuses_a_single_sample_per_generation():
-    with pytest.raises(UsageError, match="at least 2 samples"):
+    with pytest.raises(UsageError, match="at least 4 samples"):
         run_cma_search(space_of("longrope"), SearchConfig(population=4, parents=2, mutations=1, crossovers=0),
                        quadratic(32, 8.0), 3, peer_seeds(SPEC, 8.0))

@@ -34,6 +34,7 @@ from ..rope import RotarySpec
 from ..search.distributed import (Dist, broadcast, close_distributed, distributed_evaluator, init_distributed,
                                   min_over_ranks)
 from ..options import add_options, build, ranged
+from ..search.cma import check_samples
 from ..search.driver import SearchJob, SearchOptions, drive, has_state, seed_scores
 from ..search.scored import SCORED_FILE
 from ..search.evolution import PEER_SEED_NAMES, STATE_FILE, SearchConfig, SearchState, carried_seed, peer_seeds
@@ -164,6 +165,8 @@ def _fitting(flag: str, given: str, spec: RotarySpec) -> RopeExtension:
 def search(args: argparse.Namespace, d: Dist) -> int:
     # -- check the cheap things before loading anything ---------------------------------------
     config, options, N = build(SearchConfig, args), build(SearchOptions, args), args.target_length
+    if options.optimizer == "cma":
+        check_samples(config.mutations + config.crossovers)
     for given in args.init_factors:
         _loaded("--init-factors", given)
     if args.short_for is not None:

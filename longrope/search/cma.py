@@ -132,6 +132,17 @@ def _snapshot(cma) -> tuple[dict[str, Any], dict[str, Any]]:
     return dist, rng
 
 
+MIN_SAMPLES = 4  # with fewer, one parent: CMA-ES's rank-mu weights degenerate (cmu = 0)
+
+
+def check_samples(samples: int) -> int:
+    """The samples per generation (mutations + crossovers), or UsageError when CMA-ES cannot use so few."""
+    if samples < MIN_SAMPLES:
+        raise UsageError(f"CMA-ES needs at least {MIN_SAMPLES} samples per generation (--mutations + --crossovers), "
+                         f"got {samples}")
+    return samples
+
+
 def _restore(dist: dict[str, Any], rng: dict[str, Any], popsize: int):
     """The cmaes.CMA that `_snapshot` saw. Its other fields (weights, learning rates) are
     functions of (dim, popsize); the sampler is the MT19937 `RandomState` it draws from."""
@@ -165,9 +176,7 @@ def run_cma_search(space: SearchSpace, config: SearchConfig, objective: Objectiv
     `evolution.run_search` (see there), plus sigma0, the initial step size in z."""
     import cmaes
 
-    popsize = config.mutations + config.crossovers
-    if popsize < 2:
-        raise UsageError("CMA-ES needs at least 2 samples per generation (--mutations + --crossovers)")
+    popsize = check_samples(config.mutations + config.crossovers)
     zmap = MonotoneMap(space)
     full_config = {**asdict(config), **space_config(space), **(describe or {}), "optimizer": "cma",
                    "sigma0": sigma0, "cmaes_version": cmaes.__version__}
