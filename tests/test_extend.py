@@ -77,6 +77,10 @@ def _mutate(data: dict, how: str) -> dict:
     elif how == "finetune2-too-long":
         d["stages"] = {**{k: st[k] for k in ("search", "finetune", "search2")},
                        "finetune2": {**st["finetune"], "length": 256}, "evaluate": st["evaluate"]}
+    elif how == "empty-stages":
+        d["stages"] = {}
+    elif how == "cma-too-few":
+        st["search"].update(optimizer="cma", mutations=1, crossovers=2)
     elif how == "finetune2-corpus":
         d["stages"] = {**{k: st[k] for k in ("search", "finetune", "search2")},
                        "finetune2": {**st["finetune"], "corpus": "x"}}
@@ -102,6 +106,8 @@ def _mutate(data: dict, how: str) -> dict:
     ("finetune2-without-search2", "stage 'finetune2' needs 'search2'"),
     ("finetune2-too-long", "finetune2.length 256 exceeds what the final factors cover (search2.target_length 128)"),
     ("finetune2-corpus", "finetune2.corpus is set once for the whole recipe"),
+    ("empty-stages", "'stages' is empty; it needs at least search and finetune"),
+    ("cma-too-few", "CMA-ES needs at least 4 samples per generation (search.mutations + search.crossovers), got 3"),
 ])
 def test_bad_recipe_one_line_exit_2_nothing_written(how, msg, tmp_path, capsys):
     data = _mutate(small_recipe("tiny", "stdlib"), how)
@@ -111,6 +117,16 @@ def test_bad_recipe_one_line_exit_2_nothing_written(how, msg, tmp_path, capsys):
     assert code == 2, err
     assert msg in err and "\n" not in err, err
     assert not out.exists()
+
+
+def test_an_out_holding_something_else_is_refused(tmp_path, capsys):
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "results.json").write_text("{}")  # e.g. an eval-ppl run
+    code = main(["extend", "--recipe", str(write(tmp_path, small_recipe("tiny", "stdlib"))), "--out", str(out)])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and "holds files but no recipe run" in err and "\n" not in err, err
+    assert [p.name for p in out.iterdir()] == ["results.json"]
 
 
 def test_bad_yaml_and_missing_file(tmp_path, capsys):

@@ -64,12 +64,15 @@ def add_method_args(p: argparse.ArgumentParser) -> None:
 
 
 def parse_int_list(text: str, flag: str) -> list[int]:
+    items = [v.strip() for v in text.split(",")]
+    if items and not items[-1] and len(items) > 1:
+        items.pop()  # a trailing comma
     try:
-        values = [int(v) for v in text.split(",") if v.strip()]
+        values = [int(v) for v in items]
     except ValueError:
         raise UsageError(f"{flag} must be comma-separated integers, got {text!r}") from None
     if not values or any(v < 2 for v in values):
-        raise UsageError(f"{flag} needs at least one value >= 2, got {text!r}")
+        raise UsageError(f"{flag} needs one or more values, each >= 2, got {text!r}")
     if max(values) > MAX_LENGTH:
         raise UsageError(f"{flag}: {max(values)} exceeds {MAX_LENGTH}, the longest sequence this tool runs")
     return sorted(set(values))

@@ -31,6 +31,9 @@ def run(args) -> int:
     out = Path(args.out)
     if out.exists() and not out.is_dir():
         raise UsageError(f"--out {out} exists and is not a directory")
+    if out.is_dir() and not (out / "recipe.json").is_file() and any(
+            not p.name.startswith(".") for p in out.iterdir()):
+        raise UsageError(f"--out {out} holds files but no recipe run (no recipe.json): choose a new or empty folder")
     check_recipe_against_model(recipe, model_spec(recipe.model))
     with output_dir(out):
         summary = run_recipe(recipe, out)

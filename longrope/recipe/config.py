@@ -223,8 +223,10 @@ def parse_recipe(data: Any, source: str = "recipe") -> Recipe:
     attention_by_length = _check_value(data.get("attention_by_length", False), bool, "attention_by_length")
 
     stages = data.get("stages")
-    if not isinstance(stages, dict) or not stages:
+    if not isinstance(stages, dict):
         raise UsageError("recipe: 'stages' must be a mapping of stage name -> settings")
+    if not stages:
+        raise UsageError(f"recipe: 'stages' is empty; it needs at least {' and '.join(REQUIRED_STAGES)}")
     names = list(stages)
     for name in names:
         if name not in STAGES:
