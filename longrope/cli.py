@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import logging
 import re
 import sys
 
@@ -67,7 +68,27 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+class _KnownNoise(logging.Filter):
+    """Library warnings that say nothing to a longrope user: transformers on the vLLM keys
+    (`short_mscale`, `long_mscale`) an export carries on purpose, and accelerate on the tied
+    output embedding it leaves out of every checkpoint (reloading ties it again)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        msg = record.getMessage()
+        if msg.startswith("Unrecognized keys in `rope_parameters`") and "mscale" in msg:
+            return not set(re.findall(r"'(\w+)'", msg.split(":", 1)[1])) <= {"short_mscale", "long_mscale"}
+        return "Removed shared tensor {'lm_head.weight'}" not in msg
+
+
+def _quiet_known_noise() -> None:
+    for name in ("transformers.modeling_rope_utils", "accelerate.utils.other"):
+        logger = logging.getLogger(name)
+        if not any(isinstance(f, _KnownNoise) for f in logger.filters):
+            logger.addFilter(_KnownNoise())
+
+
 def main(argv: list[str] | None = None) -> int:
+    _quiet_known_noise()
     parser = build_parser()
     try:
         args = parser.parse_args(argv)
