@@ -252,7 +252,12 @@ class _Progress:
                         disable=not (job.is_main and job.progress),
                         initial=0 if state is None else len(state.history))
         self.num_docs, self.fields, self.shown = len(job.docs), {}, 0.0
-        self.set(gen=0 if state is None else state.generation + 1)
+        self.iterations = job.config.iterations
+        self.generation(0 if state is None else state.generation + 1)
+
+    def generation(self, g: int, **fields) -> None:
+        """The generation in progress, g of T (0: the initial population; T once the last is done)."""
+        self.set(gen=f"{min(g, self.iterations)}/{self.iterations}", **fields)
 
     def set(self, **fields) -> None:
         self.fields.update(fields)
@@ -290,7 +295,7 @@ def drive(job: SearchJob, state: SearchState | None = None) -> tuple[SearchState
     def on_generation(st: SearchState) -> None:
         if outputs is not None:
             outputs.checkpoint(st)
-            progress.set(gen=st.generation + 1, best_ppl=f"{st.best.evaluation.perplexity:.3f}")
+            progress.generation(st.generation + 1, best_ppl=f"{st.best.evaluation.perplexity:.3f}")
             bar.update(len(st.history) - bar.n)
         log.clear()
 
