@@ -156,3 +156,53 @@ def test_the_help_s_flags_for_the_tiny_preset_make_its_config():
     want = PretrainConfig(**TINY)
     assert cfg.min_lr == pytest.approx(want.min_lr)  # lr / 10 from the command line: 3e-4 up to rounding
     assert replace(cfg, min_lr=want.min_lr) == want
+
+
+def test_interrupted_pretraining_resumes_to_the_same_weights(tmp_path, small_corpus, monkeypatch, capsys):
+    """Ctrl-C mid-run leaves a checkpoint of every finished step; the resumed run ends with the
+    weights of an uninterrupted one, and its checkpoints are removed once the model is written."""
+    import os
+    import signal
+
+    from safetensors.torch import load_file
+
+    import longrope.train.pretrain as pt
+
+    cfg = PretrainConfig.smoke(steps=12)
+    full = pretrain_tiny(tmp_path / "full", corpus=str(small_corpus), config=cfg, progress=False)
+    real, calls = pt._train_step, []
+
+    def step(model, opt, batches, cfg_, i, *rest):
+        real(model, opt, batches, cfg_, i, *rest)
+        calls.append(i)
+        if i == 6 and len(calls) == 7:
+            os.kill(os.getpid(), signal.SIGINT)  # after the step's update, before it is counted
+
+    monkeypatch.setattr(pt, "_train_step", step)
+    ckpt = tmp_path / "part.checkpoints"
+    with pytest.raises(KeyboardInterrupt):
+        pretrain_tiny(tmp_path / "part", corpus=str(small_corpus), config=cfg, checkpoints=ckpt)
+    assert "interrupted: step 7 is saved" in capsys.readouterr().err
+    assert not (tmp_path / "part").exists() and [p.name for p in ckpt.iterdir()] == ["step-000007"]
+    with pytest.raises(UsageError, match="holds an interrupted run: continue it with --resume"):
+        pretrain_tiny(tmp_path / "part", corpus=str(small_corpus), config=cfg, checkpoints=ckpt)
+    with pytest.raises(UsageError, match=r"other settings \(config.lr\)"):
+        pretrain_tiny(tmp_path / "part", corpus=str(small_corpus), config=replace(cfg, lr=1e-3), checkpoints=ckpt,
+                      resume=True)
+    part = pretrain_tiny(tmp_path / "part", corpus=str(small_corpus), config=cfg, checkpoints=ckpt, resume=True,
+                         progress=False)
+    assert calls == list(range(12)) and not ckpt.exists()
+    a, b = load_file(str(full / "model.safetensors")), load_file(str(part / "model.safetensors"))
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    record = json.loads((part / "training.json").read_text())
+    assert record["final_loss"] == json.loads((full / "training.json").read_text())["final_loss"]
+
+
+def test_a_preset_build_discards_a_checkpoint_of_other_settings(tmp_path, small_corpus):
+    from longrope.train.pretrain import Saves
+
+    cfg = PretrainConfig.smoke(steps=4, corpus=str(small_corpus))
+    tok = train_tokenizer(["def f(x): return x"] * 20, 300)
+    old = Saves(tmp_path / "c", replace(cfg, lr=1e-3), tok, restart=True)
+    old.save(2, {"losses": [1.0, 1.0]})
+    assert Saves(tmp_path / "c", cfg, tok, restart=True).load() is None and not (tmp_path / "c").exists()

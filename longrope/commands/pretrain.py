@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import dataclasses
+from pathlib import Path
 
 from ..io import output_dir
 from ..options import add_options, build, flag_name
@@ -26,6 +27,9 @@ def register(sub) -> None:
     )
     p.add_argument("--out", default="runs/tiny", metavar="DIR", help="output directory, created atomically (default: runs/tiny)")
     p.add_argument("--overwrite", action="store_true", help="replace --out if it already holds files")
+    p.add_argument("--resume", action="store_true",
+                   help="continue an interrupted run from its last checkpoint (OUT.checkpoints, written every 100 "
+                        "steps and on Ctrl-C; removed once the model is written)")
     add_options(p, PretrainConfig)
     p.add_argument("--dtype", default="auto", choices=["auto", "fp32", "bf16"],
                    help="training compute: bf16 autocast or fp32; auto = bf16 on AMX/AVX512-BF16 CPUs (default: auto)")
@@ -33,11 +37,18 @@ def register(sub) -> None:
     p.set_defaults(func=run)
 
 
+def checkpoints_of(out: str) -> Path:
+    """Where a run writing `out` keeps its checkpoints: OUT.checkpoints beside it."""
+    out_path = Path(out).expanduser()
+    return out_path.with_name(out_path.name + ".checkpoints")
+
+
 def run(args) -> int:
     cfg = build(PretrainConfig, args, min_lr=args.lr / 10, bf16={"auto": None, "fp32": False, "bf16": True}[args.dtype])
     with output_dir(args.out, create=False):  # the folder appears whole, when training is done
         out = pretrain_tiny(args.out, steps=args.steps, seed=args.seed, corpus=args.corpus, config=cfg,
-                            overwrite=args.overwrite, progress=not args.quiet)
+                            overwrite=args.overwrite, progress=not args.quiet, checkpoints=checkpoints_of(args.out),
+                            resume=args.resume)
     record = read_training_record(out)
     ev = record["eval"]
     print(f"saved {out}: final loss {record['final_loss']:.3f}, "

@@ -80,7 +80,8 @@ def _trained_preset(name: str, config: dict) -> Path:
 
     def build(tmp: Path) -> None:
         print(f"longrope: training the {name} preset into {cache_dir() / name} (first use only)", file=sys.stderr)
-        pretrain.pretrain_tiny(tmp, config=cfg)
+        # checkpoints beside the cache entry: an interrupted first build continues where it stopped
+        pretrain.pretrain_tiny(tmp, config=cfg, checkpoints=cache_dir() / f"{name}.checkpoints", resume=None)
 
     return _build_once(name, build, lambda folder: _built_with(folder, cfg))
 

@@ -14,6 +14,7 @@ and every figure later measured on the test split, is on unseen text.
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import platform
@@ -32,10 +33,13 @@ from ..data import TokenDoc, corpus_summary, documents_of_length, load_corpus, s
 from ..errors import UsageError
 from ..evaluate.passkey import MAX_KEY, passkey_text, run_trials
 from ..evaluate.ppl import mean_nlls, perplexity
-from ..io import atomic_write_json
+from ..io import atomic_write_json, changed_keys
 from ..models.device import cpu_has_fast_bf16
 from ..options import check_options, option
-from .toolkit import Schedule, adamw, answer_weights, lr_at, next_token_loss, padded_row, set_lr, write_model_dir
+from .toolkit import (
+    Checkpoints, Schedule, StepBoundary, StepInterrupted, adamw, answer_weights, lr_at, next_token_loss, padded_row,
+    set_lr, write_model_dir,
+)
 
 BOS, EOS, PAD = "<s>", "</s>", "<pad>"
 TRAIN_SPLITS = ("search", "validation")
@@ -188,6 +192,14 @@ class Batches:
         self.rng = random.Random(seed)
         self.max_filler = self._max_filler()
 
+    def state(self) -> dict[str, Any]:
+        """Where the batch sequence stands (a checkpoint's; `restore` continues it exactly)."""
+        return {"rng": self.rng.getstate(), "gen": self.gen.get_state()}
+
+    def restore(self, state: dict[str, Any]) -> None:
+        self.rng.setstate(state["rng"])
+        self.gen.set_state(state["gen"])
+
     def _passkey_ids(self, n_before: int, n_after: int, key: int) -> tuple[list[int], int, int]:
         """The row's ids (prompt, answer, EOS) and the answer's [start, end) in them."""
         prompt, answer = passkey_text(n_before, n_after, key)
@@ -287,32 +299,108 @@ def prepare_data(cfg: PretrainConfig) -> TrainingData:
     return TrainingData(tokenizer, train_tokens, tokenize_corpus(tokenizer, splits[HELD_OUT_SPLIT]), stream)
 
 
-def train(model, data: TrainingData, cfg: PretrainConfig, bf16: bool, progress: bool) -> tuple[list[dict], float]:
-    """The loop: AdamW with warm-up and cosine decay. Returns the loss curve (every 10th step and
-    the last) and the final loss (mean of the last 20 steps)."""
+class Saves:
+    """Checkpoints of one pretraining run in `folder` (`Checkpoints`: the newest kept), every
+    `every` steps and when Ctrl-C stops the run between steps, so a rerun continues it and
+    ends with the same weights as an uninterrupted run. A checkpoint made with other settings
+    or another tokenizer is refused (restart=False) or discarded (restart=True)."""
+
+    STATE = "state.pt"
+
+    def __init__(self, folder: Path, cfg: PretrainConfig, tokenizer, restart: bool, every: int = 100, log=print,
+                 resume_hint: str = "continue with --resume"):
+        self.checkpoints = Checkpoints(folder.parent, folder=folder)
+        self.every, self.restart, self.log, self.resume_hint = every, restart, log, resume_hint
+        vocab = json.dumps(sorted(tokenizer.get_vocab().items())).encode()
+        self.describe = {"config": {k: v for k, v in asdict(cfg).items() if k != "threads"},
+                         "tokenizer": hashlib.sha256(vocab).hexdigest()[:16]}
+
+    def load(self) -> dict[str, Any] | None:
+        if not self.checkpoints.list():
+            return None
+        last, record = self.checkpoints.load_record()
+        changed = changed_keys(record.get("describe", {}), self.describe)
+        if changed and not self.restart:
+            raise UsageError(f"{last} was trained with other settings ({', '.join(changed)}); remove "
+                             f"{self.checkpoints.folder} or train with those settings")
+        if changed:
+            self.log(f"discarding {self.checkpoints.folder}: made with other settings ({', '.join(changed)})")
+            self.checkpoints.remove()
+            return None
+        try:
+            state = torch.load(last / self.STATE, weights_only=True)
+        except Exception as e:  # torch raises its own kinds on a damaged file
+            first = (str(e).strip().splitlines() or [type(e).__name__])[0]
+            raise UsageError(f"cannot resume from {last}: {first}; remove that folder") from None
+        self.log(f"resuming pretraining at step {record['step']} from {last}")
+        return state
+
+    def save(self, step: int, state: dict[str, Any]) -> None:
+        self.checkpoints.save(step, lambda folder: (folder.mkdir(parents=True, exist_ok=True),
+                                                    torch.save(state, folder / self.STATE)), {"describe": self.describe})
+
+    def remove(self) -> None:
+        self.checkpoints.remove()
+
+
+def train(model, data: TrainingData, cfg: PretrainConfig, bf16: bool, progress: bool,
+          saves: Saves | None = None) -> tuple[list[dict], float, float]:
+    """The loop: AdamW with warm-up and cosine decay, continued from the last of `saves` if any.
+    Returns the loss curve (every 10th step and the last), the final loss (mean of the last 20
+    steps) and the seconds spent training, sessions before a resume included."""
     model.train()
     opt = adamw(model, cfg.lr, cfg.weight_decay)
     batches = Batches(data.stream, data.tokenizer, cfg, cfg.seed)
     losses: list[float] = []
     curve: list[dict[str, float]] = []
-    bar = tqdm(range(cfg.steps), desc="pretrain", disable=not progress, dynamic_ncols=True)
-    for step in bar:
-        lr = lr_at(step, cfg)
-        set_lr(opt, lr)
-        x, y, w = batches.next()  # [B, T]
-        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
-            logits = model(input_ids=x).logits  # [B, T, V]
-        loss = next_token_loss(logits, y, w)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
-        opt.step()
-        losses.append(loss.item())
-        if step % 10 == 0 or step == cfg.steps - 1:
-            bar.set_postfix(loss=f"{losses[-1]:.3f}", lr=f"{lr:.1e}")
-            curve.append({"step": step, "loss": losses[-1], "lr": lr})
+    start, before = 0, 0.0
+    state = saves.load() if saves is not None else None
+    if state is not None:
+        model.load_state_dict(state["model"])
+        opt.load_state_dict(state["optimizer"])
+        batches.restore(state["batches"])
+        losses, curve, before = state["losses"], state["curve"], state["seconds"]
+        start = len(losses)
+    t0 = time.time()
+
+    def save() -> None:
+        saves.save(len(losses), {"model": model.state_dict(), "optimizer": opt.state_dict(), "batches": batches.state(),
+                                 "losses": losses, "curve": curve, "seconds": before + time.time() - t0})
+
+    bar = tqdm(range(start, cfg.steps), initial=start, total=cfg.steps, desc="pretrain", disable=not progress,
+               dynamic_ncols=True)
+    try:
+        with StepBoundary(saves.log if saves is not None else lambda msg: None) as stop:
+            for step in bar:
+                _train_step(model, opt, batches, cfg, step, bf16, losses, curve, bar)
+                if saves is not None and len(losses) % saves.every == 0 and len(losses) < cfg.steps:
+                    save()
+                stop.check()
+    except StepInterrupted:
+        if saves is not None:
+            save()
+            saves.log(f"interrupted: step {len(losses)} is saved in {saves.checkpoints.folder}; {saves.resume_hint}")
+        raise
     model.eval()
-    return curve, sum(losses[-20:]) / len(losses[-20:])
+    return curve, sum(losses[-20:]) / len(losses[-20:]), before + time.time() - t0
+
+
+def _train_step(model, opt, batches: Batches, cfg: PretrainConfig, step: int, bf16: bool, losses: list[float],
+                curve: list[dict], bar) -> None:
+    lr = lr_at(step, cfg)
+    set_lr(opt, lr)
+    x, y, w = batches.next()  # [B, T]
+    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+        logits = model(input_ids=x).logits  # [B, T, V]
+    loss = next_token_loss(logits, y, w)
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+    opt.step()
+    losses.append(loss.item())
+    if step % 10 == 0 or step == cfg.steps - 1:
+        bar.set_postfix(loss=f"{losses[-1]:.3f}", lr=f"{lr:.1e}")
+        curve.append({"step": step, "loss": losses[-1], "lr": lr})
 
 
 def pretrain_tiny(
@@ -323,12 +411,19 @@ def pretrain_tiny(
     config: PretrainConfig | None = None,
     overwrite: bool = False,
     progress: bool = True,
+    checkpoints: str | os.PathLike | None = None,
+    resume: bool = False,
 ) -> Path:
     """Train the tiny reference Llama and save it as an HF directory at `out_dir`.
 
     `config` defaults to PretrainConfig(); `steps`, `seed` and `corpus`, when given, override
     its fields. Writes model (safetensors), tokenizer and training.json into a temporary
     folder beside `out_dir`, then renames it. Returns `out_dir`.
+
+    checkpoints: a folder for checkpoints (every 100 steps, and on Ctrl-C), removed once the
+    model is written. A run finds its last checkpoint there with resume=True; without it, a
+    folder holding one is refused (resume=None: continue a checkpoint made with the same
+    settings, discard one made with others, as the preset build does).
     """
     from transformers import LlamaForCausalLM
 
@@ -354,8 +449,16 @@ def pretrain_tiny(
     n_params = sum(p.numel() for p in model.parameters())
     log(f"model: {n_params / 1e6:.2f}M parameters, native context {cfg.block_size}")
     bf16 = cfg.bf16 if cfg.bf16 is not None else cpu_has_fast_bf16()
-    curve, final_loss = train(model, data, cfg, bf16, progress)
-    train_seconds = time.time() - t_start
+    saves = None
+    if checkpoints is not None:
+        saves = Saves(Path(checkpoints), cfg, data.tokenizer, restart=resume is None, log=log,
+                      resume_hint="run the same command again to continue" if resume is None else
+                      "continue with --resume")
+        if resume is False and saves.checkpoints.list():
+            raise UsageError(f"{checkpoints} holds an interrupted run: continue it with --resume, or remove it")
+    t_prep = time.time() - t_start
+    curve, final_loss, seconds = train(model, data, cfg, bf16, progress, saves)
+    train_seconds = t_prep + seconds
     figures = heldout_figures(model, data, cfg, log)
     B, acc = cfg.block_size, figures[f"passkey_accuracy_{cfg.block_size}"]
     log(f"final loss {final_loss:.3f}; held-out ppl@{B} {figures[f'heldout_ppl_{B}']:.2f} "
@@ -363,6 +466,8 @@ def pretrain_tiny(
     record = training_record(cfg, data, n_params, final_loss, train_seconds, bf16, figures, curve)
     write_model_dir(model, data.tokenizer, out_dir, lambda tmp, notes: _write_record(tmp, record), replace=True,
                     overwrite=overwrite)
+    if saves is not None:
+        saves.remove()
     return out_dir
 
 

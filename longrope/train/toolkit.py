@@ -108,8 +108,10 @@ class Checkpoints:
     FOLDER = "checkpoints"
     STATE_FILE = "trainer_state.json"
 
-    def __init__(self, out: Path, is_main: bool = True, barrier: Callable[[], None] = lambda: None):
-        self.folder, self.is_main, self.barrier = out / self.FOLDER, is_main, barrier
+    def __init__(self, out: Path, is_main: bool = True, barrier: Callable[[], None] = lambda: None,
+                 folder: Path | None = None):
+        """The checkpoints of a run writing `out` go to out/checkpoints, or to `folder` if given."""
+        self.folder, self.is_main, self.barrier = folder or out / self.FOLDER, is_main, barrier
 
     def list(self) -> list[Path]:
         if not self.folder.is_dir():
