@@ -152,7 +152,7 @@ def check_config(source: ModelSource, config: Any) -> None:
     embedding = next((v.get("shape") for header in headers for k, v in header.items()
                       if k.endswith("embed_tokens.weight") and isinstance(v, dict)), None)
     want = [getattr(config, "vocab_size", None), getattr(config, "hidden_size", None)]
-    if embedding is not None and embedding != want:
+    if embedding is not None and None not in want and embedding != want:
         raise UsageError(f"{source.path / 'config.json'} does not describe these weights: its vocab_size and "
                          f"hidden_size give an embedding of {want}, the weights hold {embedding}")
 
