@@ -75,7 +75,7 @@ class _KnownNoise(logging.Filter):
 
     def filter(self, record: logging.LogRecord) -> bool:
         msg = record.getMessage()
-        if msg.startswith("Unrecognized keys in `rope_parameters`") and "mscale" in msg:
+        if re.match(r"Unrecognized keys in `rope_(parameters|scaling)`", msg) and "mscale" in msg:
             return not set(re.findall(r"'(\w+)'", msg.split(":", 1)[1])) <= {"short_mscale", "long_mscale"}
         return "Removed shared tensor {'lm_head.weight'}" not in msg
 

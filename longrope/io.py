@@ -116,14 +116,19 @@ def changed_keys(saved: dict[str, Any], current: dict[str, Any], prefix: str = "
 
 
 # -- whole folders ---------------------------------------------------------------------------
+def refuse_current_folder(out: Path) -> None:
+    """UsageError when `out`, a folder to be replaced, is the current folder or holds it."""
+    if out.exists() and Path.cwd().resolve().is_relative_to(out.resolve()):
+        raise UsageError(f"output {out} is the current folder or holds it: choose a folder of its own")
+
+
 def check_destination(out: str | os.PathLike, force: bool) -> Path:
     """Fail early (before any heavy work) if `out` exists without `force`, or cannot be made, or
     would replace the current folder or one that holds it."""
     if not str(out).strip():
         raise UsageError("--out is empty: name the folder to write")
     out = Path(out).expanduser()
-    if out.exists() and Path.cwd().resolve().is_relative_to(out.resolve()):
-        raise UsageError(f"output {out} is the current folder or holds it: choose a folder of its own")
+    refuse_current_folder(out)
     if out.exists() and not force:
         raise UsageError(f"output {out} already exists (use --force to replace it)")
     if out.exists() and not out.is_dir():

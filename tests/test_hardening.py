@@ -624,3 +624,26 @@ def test_model_fingerprint_follows_content_not_modification_times(tiny_model_dir
     data[-1] ^= 0xFF  # one byte of the last tensor
     weights.write_bytes(bytes(data))
     assert model_fingerprint(str(copy)) != model_fingerprint(str(tiny_model_dir))
+
+
+def test_step_boundary_leaves_an_ignored_signal_ignored_and_defers_sigterm():
+    import os
+    import signal
+
+    from longrope.train.toolkit import StepBoundary, StepInterrupted
+
+    said = []
+    old = signal.signal(signal.SIGINT, signal.SIG_IGN)  # e.g. a background job of a script
+    try:
+        with StepBoundary(said.append) as stop:
+            os.kill(os.getpid(), signal.SIGINT)
+            stop.check()  # ignored: nothing pending
+        assert signal.getsignal(signal.SIGINT) is signal.SIG_IGN and said == []
+    finally:
+        signal.signal(signal.SIGINT, old)
+    term = signal.getsignal(signal.SIGTERM)
+    with pytest.raises(StepInterrupted):
+        with StepBoundary(said.append) as stop:
+            os.kill(os.getpid(), signal.SIGTERM)  # a scheduler's preemption: taken at the step's end
+            stop.check()
+    assert said and signal.getsignal(signal.SIGTERM) == term

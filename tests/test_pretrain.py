@@ -198,11 +198,51 @@ def test_interrupted_pretraining_resumes_to_the_same_weights(tmp_path, small_cor
     assert record["final_loss"] == json.loads((full / "training.json").read_text())["final_loss"]
 
 
-def test_a_preset_build_discards_a_checkpoint_of_other_settings(tmp_path, small_corpus):
+def test_a_preset_build_discards_a_checkpoint_it_cannot_continue(tmp_path, small_corpus):
     from longrope.train.pretrain import Saves
 
     cfg = PretrainConfig.smoke(steps=4, corpus=str(small_corpus))
     tok = train_tokenizer(["def f(x): return x"] * 20, 300)
-    old = Saves(tmp_path / "c", replace(cfg, lr=1e-3), tok, restart=True)
-    old.save(2, {"losses": [1.0, 1.0]})
-    assert Saves(tmp_path / "c", cfg, tok, restart=True).load() is None and not (tmp_path / "c").exists()
+    Saves(tmp_path / "c", replace(cfg, lr=1e-3), tok, False, restart=True).save(2, {"losses": [1.0, 1.0]})
+    assert Saves(tmp_path / "c", cfg, tok, False, restart=True).load() is None and not (tmp_path / "c").exists()
+    same = Saves(tmp_path / "c", cfg, tok, False, restart=True)
+    same.save(2, {"losses": [1.0, 1.0]})
+    assert same.load() == {"losses": [1.0, 1.0]}  # a matching one is continued
+    (tmp_path / "c" / "step-000002" / "trainer_state.json").write_text("{not json")
+    assert same.load() is None and not (tmp_path / "c").exists()  # a damaged one is dropped
+    same.save(2, {"losses": [1.0, 1.0]})
+    (tmp_path / "c" / "step-000002" / "trainer_state.json").write_text("{not json")
+    with pytest.raises(UsageError, match="trainer_state.json is unreadable"):  # `pretrain --resume` says so
+        Saves(tmp_path / "c", cfg, tok, False, restart=False).load()
+
+
+def test_a_second_ctrl_c_keeps_the_last_periodic_checkpoint(tmp_path, small_corpus, monkeypatch, capsys):
+    import os
+    import signal
+
+    from safetensors.torch import load_file
+
+    import longrope.train.pretrain as pt
+
+    cfg = PretrainConfig.smoke(steps=12)
+    full = pretrain_tiny(tmp_path / "full", corpus=str(small_corpus), config=cfg, progress=False)
+    monkeypatch.setattr(pt.Saves.__init__, "__defaults__", (5,) + pt.Saves.__init__.__defaults__[1:])  # every 5
+    real = pt._train_step
+
+    def step(model, opt, batches, cfg_, i, *rest):
+        real(model, opt, batches, cfg_, i, *rest)
+        if i == 7:
+            os.kill(os.getpid(), signal.SIGINT)
+            os.kill(os.getpid(), signal.SIGINT)  # the second stops at once, mid-step
+
+    monkeypatch.setattr(pt, "_train_step", step)
+    ckpt = tmp_path / "part.checkpoints"
+    with pytest.raises(KeyboardInterrupt):
+        pretrain_tiny(tmp_path / "part", corpus=str(small_corpus), config=cfg, checkpoints=ckpt, progress=False)
+    assert "interrupted mid-step: step 5 is saved" in capsys.readouterr().err  # said even without progress
+    assert [p.name for p in ckpt.iterdir()] == ["step-000005"]
+    monkeypatch.setattr(pt, "_train_step", real)
+    part = pretrain_tiny(tmp_path / "part", corpus=str(small_corpus), config=cfg, checkpoints=ckpt, resume=True,
+                         progress=False)
+    a, b = load_file(str(full / "model.safetensors")), load_file(str(part / "model.safetensors"))
+    assert all(torch.equal(a[k], b[k]) for k in a) and not ckpt.exists()

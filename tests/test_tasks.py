@@ -69,13 +69,13 @@ def test_multi_needle_tasks_ask_one_key_and_keep_chains_in_order(tokenizer, hays
 
 def test_too_short_a_length_names_the_minimum(tokenizer, haystacks):
     sample = T.multi_value(random.Random(0), 0.5)
-    with pytest.raises(UsageError, match=r"^length 100 too short: multi-value needs at least \d+ tokens$"):
+    with pytest.raises(UsageError, match=r"^length 100 is too short: multi-value needs at least \d+ tokens$"):
         T.fit_prompt(tokenizer, sample, haystacks["corpus"], 100, 48, random.Random(0))
     # every task a length cannot hold, in one message
     with pytest.raises(T.TooShort) as e:
         T.build_prompts(tokenizer, haystacks, ["single-needle", "multi-key", "multi-value"], [100, 2048], 2, 0)
-    assert set(e.value.needs) == {"single-needle", "multi-key", "multi-value"} and "lengths 100 too" not in str(e.value)
-    assert str(e.value).startswith("length 100 too short: single-needle needs at least")
+    assert set(e.value.needs) == {"single-needle", "multi-key", "multi-value"} and "lengths 100" not in str(e.value)
+    assert str(e.value).startswith("length 100 is too short: single-needle needs at least")
 
 
 def test_same_seed_same_prompts_for_any_set_of_tasks(tokenizer, haystacks):

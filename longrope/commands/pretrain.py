@@ -4,7 +4,8 @@ from __future__ import annotations
 import dataclasses
 from pathlib import Path
 
-from ..io import output_dir
+from ..errors import UsageError
+from ..io import output_dir, refuse_current_folder
 from ..options import add_options, build, flag_name
 from ..train.pretrain import TINY, PretrainConfig, pretrain_tiny, read_training_record
 
@@ -39,11 +40,14 @@ def register(sub) -> None:
 
 def checkpoints_of(out: str) -> Path:
     """Where a run writing `out` keeps its checkpoints: OUT.checkpoints beside it."""
-    out_path = Path(out).expanduser()
+    out_path = Path(out).expanduser().resolve()
     return out_path.with_name(out_path.name + ".checkpoints")
 
 
 def run(args) -> int:
+    if not args.out.strip():
+        raise UsageError("--out is empty: name the folder to write")
+    refuse_current_folder(Path(args.out).expanduser())
     cfg = build(PretrainConfig, args, min_lr=args.lr / 10, bf16={"auto": None, "fp32": False, "bf16": True}[args.dtype])
     with output_dir(args.out, create=False):  # the folder appears whole, when training is done
         out = pretrain_tiny(args.out, steps=args.steps, seed=args.seed, corpus=args.corpus, config=cfg,

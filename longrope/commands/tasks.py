@@ -161,7 +161,7 @@ def evaluate(args, out, tasks: list[str], settings, given_lengths: list[int] | N
         if given_lengths or not any(n >= need for n in lengths):
             raise
         dropped, lengths = [n for n in lengths if n < need], [n for n in lengths if n >= need]
-        print(f"note: default lengths {', '.join(map(str, dropped))} are too short for these tasks ({e}); "
+        print(f"note: default lengths {', '.join(map(str, dropped))} are too short for these tasks ({e.listed()}); "
               f"measuring {', '.join(map(str, lengths))}", file=sys.stderr)
         built = build_prompts(loaded.tokenizer, haystacks, tasks, lengths, settings.trials, settings.seed, chat)
     for p in built:

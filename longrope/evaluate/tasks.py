@@ -284,11 +284,15 @@ class TooShort(UsageError):
     """Lengths too short for some tasks' prompts even without haystack; `needs`: task -> the
     fewest tokens seen to fit it (prompt and answer)."""
 
+    def listed(self) -> str:
+        return ", ".join(f"{task} needs at least {n} tokens" for task, n in self.needs.items())
+
     def __init__(self, needs: dict[str, int], lengths: list[int]):
         self.needs = needs
-        listed = ", ".join(f"{task} needs at least {n} tokens" for task, n in needs.items())
+        listed = self.listed()
         shown = ", ".join(str(n) for n in lengths)
-        super().__init__(f"{'length' if len(lengths) == 1 else 'lengths'} {shown} too short: {listed}")
+        super().__init__(f"{'length' if len(lengths) == 1 else 'lengths'} {shown} "
+                         f"{'is' if len(lengths) == 1 else 'are'} too short: {listed}")
 
 
 def fit_prompt(tokenizer, sample: TaskSample, haystack: Haystack, length: int, max_new_tokens: int,

@@ -103,7 +103,11 @@ def load_model(
 
     try:
         model = transformers.AutoModelForCausalLM.from_pretrained(str(source.path), **kwargs)
-    except (OSError, ValueError, KeyError, TypeError, RuntimeError) as e:
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        fail(e)
+    except RuntimeError as e:  # weights of other shapes than the config's; anything else is not the input's fault
+        if "size mismatch" not in str(e) and "mismatched_sizes" not in str(e):
+            raise
         fail(e)
     try:
         tokenizer = transformers.AutoTokenizer.from_pretrained(str(source.path), **tok_kwargs)
@@ -143,8 +147,10 @@ def check_weights(source: ModelSource) -> None:
 
 def check_config(source: ModelSource, config: Any) -> None:
     """UsageError when a config cannot describe the weights beside it: rotary numbers that are
-    not numbers, or a token embedding of another shape than the [vocab_size, hidden_size] it
-    gives (a config.json missing a size field describes another model). After `check_weights`."""
+    not numbers, or a token embedding (a safetensors tensor named `*embed_tokens.weight`, as in
+    Llama, Mistral, Qwen2, Phi-3; other names are not compared) of another shape than the
+    [vocab_size, hidden_size] it gives (a config.json missing a size field describes another
+    model). After `check_weights`."""
     rotary_spec_from_config(config)
     if source.gguf_file is not None:
         return

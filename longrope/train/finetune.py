@@ -37,7 +37,7 @@ import torch
 from tqdm import tqdm
 
 from ..data import CORPUS_HELP, DEFAULT_CORPUS, load_corpus, split_corpus, tokenize_corpus
-from ..errors import UsageError
+from ..errors import UsageError, gist
 from ..evaluate.passkey import MAX_KEY, build_prompt
 from ..factors import RopeExtension
 from ..io import atomic_write_json, changed_keys
@@ -337,9 +337,8 @@ class Run:
         try:
             self.accelerator.load_state(str(last))
         except Exception as e:  # torch, safetensors and accelerate each raise their own kind on a bad file
-            first = (str(e).strip().splitlines() or [type(e).__name__])[0]
-            raise UsageError(f"cannot resume from {last}: {first}; remove that folder to start again from "
-                             f"the step before it, or from step 0") from None
+            raise UsageError(f"cannot resume from {last}: {gist(e)}; remove that folder to start again from "
+                             f"step 0") from None
         self.losses, self.curve = state["losses"], state["curve"]
         self.log(f"resuming {self.out} at step {state['step']}/{self.cfg.steps}")
         return state["step"]
@@ -422,19 +421,21 @@ def finetune(
     start = run.resume() if resume else 0
     t0 = time.time()
     end = cfg.steps if stop_after is None else min(cfg.steps, stop_after)
+    # what an interrupted run must tell, progress bar or not (the main process speaks for all)
+    say = (lambda msg: print(msg, file=sys.stderr)) if run.accelerator.is_main_process else (lambda msg: None)
     try:
-        with StepBoundary(run.log) as stop:
+        with StepBoundary(say) as stop:
             _loop(run, start, end, progress, stop)
     except StepInterrupted:  # Ctrl-C, taken between steps: keep every finished step
         done = len(run.losses)  # steps finished, resumed ones included
         if done > (run.checkpoints.last_step() or 0):
             run.checkpoint(done)
-        run.log(f"interrupted: step {done} is saved in {out / Checkpoints.FOLDER}; {resume_hint}")
+        say(f"interrupted: step {done} is saved in {out / Checkpoints.FOLDER}; {resume_hint}")
         raise
     except KeyboardInterrupt:  # a second Ctrl-C, mid-step: the weights match no step count
         last = run.checkpoints.last_step()
-        run.log(f"interrupted mid-step: {f'step {last} is saved' if last else 'nothing is saved'} in "
-                f"{out / Checkpoints.FOLDER}; {resume_hint}")
+        say(f"interrupted mid-step: {f'step {last} is saved' if last else 'nothing is saved'} in "
+            f"{out / Checkpoints.FOLDER}; {resume_hint}")
         raise
     run.rope.set_extension(extension)
     if end < cfg.steps:  # stopped early on purpose: leave a checkpoint to resume from

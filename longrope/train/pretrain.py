@@ -30,7 +30,7 @@ from tqdm import tqdm
 
 from .. import __version__
 from ..data import TokenDoc, corpus_summary, documents_of_length, load_corpus, split_corpus, tokenize_corpus
-from ..errors import UsageError
+from ..errors import UsageError, gist
 from ..evaluate.passkey import MAX_KEY, passkey_text, run_trials
 from ..evaluate.ppl import mean_nlls, perplexity
 from ..io import atomic_write_json, changed_keys
@@ -307,35 +307,42 @@ class Saves:
 
     STATE = "state.pt"
 
-    def __init__(self, folder: Path, cfg: PretrainConfig, tokenizer, restart: bool, every: int = 100, log=print,
-                 resume_hint: str = "continue with --resume"):
+    def __init__(self, folder: Path, cfg: PretrainConfig, tokenizer, bf16: bool, restart: bool, every: int = 100,
+                 log=lambda msg: print(msg, file=sys.stderr), resume_hint: str = "continue with --resume"):
         self.checkpoints = Checkpoints(folder.parent, folder=folder)
         self.every, self.restart, self.log, self.resume_hint = every, restart, log, resume_hint
         vocab = json.dumps(sorted(tokenizer.get_vocab().items())).encode()
-        self.describe = {"config": {k: v for k, v in asdict(cfg).items() if k != "threads"},
-                         "tokenizer": hashlib.sha256(vocab).hexdigest()[:16]}
+        # the precision in force, not "auto": resumed on other hardware, the run would change it midway
+        self.describe = {"config": {k: v for k, v in asdict(cfg).items() if k not in ("threads", "bf16")},
+                         "bf16_autocast": bf16, "tokenizer": hashlib.sha256(vocab).hexdigest()[:16]}
 
     def load(self) -> dict[str, Any] | None:
         if not self.checkpoints.list():
             return None
-        last, record = self.checkpoints.load_record()
-        changed = changed_keys(record.get("describe", {}), self.describe)
-        if changed and not self.restart:
-            raise UsageError(f"{last} was trained with other settings ({', '.join(changed)}); remove "
-                             f"{self.checkpoints.folder} or train with those settings")
-        if changed:
-            self.log(f"discarding {self.checkpoints.folder}: made with other settings ({', '.join(changed)})")
+        try:
+            last, record = self.checkpoints.load_record()
+            changed = changed_keys(record.get("describe", {}), self.describe)
+            if changed and not self.restart:
+                raise UsageError(f"{last} was trained with other settings ({', '.join(changed)}); remove "
+                                 f"{self.checkpoints.folder} or train with those settings")
+            if changed:
+                raise UsageError(f"it was made with other settings ({', '.join(changed)})")
+            try:
+                state = torch.load(last / self.STATE, weights_only=True)
+            except Exception as e:  # torch raises its own kinds on a damaged file
+                raise UsageError(f"cannot resume from {last}: {gist(e)}; remove that folder") from None
+        except UsageError as e:
+            if not self.restart:
+                raise
+            self.log(f"discarding {self.checkpoints.folder}: {e}")  # a preset build starts again
             self.checkpoints.remove()
             return None
-        try:
-            state = torch.load(last / self.STATE, weights_only=True)
-        except Exception as e:  # torch raises its own kinds on a damaged file
-            first = (str(e).strip().splitlines() or [type(e).__name__])[0]
-            raise UsageError(f"cannot resume from {last}: {first}; remove that folder") from None
         self.log(f"resuming pretraining at step {record['step']} from {last}")
         return state
 
     def save(self, step: int, state: dict[str, Any]) -> None:
+        if step == self.checkpoints.last_step():
+            return
         self.checkpoints.save(step, lambda folder: (folder.mkdir(parents=True, exist_ok=True),
                                                     torch.save(state, folder / self.STATE)), {"describe": self.describe})
 
@@ -369,17 +376,26 @@ def train(model, data: TrainingData, cfg: PretrainConfig, bf16: bool, progress: 
 
     bar = tqdm(range(start, cfg.steps), initial=start, total=cfg.steps, desc="pretrain", disable=not progress,
                dynamic_ncols=True)
+    if saves is None:  # nothing to save: Ctrl-C stops at once
+        for step in bar:
+            _train_step(model, opt, batches, cfg, step, bf16, losses, curve, bar)
+        model.eval()
+        return curve, sum(losses[-20:]) / len(losses[-20:]), time.time() - t0
     try:
-        with StepBoundary(saves.log if saves is not None else lambda msg: None) as stop:
+        with StepBoundary(saves.log) as stop:
             for step in bar:
                 _train_step(model, opt, batches, cfg, step, bf16, losses, curve, bar)
-                if saves is not None and len(losses) % saves.every == 0 and len(losses) < cfg.steps:
+                if len(losses) % saves.every == 0 and len(losses) < cfg.steps:
                     save()
                 stop.check()
     except StepInterrupted:
-        if saves is not None:
-            save()
-            saves.log(f"interrupted: step {len(losses)} is saved in {saves.checkpoints.folder}; {saves.resume_hint}")
+        save()
+        saves.log(f"interrupted: step {len(losses)} is saved in {saves.checkpoints.folder}; {saves.resume_hint}")
+        raise
+    except KeyboardInterrupt:  # a second one, mid-step: the weights match no step count
+        last = saves.checkpoints.last_step()
+        saves.log(f"interrupted mid-step: {f'step {last} is saved' if last else 'nothing is saved'} in "
+                  f"{saves.checkpoints.folder}; {saves.resume_hint}")
         raise
     model.eval()
     return curve, sum(losses[-20:]) / len(losses[-20:]), before + time.time() - t0
@@ -434,6 +450,9 @@ def pretrain_tiny(
         raise UsageError(f"--steps must be at least 1, got {cfg.steps}")
     out_dir = Path(out_dir).expanduser()
     _prepare_out_dir(out_dir, overwrite)
+    if checkpoints is not None and resume is False and Checkpoints(Path(checkpoints).parent,
+                                                                  folder=Path(checkpoints)).list():
+        raise UsageError(f"{checkpoints} holds an interrupted run: continue it with --resume, or remove it")
     if cfg.threads is not None:
         if cfg.threads < 1:
             raise UsageError(f"--threads must be at least 1, got {cfg.threads}")
@@ -442,7 +461,8 @@ def pretrain_tiny(
     random.seed(cfg.seed)
     torch.manual_seed(cfg.seed)
     data = prepare_data(cfg)
-    log = (lambda msg: print(msg, file=sys.stderr)) if progress else (lambda msg: None)
+    say = lambda msg: print(msg, file=sys.stderr)  # noqa: E731  (what an interrupted run must tell)
+    log = say if progress else (lambda msg: None)
     log(f"train: {corpus_summary(data.train)}")
     log(f"held out: {corpus_summary(data.held_out)}")
     model = LlamaForCausalLM(llama_config(cfg, data.tokenizer))
@@ -451,11 +471,11 @@ def pretrain_tiny(
     bf16 = cfg.bf16 if cfg.bf16 is not None else cpu_has_fast_bf16()
     saves = None
     if checkpoints is not None:
-        saves = Saves(Path(checkpoints), cfg, data.tokenizer, restart=resume is None, log=log,
+        saves = Saves(Path(checkpoints), cfg, data.tokenizer, bf16, restart=resume is None, log=say,
                       resume_hint="run the same command again to continue" if resume is None else
                       "continue with --resume")
-        if resume is False and saves.checkpoints.list():
-            raise UsageError(f"{checkpoints} holds an interrupted run: continue it with --resume, or remove it")
+        if resume and not saves.checkpoints.list():
+            say(f"no checkpoint in {checkpoints} yet: starting from step 0")
     t_prep = time.time() - t_start
     curve, final_loss, seconds = train(model, data, cfg, bf16, progress, saves)
     train_seconds = t_prep + seconds

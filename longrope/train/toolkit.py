@@ -17,6 +17,7 @@ from typing import Any, Callable
 import torch
 import torch.nn.functional as F
 
+from ..errors import UsageError
 from ..factors import FACTORS_FILE, RopeExtension
 from ..hf_config import check_exportable, hf_config_dict
 from ..io import atomic_write_json, ordinary_modes, staged_dir
@@ -124,8 +125,16 @@ class Checkpoints:
         return int(found[-1].name.split("-")[1]) if found else None
 
     def load_record(self) -> tuple[Path, dict[str, Any]]:
+        """The newest checkpoint and its record (UsageError when the record is unreadable)."""
         last = self.list()[-1]
-        return last, json.loads((last / self.STATE_FILE).read_text())
+        try:
+            record = json.loads((last / self.STATE_FILE).read_text())
+        except (OSError, ValueError) as e:
+            raise UsageError(f"cannot resume from {last}: its {self.STATE_FILE} is unreadable ({e}); remove that "
+                             f"folder") from None
+        if not isinstance(record, dict) or not isinstance(record.get("step"), int):
+            raise UsageError(f"cannot resume from {last}: its {self.STATE_FILE} holds no step; remove that folder")
+        return last, record
 
     def save(self, step: int, write_state: Callable[[Path], None], record: dict[str, Any]) -> None:
         final = self.folder / f"step-{step:06d}"
@@ -153,40 +162,46 @@ class StepInterrupted(KeyboardInterrupt):
 
 
 class StepBoundary:
-    """Ctrl-C during a training step waits for the step to end, so that a checkpoint written
-    on the way out never holds an optimizer update its step count does not (a resumed run
-    would train that batch twice). A second Ctrl-C stops at once, with no checkpoint.
+    """Ctrl-C (or SIGTERM, as a scheduler's preemption sends) during a training step waits for
+    the step to end, so that a checkpoint written on the way out never holds an optimizer update
+    its step count does not (a resumed run would train that batch twice). A second one stops
+    at once, with no checkpoint.
 
         with StepBoundary() as stop:
             for step in ...:
                 train(step); record(step)
-                stop.check(sync)   # raises StepInterrupted once a Ctrl-C is pending
+                stop.check(sync)   # raises StepInterrupted once a stop is pending
 
-    `sync(flag)` (optional) returns whether any process saw a Ctrl-C, so that every process
-    stops after the same step. Outside the main thread it defers nothing.
+    `sync(flag)` (optional) returns whether any process was asked to stop, so that every
+    process stops after the same step. Outside the main thread it defers nothing, nor for a
+    signal the process ignores (a job started with nohup).
     """
 
+    SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
     def __init__(self, say: Callable[[str], None] = lambda msg: print(msg, file=sys.stderr)) -> None:
-        self.pending, self.old, self.say = False, None, say
+        self.pending, self.old, self.say = False, {}, say
 
     def __enter__(self) -> "StepBoundary":
         if threading.current_thread() is threading.main_thread():
-            self.old = signal.signal(signal.SIGINT, self._handler)
+            for sig in self.SIGNALS:
+                if signal.getsignal(sig) is not signal.SIG_IGN:
+                    self.old[sig] = signal.signal(sig, self._handler)
         return self
 
     def _handler(self, signum, frame) -> None:
         if self.pending:
-            raise KeyboardInterrupt  # the second Ctrl-C: mid-step, nothing may be saved
+            raise KeyboardInterrupt  # the second one: mid-step, nothing may be saved
         self.pending = True
-        self.say("stopping after this step (Ctrl-C again to stop at once, losing it)")
+        self.say("\nstopping after this step (Ctrl-C again to stop at once, losing it)")
 
     def check(self, sync: Callable[[bool], bool] | None = None) -> None:
         if sync(self.pending) if sync is not None else self.pending:
             raise StepInterrupted
 
     def __exit__(self, *exc) -> None:
-        if self.old is not None:
-            signal.signal(signal.SIGINT, self.old)
+        for sig, old in self.old.items():
+            signal.signal(sig, old if old is not None else signal.SIG_DFL)
 
 
 # -- model folders -------------------------------------------------------------------------------
