@@ -122,6 +122,15 @@ def refuse_current_folder(out: Path) -> None:
         raise UsageError(f"output {out} is the current folder or holds it: choose a folder of its own")
 
 
+def refuse_source(out: str | os.PathLike, source: str | os.PathLike) -> None:
+    """UsageError when the folder `out` is, or holds, `source` (a model read to write it):
+    replacing `out` would delete what is being read."""
+    out_path, src = Path(out).expanduser().resolve(), Path(source).expanduser().resolve()
+    if src == out_path or src.is_relative_to(out_path):
+        raise UsageError(f"--out {out} holds the source model {source}: writing there would replace it; "
+                         f"choose another folder")
+
+
 def check_destination(out: str | os.PathLike, force: bool) -> Path:
     """Fail early (before any heavy work) if `out` exists without `force`, or cannot be made, or
     would replace the current folder or one that holds it."""

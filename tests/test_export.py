@@ -343,3 +343,30 @@ def test_export_of_a_model_that_must_be_loaded(exported, tmp_path):
     with torch.inference_mode():
         theirs = plain(input_ids=ids).logits
     assert float((theirs - our_logits(model, ext, LONG_T)).abs().max()) < 1e-4
+
+
+def test_export_never_replaces_its_source_and_leaves_the_run_behind(exported, tmp_path, capsys):
+    """--out that is or holds the source model is refused even with --force; a fine-tuning run's
+    checkpoints and record stay behind; a tokenizer capped at the old window is lengthened."""
+    import shutil
+
+    root, _ = exported
+    factors = str(root / "llama-factors.json")
+    parent = tmp_path / "parent"
+    src = parent / "m"
+    shutil.copytree(root / "llama-src", src)
+    (parent / "notes.txt").write_text("mine")
+    for out in (parent, src):
+        err = cli_error(capsys, ["export", "--model", str(src), "--factors", factors, "--out", str(out), "--force"])
+        assert "holds the source model" in err
+    assert (src / "model.safetensors").is_file() and (parent / "notes.txt").read_text() == "mine"
+    (src / "checkpoints" / "step-000002").mkdir(parents=True)
+    (src / "checkpoints" / "step-000002" / "optimizer.bin").write_bytes(b"state")
+    (src / "finetune.json").write_text("{}")
+    (src / "tokenizer_config.json").write_text(json.dumps({"model_max_length": L}))
+    out = tmp_path / "out"
+    assert main(["export", "--model", str(src), "--factors", factors, "--out", str(out)]) == 0
+    assert not (out / "checkpoints").exists() and not (out / "finetune.json").exists()
+    assert json.loads((out / "tokenizer_config.json").read_text())["model_max_length"] == TARGET
+    notes = json.loads((out / SIDECAR).read_text())["notes"]
+    assert any("left out checkpoints" in n for n in notes) and any(f"{L} -> {TARGET}" in n for n in notes)

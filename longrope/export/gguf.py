@@ -38,7 +38,7 @@ from .. import __version__
 from ..errors import UsageError
 from ..factors import RopeExtension
 from ..hf_config import check_exportable
-from ..io import atomic_write_json, check_destination, staged_dir
+from ..io import atomic_write_json, check_destination, refuse_source, staged_dir
 from ..methods import attention_factor
 from ..models import presets
 from ..models.load import check_weights
@@ -166,6 +166,7 @@ def export_gguf(
     check_destination(out, force)
     ext, notes = check_exportable(ext, drop_start_token=drop_start_token, target="llama.cpp")
     src = _source_gguf(model)
+    refuse_source(out, src)
     check_weights(ModelSource(src.parent, src.name))  # one line for a truncated or foreign file
     reader = gguf.GGUFReader(str(src))
     rope = read_gguf_rope(reader)

@@ -19,7 +19,7 @@ from .. import __version__
 from ..errors import UsageError
 from ..factors import FACTORS_FILE, RopeExtension
 from ..hf_config import PHI3_STYLE, check_exportable, hf_config_dict
-from ..io import atomic_write_json, check_destination, staged_dir
+from ..io import atomic_write_json, check_destination, refuse_source, staged_dir
 from ..methods import attention_factor
 from ..models.load import check_config, check_weights, load_config
 from ..models.presets import dequantized_copy, resolve_model
@@ -27,6 +27,9 @@ from ..rope import RotarySpec
 from ..seam import ScaledRotaryEmbedding, rotary_spec_from_config
 
 SIDECAR = "longrope_export.json"
+# what a fine-tuning run leaves beside its model that an export must not carry: its training state
+# and its own record (which describes the factors it was trained with, not the exported ones)
+RUN_FILES = ("checkpoints", "finetune.json", "loss.png")
 
 
 # -- export --------------------------------------------------------------------------------------
@@ -104,6 +107,7 @@ def export_hf(
     check_destination(out, force)
     ext, notes = check_exportable(ext, drop_start_token=drop_start_token)
     source = resolve_model(model)
+    refuse_source(out, source.path)
     check_weights(source)  # a truncated weights file is copied nowhere
     config = load_config(source)
     check_config(source, config)  # nor weights their config does not describe
@@ -115,6 +119,9 @@ def export_hf(
                 # the config (and a fine-tuned model's own factors file) carry the new factors instead
                 if item.name in ("config.json", SIDECAR, FACTORS_FILE) or item.name.startswith("."):
                     continue
+                if item.name in RUN_FILES:
+                    notes.append(f"left out {item.name}: the fine-tuning run's own state or record")
+                    continue
                 (shutil.copytree if item.is_dir() else shutil.copy2)(item, tmp / item.name)
             config = json.loads((source.path / "config.json").read_text())
         else:
@@ -125,6 +132,7 @@ def export_hf(
             notes.append("Phi-3 config with a non-default attention factor: transformers 4.x's Phi3Config "
                          "refuses to load it (it accepts only type/short_factor/long_factor); 5.x and vLLM read it")
         atomic_write_json(tmp / "config.json", config)
+        _lengthen_tokenizer(tmp, ext.max_position_embeddings, notes)
         checks = {"rotary_max_rel_diff": check_rotary(tmp, ext, spec)}
         atomic_write_json(tmp / SIDECAR, {
             "format": "hf",
@@ -135,6 +143,23 @@ def export_hf(
             "checks": checks,
         })
     return ExportResult(Path(out), ext, notes, checks)
+
+
+def _lengthen_tokenizer(folder: Path, length: int, notes: list[str]) -> None:
+    """A tokenizer_config.json whose model_max_length is below the extended context would make
+    `tokenizer(..., truncation=True)` cut every input to the old window: raise it to `length`."""
+    path = folder / "tokenizer_config.json"
+    if not path.is_file():
+        return
+    try:
+        tok_config = json.loads(path.read_text())
+    except ValueError:
+        return  # not ours to repair; transformers will say what is wrong with it
+    old = tok_config.get("model_max_length") if isinstance(tok_config, dict) else None
+    if isinstance(old, (int, float)) and old < length:
+        tok_config["model_max_length"] = length
+        atomic_write_json(path, tok_config)
+        notes.append(f"tokenizer model_max_length {old:g} -> {length} (the extended context)")
 
 
 def _save_loaded(source, out_dir: Path) -> None:

@@ -261,9 +261,7 @@ def stage_final(out: Path, ext: RopeExtension, ft_dir: Path) -> Path:
         log(f"final: complete in {where}, skipped")
         return where
     with staged_dir(where, create=False) as staging:
-        result = export_hf(str(ft_dir), ext, staging, drop_start_token=True)
-        for stale in ("finetune.json", "loss.png"):
-            (staging / stale).unlink(missing_ok=True)
+        result = export_hf(str(ft_dir), ext, staging, drop_start_token=True)  # without the fine-tuning's record
         ext.save(staging / FACTORS_FILE)
         write_stage(staging, {"settings": {"extension": ext.to_dict()}, "notes": result.notes,
                               "fine_tuned": str(ft_dir)})
