@@ -9,7 +9,9 @@ import argparse
 import importlib
 import logging
 import re
+import signal
 import sys
+import threading
 
 from .errors import UsageError
 
@@ -87,7 +89,22 @@ def _quiet_known_noise() -> None:
             logger.addFilter(_KnownNoise())
 
 
+def _terminate_as_interrupt(signum, frame) -> None:
+    raise KeyboardInterrupt  # SIGTERM cleans up (temporaries, locks) as Ctrl-C does
+
+
 def main(argv: list[str] | None = None) -> int:
+    if threading.current_thread() is threading.main_thread() and signal.getsignal(signal.SIGTERM) == signal.SIG_DFL:
+        signal.signal(signal.SIGTERM, _terminate_as_interrupt)
+    try:
+        return _main(argv)
+    except KeyboardInterrupt:  # before a command started (while its modules load)
+        _close_progress_bars()
+        print("longrope: interrupted", file=sys.stderr)
+        return 130
+
+
+def _main(argv: list[str] | None) -> int:
     _quiet_known_noise()
     parser = build_parser()
     try:

@@ -71,7 +71,7 @@ def plot_ppl_vs_length(rows: list[dict], path: str | Path, title: str = "", nati
     length_axis(ax, [r["length"] for r in rows])
     ax.set_yscale("log")
     plain_log_axis(ax.yaxis)
-    label_axes(ax, "context length (tokens)", "perplexity", title or "Perplexity vs context length")
+    label_axes(ax, "context length (tokens)", "perplexity (log scale)", title or "Perplexity vs context length")
     return save_and_close(fig, path)
 
 
@@ -103,7 +103,7 @@ def plot_ppl_by_position(rows: list[dict], path: str | Path, title: str = "") ->
     ax.set_xticks(range(len(edges)), [band_label(*e) for e in edges])
     ax.set_yscale("log")
     plain_log_axis(ax.yaxis)
-    label_axes(ax, "positions of the scored tokens", "perplexity", title or "Perplexity by position")
+    label_axes(ax, "positions of the scored tokens", "perplexity (log scale)", title or "Perplexity by position")
     return save_and_close(fig, path)
 
 
@@ -135,8 +135,9 @@ def plot_depth_heatmap(trials: list[dict], path: str | Path, depth_bins: int = 5
                 label = f"{acc[b, j]:.0%}\nn={int(counts[b, j])}" if counts[b, j] else "no trial"
                 ax.text(j, b, label, ha="center", va="center", fontsize=7, color="black" if counts[b, j] else "grey")
         ax.set_xticks(range(len(lengths)), [str(n) for n in lengths], rotation=45)
-        ax.set_yticks(range(depth_bins), [f"{b / depth_bins:.2g}-{(b + 1) / depth_bins:.2g}" for b in range(depth_bins)],
-                      fontsize=8)
+        depths = [f"{b / depth_bins:.2g}-{(b + 1) / depth_bins:.2g}" for b in range(depth_bins)]
+        # the depth labels once, on the first panel: on the others they ran into the panel before
+        ax.set_yticks(range(depth_bins), depths if ax is axes[0][0] else [], fontsize=8)
         ax.set_xlabel("context length (tokens)")
         ax.set_title(f"{method} ({int(counts.sum())} trials)")
     axes[0][0].set_ylabel(ylabel)

@@ -26,7 +26,7 @@ from .. import __version__
 from ..data import tokens_fingerprint
 from ..errors import UsageError
 from ..factors import RopeExtension
-from ..methods import ntk_factors, pi_factors, yarn_factors
+from ..methods import attention_factor, ntk_factors, pi_factors, yarn_factors
 from ..options import check_options, option
 from ..rope import RotarySpec
 from .cma import check_samples, run_cma_search
@@ -161,13 +161,16 @@ class SearchOutputs:
         job = self.job
         ext = self.extension(state)
         ext.save(job.out / "factors.json")
+        n = len(job.docs)
         plot_progress(population_curve(state), job.out / "search.png",
-                      title=f"{job.title}\n{len(job.docs)} documents of the search split")
+                      title=f"{job.title}\n{n} document{'s' if n != 1 else ''} scored per candidate")
         if job.peers is not None:
             s = job.space.scale
             curves = {"PI": pi_factors(job.peers, s).tolist(), "NTK": ntk_factors(job.peers, s).tolist(),
                       "YaRN": yarn_factors(job.peers, s).tolist(), "searched": list(ext.long_factor)}
-            plot_factors(curves, job.out / "factors.png", title=f"rescale factors, s = {s:g}")
+            plot_factors(curves, job.out / "factors.png",
+                         title=f"{job.title}: rescale factors, s = {s:g}\nsearched: n_hat = {ext.start_token}, "
+                               f"attention factor {attention_factor(ext):.3f}")
         return ext
 
 

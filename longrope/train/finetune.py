@@ -492,7 +492,9 @@ def _save(run: Run, tokenizer, start: int, t0: float) -> None:
 
         def finish(folder: Path, notes: list[str]) -> str:
             atomic_write_json(folder / RECORD_FILE, {**record, "notes": notes})
-            plot_losses(record["curve"], folder / "loss.png", title="fine-tuning loss")
+            plot_losses(record["curve"], folder / "loss.png",
+                        title=f"fine-tuning {Path(str(record['model'])).name} at {cfg.length} tokens "
+                              f"({cfg.steps} steps)")
             return RECORD_FILE
 
         write_model_dir(acc.unwrap_model(run.net), tokenizer, run.out, finish, saved_ext, state_dict)
