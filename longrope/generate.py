@@ -36,6 +36,8 @@ def greedy_generate(
     model: nn.Module, input_ids: torch.Tensor, max_new_tokens: int, eos_token_id: int | None = None
 ) -> torch.Tensor:
     """Greedy continuation of input_ids [1, T]; returns the new token ids [n <= max_new_tokens]."""
+    if input_ids.dim() != 2 or input_ids.shape[0] != 1:
+        raise ValueError(f"greedy_generate decodes one sequence: input_ids must be [1, T], got {list(input_ids.shape)}")
     device = next(model.parameters()).device
     seq = input_ids.to(device)
     switch = _switch_length(model)

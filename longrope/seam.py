@@ -68,6 +68,8 @@ class ScaledRotaryEmbedding(nn.Module):
     (`set_extension`) serves every row; `set_row_extensions` gives each row its own.
     """
 
+    CACHED_TABLES = 16  # frequency tables kept (short, long, and the last lengths dynamic NTK saw)
+
     def __init__(self, spec: RotarySpec, extension: RopeExtension | None = None):
         super().__init__()
         self.spec = spec
@@ -106,6 +108,8 @@ class ScaledRotaryEmbedding(nn.Module):
         inv = self._inv_freq_cache.get(key)
         if inv is None:
             inv = scaled_inv_freq(self.spec, lam).float().to(device)
+            if len(self._inv_freq_cache) >= self.CACHED_TABLES:  # dynamic NTK: a table per length
+                self._inv_freq_cache.pop(next(iter(self._inv_freq_cache)))  # the oldest
             self._inv_freq_cache[key] = inv
         return inv
 
