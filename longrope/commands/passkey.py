@@ -44,8 +44,11 @@ def evaluate(args, out, given_lengths: list[int] | None) -> int:
     loaded = load_model(args.model, args.dtype, args.device)
     L = loaded.spec.original_max_position_embeddings
     lengths = given_lengths or [L, 2 * L, 4 * L, 8 * L]
-    variants = method_variants(args, loaded, args.target_length or max(lengths))
-    info = run_info(args, {"model": loaded.name, "lengths": lengths})
+    target = args.target_length or max(lengths)
+    variants = method_variants(args, loaded, target)
+    info = run_info(args, {"model": loaded.name, "native_context": L, "rotary": vars(loaded.spec) | {},
+                           "target_length": target, "lengths": lengths, "trials": args.trials, "seed": args.seed,
+                           "dtype": str(next(loaded.model.parameters()).dtype)})
 
     def cell(lm, variant, length, progress):
         rng = random.Random(f"{args.seed}:{length}")  # same keys and depths for every method
@@ -53,10 +56,12 @@ def evaluate(args, out, given_lengths: list[int] | None) -> int:
             figures = passkey_figures(lm, length, args.trials, rng, progress)
         except ValueError as e:
             raise UsageError(str(e)) from None
-        return {"method": variant.label, "length": length, **figures}
+        return {"method": variant.label, "length": length, **figures,
+                "extension": None if variant.extension is None else variant.extension.to_dict()}
 
     def tables(cells):
-        rows = [{"method": c["method"], "length": c["length"], "accuracy": c["accuracy"]} for c in cells.values()]
+        rows = [{"method": c["method"], "length": c["length"], "accuracy": c["accuracy"], "trials": len(c["trials"]),
+                 "extension": c["extension"]} for c in cells.values()]
         return rows, [{"method": c["method"], **t} for c in cells.values() for t in c["trials"]]
 
     def save(cells):  # after every cell

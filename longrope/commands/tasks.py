@@ -168,7 +168,8 @@ def evaluate(args, out, tasks: list[str], settings, given_lengths: list[int] | N
         prompts.setdefault((p.task, p.length), []).append(p)
     digests = {k: prompts_digest(v) for k, v in prompts.items()}
 
-    info = run_info(args, {"model": loaded.name, "native_context": L, "tasks": tasks, "lengths": lengths,
+    info = run_info(args, {"model": loaded.name, "native_context": L, "target_length": args.target_length or max(lengths),
+                           "tasks": tasks, "lengths": lengths,
                            "corpus": args.corpus, "split": args.split, "split_seed": args.split_seed,
                            "settings": asdict(settings), "chat_template": chat,
                            "dtype": str(next(loaded.model.parameters()).dtype)})

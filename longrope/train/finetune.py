@@ -37,6 +37,7 @@ import torch
 from tqdm import tqdm
 
 from ..data import CORPUS_HELP, DEFAULT_CORPUS, load_corpus, split_corpus, tokenize_corpus
+from .. import __version__
 from ..errors import UsageError, gist
 from ..evaluate.passkey import MAX_KEY, build_prompt
 from ..factors import RopeExtension
@@ -477,6 +478,18 @@ def _loop(run: Run, start: int, end: int, progress: bool, stop: StepBoundary) ->
     bar.close()
 
 
+def _transformers_version() -> str:
+    import transformers
+
+    return transformers.__version__
+
+
+def _accelerate_version() -> str:
+    import accelerate
+
+    return accelerate.__version__
+
+
 def _save(run: Run, tokenizer, start: int, t0: float) -> None:
     """The model directory, its config carrying the factors; checkpoints removed unless kept."""
     cfg, acc = run.cfg, run.accelerator
@@ -488,6 +501,8 @@ def _save(run: Run, tokenizer, start: int, t0: float) -> None:
             saved_ext = original_rope_below_native(saved_ext)
         record = {**run.describe, "steps": cfg.steps, "losses": run.losses, "curve": run.curve,
                   "seconds_this_call": round(time.time() - t0, 1), "resumed_from": start or None,
+                  "versions": {"longrope": __version__, "torch": torch.__version__,
+                               "transformers": _transformers_version(), "accelerate": _accelerate_version()},
                   "tokens_per_step": cfg.batch_size * cfg.grad_accum * cfg.length * acc.num_processes}
 
         def finish(folder: Path, notes: list[str]) -> str:
