@@ -9,6 +9,7 @@ import torch
 import yaml
 
 from longrope.cli import main
+from longrope.errors import UsageError
 from longrope.recipe.config import load_recipe, parse_recipe
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -319,3 +320,26 @@ def test_second_fine_tuning_continues_stage_1_with_the_final_factors(tiny_model_
     assert main(["extend", "--recipe", str(write(tmp_path, data)), "--out", str(out)]) == 0
     err = capsys.readouterr().err
     assert "finetune2: complete" in err and "baseline pi (2): complete" in err
+    # stage 2 redone with other settings: what was built on the old model is refused, stage by stage
+    import shutil
+
+    shutil.rmtree(out / "2-finetune")
+    data["stages"]["finetune"]["lr"] = 5e-4
+    from longrope.recipe import stages
+
+    for stage in ("3-search2", "3b-finetune2", "4-readjust", "final"):
+        assert main(["extend", "--recipe", str(write(tmp_path, data)), "--out", str(out)]) == 2
+        last = capsys.readouterr().err.strip().splitlines()[-1]
+        if stage == "3-search2":  # finetune2 too was made from the old stage-2 model
+            with pytest.raises(UsageError, match="3b-finetune2 was made from an earlier 2-finetune"):
+                base = json.loads((out / "3b-finetune2" / stages.BASE_FILE).read_text())["base"]
+                stages._check_base(out / "3b-finetune2", base, out / "2-finetune")
+            assert f"{out / stage} was made from an earlier 2-finetune" in last, last  # its settings are the same
+        else:  # the later ones see the new search2's factors first
+            assert str(out / stage) in last and "remove" in last, last
+        shutil.rmtree(out / stage)
+    shutil.rmtree(out / "baselines")  # fine-tuned from the original with the old finetune settings: refused too
+    code = main(["extend", "--recipe", str(write(tmp_path, data)), "--out", str(out)])
+    assert code == 0, capsys.readouterr().err[-600:]
+    record = json.loads((out / "3b-finetune2" / "finetune.json").read_text())
+    assert record["model"] == str(out / "2-finetune")

@@ -35,10 +35,10 @@ from ..errors import UsageError
 from ..evaluate.runner import Variant
 from ..export.hf import export_hf
 from ..factors import FACTORS_FILE, RopeExtension
-from ..io import atomic_write_json, changed_keys, staged_dir
+from ..io import atomic_write_json, changed_keys, read_json_or_none, staged_dir
 from ..methods import attention_factor, build_extension
 from ..options import build
-from ..models.load import load_model, load_tokenizer, model_spec
+from ..models.load import load_model, load_tokenizer, model_fingerprint, model_spec
 from ..rope import RotarySpec
 from ..search.driver import SearchJob, SearchOptions, drive, has_state
 from ..search.evolution import SearchConfig, SearchState, peer_seeds
@@ -75,11 +75,27 @@ def _check_stage(out: Path, settings: dict[str, Any]) -> dict[str, Any] | None:
     return record
 
 
-def _completed_search(name: str, where: Path, settings: dict[str, Any]) -> RopeExtension | None:
-    """The extension a complete search stage found (None: not complete yet)."""
+BASE_FILE = ".recipe-base.json"  # in finetune2: its base model's fingerprint (a dot file: neither exported nor fingerprinted)
+
+
+def _check_base(where: Path, recorded: str | None, base: Path) -> None:
+    """UsageError when the complete stage in `where` was made from an earlier version of the
+    model in `base` (that stage was redone since): its result would mix two runs. A record
+    without a fingerprint (written before they were kept) is taken as it is."""
+    if recorded is not None and recorded != model_fingerprint(str(base)):
+        raise UsageError(f"{where} was made from an earlier {base.name} (redone since); remove {where} and the "
+                         f"stages after it to redo them")
+
+
+def _completed_search(name: str, where: Path, settings: dict[str, Any], base: Path | None = None
+                      ) -> RopeExtension | None:
+    """The extension a complete search stage found (None: not complete yet); `base`: the model
+    folder it searched on, when an earlier stage made it."""
     done = _check_stage(where, settings)
     if done is None:
         return None
+    if base is not None:
+        _check_base(where, done.get("base"), base)
     log(f"{name}: complete in {where}, skipped")
     return RopeExtension.from_dict(done["extension"])
 
@@ -141,7 +157,8 @@ def _search(recipe: Recipe, stage, where: Path, settings: dict[str, Any], model:
     job = SearchJob(lm.model, docs, make, space, config, seeds, where, {**describe, "docs": len(docs)},
                     build(SearchOptions, stage), title=title, resume_hint="rerun the recipe to continue")
     ext = finalize(drive(job, state)[1])
-    write_stage(where, {"settings": settings, "extension": ext.to_dict(), "seconds": round(time.time() - t0, 1)})
+    write_stage(where, {"settings": settings, "extension": ext.to_dict(), "seconds": round(time.time() - t0, 1),
+                        "base": model_fingerprint(model)})
     return ext, time.time() - t0
 
 
@@ -186,6 +203,8 @@ def stage_finetune(recipe: Recipe, ext: RopeExtension | None, where: Path, label
         if changed:
             raise UsageError(f"{where} was fine-tuned with different settings ({', '.join(changed)}); restore them "
                              f"or remove that folder")
+        if second is not None:
+            _check_base(where, (read_json_or_none(where / BASE_FILE) or {}).get("base"), second)
         log(f"{label}: complete in {where}, skipped")
         return where
     resume = has_checkpoint(where)
@@ -193,6 +212,8 @@ def stage_finetune(recipe: Recipe, ext: RopeExtension | None, where: Path, label
         shutil.rmtree(where)  # started but never checkpointed: nothing to keep
     t0 = time.time()
     finetune(model, ext, where, cfg, resume=resume, resume_hint="rerun the recipe to continue")
+    if second is not None:
+        atomic_write_json(where / BASE_FILE, {"base": model_fingerprint(str(second)), "model": str(second)})
     log(f"{label}: {cfg.steps} steps at {cfg.length} tokens ({time.time() - t0:.0f}s)")
     return where
 
@@ -201,7 +222,7 @@ def stage_search2(recipe: Recipe, out: Path, spec: RotarySpec, ext1: RopeExtensi
     """3. lambda2 on the fine-tuned model for the final target; long_factor = lambda1 * lambda2."""
     stage, where = recipe.search2, out / DIRS["search2"]
     settings = {**stage.settings(), "stage1": ext1.to_dict(), "dtype": recipe.dtype}
-    if (done := _completed_search("search2", where, settings)) is not None:
+    if (done := _completed_search("search2", where, settings, ft_dir)) is not None:
         return done
     L, N1, N2 = spec.original_max_position_embeddings, ext1.max_position_embeddings, stage.target_length
     scale2 = N2 / N1
@@ -233,7 +254,7 @@ def stage_readjust(recipe: Recipe, out: Path, spec: RotarySpec, ext1: RopeExtens
     """4. short_factor: a search at the native length with a smaller upper bound (paper section 3.3)."""
     stage, where = recipe.readjust, out / DIRS["readjust"]
     settings = {**stage.settings(), "extension": ext.to_dict(), "dtype": recipe.dtype}
-    if (done := _completed_search("readjust", where, settings)) is not None:
+    if (done := _completed_search("readjust", where, settings, ft_dir)) is not None:
         return done
     L = spec.original_max_position_embeddings
     bound = stage.max_factor or 1.25 * ext1.scale  # stage 1's bound: smaller than the final one (> 1)
@@ -258,13 +279,14 @@ def stage_final(out: Path, ext: RopeExtension, ft_dir: Path) -> Path:
     where = out / DIRS["final"]
     done = read_stage(where)
     if done is not None and done["settings"] == {"extension": ext.to_dict()}:
+        _check_base(where, done.get("base"), ft_dir)
         log(f"final: complete in {where}, skipped")
         return where
     with staged_dir(where, create=False) as staging:
         result = export_hf(str(ft_dir), ext, staging, drop_start_token=True)  # without the fine-tuning's record
         ext.save(staging / FACTORS_FILE)
         write_stage(staging, {"settings": {"extension": ext.to_dict()}, "notes": result.notes,
-                              "fine_tuned": str(ft_dir)})
+                              "fine_tuned": str(ft_dir), "base": model_fingerprint(str(ft_dir))})
     log(f"final: wrote {where}")
     return where
 
