@@ -398,6 +398,9 @@ def test_eval_ppl_reuses_only_identical_work(tiny_model_dir, tiny_corpus, tmp_pa
     factors(f, 3.0)  # the same file name, other factors
     _, replaced = ppl(tmp_path / "o", "--split", "test")
     assert replaced["mine"] != test["mine"] and replaced["none"] == test["none"]
+    # a method added before the factors: results.json keeps the reused cells computed after it too
+    _, added = ppl(tmp_path / "o", "--split", "test", "--methods", "none,pi", "--target-length", "128")
+    assert set(added) == {"none", "pi", "mine"} and added["mine"] == replaced["mine"]
 
 
 def test_search_resume_refuses_an_edited_corpus_or_other_chunking(tmp_path, capsys):

@@ -96,7 +96,9 @@ def evaluate(args, out, given_lengths: list[int] | None) -> int:
     def save(cells):  # after every cell
         atomic_write_json(out / "results.json", {"config": info, "rows": list(cells.values())})
 
-    rows = list(run_cells(variants, lengths, {"ppl": cell}, loaded, done, save, desc="eval-ppl").values())
+    cells = run_cells(variants, lengths, {"ppl": cell}, loaded, done, save, desc="eval-ppl")
+    save(cells)  # every cell, reused ones after the last computed one included
+    rows = list(cells.values())
     title = (f"{loaded.name}: perplexity vs context length\n{len(docs)} {args.split} document(s), "
              f"methods set for {target} tokens")
     save_outputs(rows, out, L, title)
