@@ -309,3 +309,24 @@ def test_torchrun_two_processes_equal_one(assets, tmp_path):
                     *search_args(assets, two)], check=True, env=env)
     assert (two / "history.jsonl").read_text() == (one / "history.jsonl").read_text()
     assert (two / "factors.json").read_text() == (one / "factors.json").read_text()
+
+
+@pytest.mark.parametrize("optimizer", ["ga", "cma"])
+def test_a_resume_may_ask_for_more_generations(assets, tmp_path, capsys, optimizer):
+    """--iterations only says when to stop: a finished 1-generation run resumed with 2 ends
+    byte-identical to a 2-generation run; fewer than those done is refused."""
+    opt = ["--optimizer", optimizer]
+
+    def run(out, iterations, *extra):
+        budget = [a for a in BUDGET]
+        budget[budget.index("--iterations") + 1] = str(iterations)
+        return main(["search", "--model", str(assets[0]), "--corpus", str(assets[1]), "--target-length", "64",
+                     "--out", str(out), *budget, *opt, *extra])
+
+    assert run(tmp_path / "short", 1) == 0 and run(tmp_path / "short", 2, "--resume") == 0
+    assert run(tmp_path / "long", 2) == 0
+    for name in ("factors.json", "history.jsonl", "state.json"):
+        assert (tmp_path / "short" / name).read_bytes() == (tmp_path / "long" / name).read_bytes(), name
+    capsys.readouterr()
+    assert run(tmp_path / "short", 1, "--resume") == 2
+    assert "already run 2 generations" in capsys.readouterr().err

@@ -196,7 +196,7 @@ def run_cma_search(space: SearchSpace, config: SearchConfig, objective: Objectiv
         if on_generation:
             on_generation(state)
     else:
-        check_same_config(state.config, full_config)
+        check_same_config(state.config, full_config, state.generation)
         if state.optimizer_state is None:
             raise UsageError("the saved search has no CMA-ES state")
 

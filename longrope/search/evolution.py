@@ -292,11 +292,18 @@ def write_history(out_dir: str | Path, state: SearchState, space: SearchSpace) -
 ADDED_SETTINGS = {"reject": "exact", "race_confidence": 0.95}
 
 
-def check_same_config(saved: dict[str, Any], current: dict[str, Any]) -> None:
+def check_same_config(saved: dict[str, Any], current: dict[str, Any], generation: int | None = None) -> None:
     """Resuming with other settings would not reproduce the run: refuse, naming the keys.
-    `saved` gains the ADDED_SETTINGS it lacks."""
+    `saved` gains the ADDED_SETTINGS it lacks. The number of generations only says when to stop
+    (no generation depends on it): with `generation` (how many are done) a resume may ask for
+    more, or fewer down to those done, and `saved` takes the new number."""
     for key, value in ADDED_SETTINGS.items():
         saved.setdefault(key, value)
+    if generation is not None and saved.get("iterations") != current.get("iterations"):
+        if current["iterations"] < generation:
+            raise UsageError(f"the search has already run {generation} generations; --iterations "
+                             f"{current['iterations']} would undo them (give {generation} or more)")
+        saved["iterations"] = current["iterations"]
     keys = changed_keys(saved, current)
     if keys:
         diffs = ", ".join(f"{k}: saved {saved.get(k)!r} vs now {current.get(k)!r}" for k in keys)
@@ -423,7 +430,7 @@ def run_search(
         if on_generation:
             on_generation(state)
     else:
-        check_same_config(state.config, full_config)
+        check_same_config(state.config, full_config, state.generation)
     rng = np.random.default_rng()
     rng.bit_generator.state = state.rng_state
     seen = {r.genome.key for r in state.history}
