@@ -428,7 +428,7 @@ def pretrain_tiny(
     overwrite: bool = False,
     progress: bool = True,
     checkpoints: str | os.PathLike | None = None,
-    resume: bool = False,
+    resume: bool | None = False,
 ) -> Path:
     """Train the tiny reference Llama and save it as an HF directory at `out_dir`.
 
@@ -461,7 +461,9 @@ def pretrain_tiny(
     random.seed(cfg.seed)
     torch.manual_seed(cfg.seed)
     data = prepare_data(cfg)
-    say = lambda msg: print(msg, file=sys.stderr)  # noqa: E731  (what an interrupted run must tell)
+    def say(msg: str) -> None:  # what a resumed or interrupted run must tell, progress bar or not
+        print(msg, file=sys.stderr)
+
     log = say if progress else (lambda msg: None)
     log(f"train: {corpus_summary(data.train)}")
     log(f"held out: {corpus_summary(data.held_out)}")
