@@ -78,10 +78,12 @@ def run_cells(
             if key in done:
                 cells[key] = done[key]
                 continue
-            bar.set_postfix(variant=v.label, length=key[2])  # the cell in progress (one may take minutes)
+            # the cell in progress (one may take minutes); its kind (the task) when there are several
+            where = {"variant": v.label, **({"task": key[1]} if len(evaluators) > 1 else {}), "length": key[2]}
+            bar.set_postfix(where)
 
-            def progress(done: int, total: int, v=v, key=key) -> None:  # its documents or trials
-                bar.set_postfix(variant=v.label, length=key[2], done=f"{done}/{total}")
+            def progress(done: int, total: int, where=where) -> None:  # its documents or trials
+                bar.set_postfix({**where, "done": f"{done}/{total}"})
 
             cells[key] = evaluators[key[1]](lm, v, key[2], progress)
             on_cell(cells)
