@@ -115,18 +115,33 @@ def changed_keys(saved: dict[str, Any], current: dict[str, Any], prefix: str = "
     return out
 
 
+def versions(*packages: str) -> dict[str, str]:
+    """What every result file records of the software that made it: longrope, Python and the
+    installed `packages` (read from their metadata: nothing is imported)."""
+    import platform
+    from importlib.metadata import version
+
+    from . import __version__
+
+    return {"longrope": __version__, **{p: version(p) for p in packages}, "python": platform.python_version()}
+
+
 # -- whole folders ---------------------------------------------------------------------------
+def _holds(folder: str | os.PathLike, path: str | os.PathLike) -> bool:
+    """Whether replacing `folder` would take `path` with it (it is `path` or one of its parents)."""
+    return Path(path).expanduser().resolve().is_relative_to(Path(folder).expanduser().resolve())
+
+
 def refuse_current_folder(out: Path) -> None:
     """UsageError when `out`, a folder to be replaced, is the current folder or holds it."""
-    if out.exists() and Path.cwd().resolve().is_relative_to(out.resolve()):
+    if out.exists() and _holds(out, Path.cwd()):
         raise UsageError(f"output {out} is the current folder or holds it: choose a folder of its own")
 
 
 def refuse_source(out: str | os.PathLike, source: str | os.PathLike) -> None:
     """UsageError when the folder `out` is, or holds, `source` (a model read to write it):
     replacing `out` would delete what is being read."""
-    out_path, src = Path(out).expanduser().resolve(), Path(source).expanduser().resolve()
-    if src == out_path or src.is_relative_to(out_path):
+    if _holds(out, source):
         raise UsageError(f"--out {out} holds the source model {source}: writing there would replace it; "
                          f"choose another folder")
 

@@ -2,16 +2,13 @@
 from __future__ import annotations
 
 import argparse
-import platform
 import time
 from pathlib import Path
 from typing import Any
 
-import torch
-
-from .. import __version__
 from ..data import CORPUS_HELP, documents_of_length, load_corpus, select_split, tokenize_corpus
 from ..errors import UsageError
+from ..io import versions
 from ..evaluate.runner import Variant
 from ..models.load import LoadedModel
 from ..models.presets import PRESETS
@@ -156,13 +153,10 @@ def evaluation_documents(args, tokenizer, min_length: int):
 
 def run_info(args, extra: dict[str, Any] | None = None) -> dict[str, Any]:
     """What every result file records about the run."""
-    import transformers
-
     return {
         "command": args.command,
         "args": {k: v for k, v in vars(args).items() if k not in ("func", "command")},
-        "versions": {"longrope": __version__, "torch": torch.__version__, "transformers": transformers.__version__,
-                     "python": platform.python_version()},
+        "versions": versions("torch", "transformers"),
         "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         **(extra or {}),
     }

@@ -16,7 +16,7 @@ from typing import Any
 import torch
 
 from .. import __version__
-from ..errors import UsageError
+from ..errors import UsageError, gist
 from ..factors import FACTORS_FILE, RopeExtension
 from ..hf_config import PHI3_STYLE, check_exportable, hf_config_dict
 from ..io import atomic_write_json, check_destination, refuse_source, staged_dir
@@ -172,7 +172,7 @@ def _save_loaded(source, out_dir: Path) -> None:
     try:
         model = AutoModelForCausalLM.from_pretrained(str(source.path), dtype=dtype, **kwargs)
     except (OSError, ValueError, KeyError) as e:
-        raise UsageError(f"cannot load model from {source.path}: {str(e).splitlines()[0]}") from None
+        raise UsageError(f"cannot load model from {source.path}: {gist(e)}") from None
     if source.gguf_file:
         model = dequantized_copy(model)
     model.save_pretrained(str(out_dir))  # safetensors (the only format of transformers 5.x)
@@ -182,4 +182,4 @@ def _save_loaded(source, out_dir: Path) -> None:
     try:
         AutoTokenizer.from_pretrained(str(source.path), **kwargs).save_pretrained(str(out_dir))
     except (OSError, ValueError, KeyError) as e:
-        raise UsageError(f"cannot load the tokenizer of {source.path}: {str(e).splitlines()[0]}") from None
+        raise UsageError(f"cannot load the tokenizer of {source.path}: {gist(e)}") from None

@@ -15,7 +15,7 @@ from typing import Any
 
 from torch import nn
 
-from ..errors import UsageError
+from ..errors import UsageError, gist
 from ..factors import FACTORS_FILE, RopeExtension
 from ..hf_config import carried_extension, load_factors
 from ..rope import RotarySpec
@@ -44,14 +44,6 @@ def _offline_transformers():
     return transformers
 
 
-def _first_line(e: Exception) -> str:
-    """The message's first line (with the next one when the first only introduces it)."""
-    lines = [line.strip() for line in str(e).splitlines() if line.strip()]
-    if not lines:
-        return type(e).__name__
-    return f"{lines[0]} {lines[1]}" if lines[0].endswith(":") and len(lines) > 1 else lines[0]
-
-
 def load_config(name_or_path: str | os.PathLike | ModelSource):
     """The transformers config of a model, without its weights (UsageError if unreadable)."""
     source = name_or_path if isinstance(name_or_path, ModelSource) else resolve_model(str(name_or_path))
@@ -60,11 +52,11 @@ def load_config(name_or_path: str | os.PathLike | ModelSource):
     try:
         return transformers.AutoConfig.from_pretrained(str(source.path), **kwargs)
     except (OSError, ValueError, KeyError, TypeError) as e:
-        raise UsageError(f"cannot read the config of {str(source.path)!r}: {_first_line(e)}") from None
+        raise UsageError(f"cannot read the config of {str(source.path)!r}: {gist(e)}") from None
     except Exception as e:  # huggingface_hub's field validation errors derive from Exception alone
         if type(e).__module__.split(".")[0] != "huggingface_hub":
             raise
-        raise UsageError(f"cannot read the config of {str(source.path)!r}: {_first_line(e)}") from None
+        raise UsageError(f"cannot read the config of {str(source.path)!r}: {gist(e)}") from None
 
 
 def load_tokenizer(name_or_path: str):
@@ -75,7 +67,7 @@ def load_tokenizer(name_or_path: str):
     try:
         return transformers.AutoTokenizer.from_pretrained(str(source.path), **kwargs)
     except (OSError, ValueError, KeyError, TypeError) as e:
-        raise UsageError(f"cannot load the tokenizer of {name_or_path!r}: {_first_line(e)}") from None
+        raise UsageError(f"cannot load the tokenizer of {name_or_path!r}: {gist(e)}") from None
 
 
 def model_spec(name_or_path: str) -> RotarySpec:
@@ -99,7 +91,7 @@ def load_model(
     check_config(source, load_config(source))
 
     def fail(e: Exception, what: str = "model"):
-        raise UsageError(f"cannot load {what} of {name_or_path!r}: {_first_line(e)}") from None
+        raise UsageError(f"cannot load {what} of {name_or_path!r}: {gist(e)}") from None
 
     try:
         model = transformers.AutoModelForCausalLM.from_pretrained(str(source.path), **kwargs)
@@ -139,7 +131,7 @@ def check_weights(source: ModelSource) -> None:
 
             gguf.GGUFReader(str(path))
         except Exception as e:  # the reader raises anything from ValueError to IndexError on a bad file
-            raise UsageError(f"{path} is not a readable GGUF file ({_first_line(e)})") from None
+            raise UsageError(f"{path} is not a readable GGUF file ({gist(e)})") from None
         return
     for path in sorted(source.path.glob("*.safetensors")):
         _check_safetensors(path)

@@ -31,6 +31,7 @@ import yaml
 from ..errors import UsageError
 from ..methods import get_method
 from ..options import check_options, option, rename_flags
+from ..search.cma import check_samples
 from ..search.driver import DEFAULT_METHOD, SearchOptions
 from ..search.evolution import ADDED_SETTINGS, SearchConfig
 from ..train.finetune import FinetuneConfig
@@ -48,6 +49,11 @@ REQUIRED_STAGES = ("search", "finetune")
 class SearchSettings(SearchOptions, SearchConfig):
     """Hyper-parameters of one search: `SearchConfig` (Algorithm 1, the paper's defaults) and
     `SearchOptions` (optimizer, objective, documents, grid, bound; readjust's bound: stage 1's)."""
+
+    def __post_init__(self):
+        super().__post_init__()  # both classes' checks
+        if self.optimizer == "cma":
+            check_samples(self.mutations + self.crossovers)
 
     def settings(self) -> dict[str, Any]:
         """The stage's keys as a recipe sets them (what its stage.json records). Keys added later

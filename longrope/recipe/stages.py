@@ -75,7 +75,8 @@ def _check_stage(out: Path, settings: dict[str, Any]) -> dict[str, Any] | None:
     return record
 
 
-BASE_FILE = ".recipe-base.json"  # in finetune2: its base model's fingerprint (a dot file: neither exported nor fingerprinted)
+# in finetune2's folder: the fingerprint of the model it continued (a dot file: neither exported nor fingerprinted)
+BASE_FILE = ".recipe-base.json"
 
 
 def _check_base(where: Path, recorded: str | None, base: Path) -> None:

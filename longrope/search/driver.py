@@ -29,7 +29,7 @@ from ..factors import RopeExtension
 from ..methods import attention_factor, ntk_factors, pi_factors, yarn_factors
 from ..options import check_options, option
 from ..rope import RotarySpec
-from .cma import check_samples, run_cma_search
+from .cma import run_cma_search
 from .evolution import (PEER_SEED_NAMES, STATE_FILE, SearchConfig, SearchState, evaluate_serial, population_curve,
                         run_search, write_history)
 from .fitness import OBJECTIVES, MakeExtension, auto_candidates_per_forward
@@ -82,8 +82,6 @@ class SearchOptions:
                              f"got {self.candidates_per_forward}")
         # a settings class that also derives from SearchConfig checks its fields too
         getattr(super(), "__post_init__", lambda: None)()
-        if self.optimizer == "cma" and hasattr(self, "mutations"):
-            check_samples(self.mutations + self.crossovers)
 
     def method(self) -> dict[str, Any]:
         """Optimizer and objective (and the needles of the needle objective): recorded in the

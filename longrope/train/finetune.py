@@ -37,19 +37,18 @@ import torch
 from tqdm import tqdm
 
 from ..data import CORPUS_HELP, DEFAULT_CORPUS, load_corpus, split_corpus, tokenize_corpus
-from .. import __version__
 from ..errors import UsageError, gist
 from ..evaluate.passkey import MAX_KEY, build_prompt
 from ..factors import RopeExtension
-from ..io import atomic_write_json, changed_keys
+from ..io import atomic_write_json, changed_keys, versions
 from ..models.device import auto_mixed_precision
 from ..options import check_options, option
 from ..models.load import load_model
 from ..seam import install_rope
 from .pretrain import TRAIN_SPLITS  # the tiny preset's pretraining data; "test" stays held out
 from .toolkit import (
-    IGNORE, SCHEDULES, Checkpoints, Schedule, StepBoundary, StepInterrupted, adamw, answer_weights, lr_at,
-    next_token_loss, padded_row, plot_losses, set_lr, write_model_dir,
+    IGNORE, SCHEDULES, Checkpoints, Schedule, StepBoundary, adamw, answer_weights, lr_at, next_token_loss, padded_row,
+    plot_losses, set_lr, stop_between_steps, write_model_dir,
 )
 
 RECORD_FILE = "finetune.json"  # written last: its presence means the run is complete
@@ -424,20 +423,15 @@ def finetune(
     end = cfg.steps if stop_after is None else min(cfg.steps, stop_after)
     # what an interrupted run must tell, progress bar or not (the main process speaks for all)
     say = (lambda msg: print(msg, file=sys.stderr)) if run.accelerator.is_main_process else (lambda msg: None)
-    try:
-        with StepBoundary(say) as stop:
-            _loop(run, start, end, progress, stop)
-    except StepInterrupted:  # Ctrl-C, taken between steps: keep every finished step
+
+    def keep_finished_steps() -> int:
         done = len(run.losses)  # steps finished, resumed ones included
         if done > (run.checkpoints.last_step() or 0):
             run.checkpoint(done)
-        say(f"interrupted: step {done} is saved in {out / Checkpoints.FOLDER}; {resume_hint}")
-        raise
-    except KeyboardInterrupt:  # a second Ctrl-C, mid-step: the weights match no step count
-        last = run.checkpoints.last_step()
-        say(f"interrupted mid-step: {f'step {last} is saved' if last else 'nothing is saved'} in "
-            f"{out / Checkpoints.FOLDER}; {resume_hint}")
-        raise
+        return done
+
+    stop_between_steps(lambda stop: _loop(run, start, end, progress, stop), keep_finished_steps,
+                       run.checkpoints.last_step, run.checkpoints.folder, resume_hint, say)
     run.rope.set_extension(extension)
     if end < cfg.steps:  # stopped early on purpose: leave a checkpoint to resume from
         if run.checkpoints.last_step() != end:
@@ -478,18 +472,6 @@ def _loop(run: Run, start: int, end: int, progress: bool, stop: StepBoundary) ->
     bar.close()
 
 
-def _transformers_version() -> str:
-    import transformers
-
-    return transformers.__version__
-
-
-def _accelerate_version() -> str:
-    import accelerate
-
-    return accelerate.__version__
-
-
 def _save(run: Run, tokenizer, start: int, t0: float) -> None:
     """The model directory, its config carrying the factors; checkpoints removed unless kept."""
     cfg, acc = run.cfg, run.accelerator
@@ -501,8 +483,7 @@ def _save(run: Run, tokenizer, start: int, t0: float) -> None:
             saved_ext = original_rope_below_native(saved_ext)
         record = {**run.describe, "steps": cfg.steps, "losses": run.losses, "curve": run.curve,
                   "seconds_this_call": round(time.time() - t0, 1), "resumed_from": start or None,
-                  "versions": {"longrope": __version__, "torch": torch.__version__,
-                               "transformers": _transformers_version(), "accelerate": _accelerate_version()},
+                  "versions": versions("torch", "transformers", "accelerate"),
                   "tokens_per_step": cfg.batch_size * cfg.grad_accum * cfg.length * acc.num_processes}
 
         def finish(folder: Path, notes: list[str]) -> str:

@@ -17,7 +17,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import platform
 import random
 import sys
 import time
@@ -28,17 +27,16 @@ from typing import Any, Iterable
 import torch
 from tqdm import tqdm
 
-from .. import __version__
 from ..data import TokenDoc, corpus_summary, documents_of_length, load_corpus, split_corpus, tokenize_corpus
 from ..errors import UsageError, gist
 from ..evaluate.passkey import MAX_KEY, passkey_text, run_trials
 from ..evaluate.ppl import mean_nlls, perplexity
-from ..io import atomic_write_json, changed_keys
+from ..io import atomic_write_json, changed_keys, versions
 from ..models.device import cpu_has_fast_bf16
 from ..options import check_options, option
 from .toolkit import (
-    Checkpoints, Schedule, StepBoundary, StepInterrupted, adamw, answer_weights, lr_at, next_token_loss, padded_row,
-    set_lr, write_model_dir,
+    Checkpoints, Schedule, StepBoundary, adamw, answer_weights, lr_at, next_token_loss, padded_row, set_lr,
+    stop_between_steps, write_model_dir,
 )
 
 BOS, EOS, PAD = "<s>", "</s>", "<pad>"
@@ -309,7 +307,7 @@ class Saves:
 
     def __init__(self, folder: Path, cfg: PretrainConfig, tokenizer, bf16: bool, restart: bool, every: int = 100,
                  log=lambda msg: print(msg, file=sys.stderr), resume_hint: str = "continue with --resume"):
-        self.checkpoints = Checkpoints(folder.parent, folder=folder)
+        self.checkpoints = Checkpoints.in_folder(folder)
         self.every, self.restart, self.log, self.resume_hint = every, restart, log, resume_hint
         vocab = json.dumps(sorted(tokenizer.get_vocab().items())).encode()
         # the precision in force, not "auto": resumed on other hardware, the run would change it midway
@@ -370,9 +368,10 @@ def train(model, data: TrainingData, cfg: PretrainConfig, bf16: bool, progress: 
         start = len(losses)
     t0 = time.time()
 
-    def save() -> None:
+    def save() -> int:
         saves.save(len(losses), {"model": model.state_dict(), "optimizer": opt.state_dict(), "batches": batches.state(),
                                  "losses": losses, "curve": curve, "seconds": before + time.time() - t0})
+        return len(losses)
 
     bar = tqdm(range(start, cfg.steps), initial=start, total=cfg.steps, desc="pretrain", disable=not progress,
                dynamic_ncols=True)
@@ -381,22 +380,16 @@ def train(model, data: TrainingData, cfg: PretrainConfig, bf16: bool, progress: 
             _train_step(model, opt, batches, cfg, step, bf16, losses, curve, bar)
         model.eval()
         return curve, sum(losses[-20:]) / len(losses[-20:]), time.time() - t0
-    try:
-        with StepBoundary(saves.log) as stop:
-            for step in bar:
-                _train_step(model, opt, batches, cfg, step, bf16, losses, curve, bar)
-                if len(losses) % saves.every == 0 and len(losses) < cfg.steps:
-                    save()
-                stop.check()
-    except StepInterrupted:
-        save()
-        saves.log(f"interrupted: step {len(losses)} is saved in {saves.checkpoints.folder}; {saves.resume_hint}")
-        raise
-    except KeyboardInterrupt:  # a second one, mid-step: the weights match no step count
-        last = saves.checkpoints.last_step()
-        saves.log(f"interrupted mid-step: {f'step {last} is saved' if last else 'nothing is saved'} in "
-                  f"{saves.checkpoints.folder}; {saves.resume_hint}")
-        raise
+
+    def loop(stop: StepBoundary) -> None:
+        for step in bar:
+            _train_step(model, opt, batches, cfg, step, bf16, losses, curve, bar)
+            if len(losses) % saves.every == 0 and len(losses) < cfg.steps:
+                save()
+            stop.check()
+
+    stop_between_steps(loop, save, saves.checkpoints.last_step, saves.checkpoints.folder, saves.resume_hint,
+                       saves.log)
     model.eval()
     return curve, sum(losses[-20:]) / len(losses[-20:]), before + time.time() - t0
 
@@ -450,8 +443,7 @@ def pretrain_tiny(
         raise UsageError(f"--steps must be at least 1, got {cfg.steps}")
     out_dir = Path(out_dir).expanduser()
     _prepare_out_dir(out_dir, overwrite)
-    if checkpoints is not None and resume is False and Checkpoints(Path(checkpoints).parent,
-                                                                  folder=Path(checkpoints)).list():
+    if checkpoints is not None and resume is False and Checkpoints.in_folder(Path(checkpoints)).list():
         raise UsageError(f"{checkpoints} holds an interrupted run: continue it with --resume, or remove it")
     if cfg.threads is not None:
         if cfg.threads < 1:
@@ -509,8 +501,6 @@ def heldout_figures(model, data: TrainingData, cfg: PretrainConfig, log) -> dict
 def training_record(cfg: PretrainConfig, data: TrainingData, n_params: int, final_loss: float,
                     train_seconds: float, bf16: bool, figures: dict[str, Any], curve: list[dict]) -> dict[str, Any]:
     """training.json: settings, data, figures, loss curve and versions of one pretraining run."""
-    import transformers
-
     return {
         "config": asdict(cfg),
         "seed": cfg.seed,
@@ -526,8 +516,7 @@ def training_record(cfg: PretrainConfig, data: TrainingData, n_params: int, fina
         "held_out_corpus": corpus_summary(data.held_out).to_dict(),
         "eval": figures,
         "loss_curve": curve,
-        "versions": {"longrope": __version__, "torch": torch.__version__,
-                     "transformers": transformers.__version__, "python": platform.python_version()},
+        "versions": versions("torch", "transformers"),
         "threads": torch.get_num_threads(),
     }
 

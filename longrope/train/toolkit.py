@@ -109,10 +109,16 @@ class Checkpoints:
     FOLDER = "checkpoints"
     STATE_FILE = "trainer_state.json"
 
-    def __init__(self, out: Path, is_main: bool = True, barrier: Callable[[], None] = lambda: None,
-                 folder: Path | None = None):
-        """The checkpoints of a run writing `out` go to out/checkpoints, or to `folder` if given."""
-        self.folder, self.is_main, self.barrier = folder or out / self.FOLDER, is_main, barrier
+    def __init__(self, out: Path, is_main: bool = True, barrier: Callable[[], None] = lambda: None):
+        """The checkpoints of a run writing `out`: out/checkpoints (`in_folder` for another place)."""
+        self.folder, self.is_main, self.barrier = out / self.FOLDER, is_main, barrier
+
+    @classmethod
+    def in_folder(cls, folder: Path) -> "Checkpoints":
+        """Checkpoints kept in `folder` itself (a run whose output appears only when complete)."""
+        made = cls(folder)
+        made.folder = folder
+        return made
 
     def list(self) -> list[Path]:
         if not self.folder.is_dir():
@@ -202,6 +208,25 @@ class StepBoundary:
     def __exit__(self, *exc) -> None:
         for sig, old in self.old.items():
             signal.signal(sig, old if old is not None else signal.SIG_DFL)
+
+
+def stop_between_steps(loop: Callable[[StepBoundary], None], checkpoint: Callable[[], int],
+                       last_saved: Callable[[], int | None], folder: Path, hint: str,
+                       say: Callable[[str], None]) -> None:
+    """Run a training loop, `loop(stop)` calling `stop.check()` after each step, so that Ctrl-C
+    or SIGTERM ends it between steps: then `checkpoint()` saves the steps done (it returns
+    their number) and the run says where they are; a second one stops mid-step and saves
+    nothing. Either way KeyboardInterrupt goes on to the caller."""
+    try:
+        with StepBoundary(say) as stop:
+            loop(stop)
+    except StepInterrupted:
+        say(f"interrupted: step {checkpoint()} is saved in {folder}; {hint}")
+        raise
+    except KeyboardInterrupt:  # mid-step: the weights match no step count
+        last = last_saved()
+        say(f"interrupted mid-step: {f'step {last} is saved' if last else 'nothing is saved'} in {folder}; {hint}")
+        raise
 
 
 # -- model folders -------------------------------------------------------------------------------
