@@ -25,7 +25,7 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from longrope.io import atomic_write_json  # noqa: E402
+from longrope.atomic import atomic_write_json  # noqa: E402
 from longrope.models.device import resolve_dtype  # noqa: E402
 from longrope.search.evolution import peer_seeds, score_rows  # noqa: E402
 from longrope.search.fitness import PerplexityObjective, auto_candidates_per_forward, long_factor_candidate  # noqa: E402

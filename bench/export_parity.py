@@ -27,7 +27,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from longrope.export.hf import export_hf  # noqa: E402
 from longrope.factors import RopeExtension  # noqa: E402
-from longrope.io import atomic_write_json  # noqa: E402
+from longrope.atomic import atomic_write_json  # noqa: E402
 from longrope.methods import build_extension  # noqa: E402
 from longrope.seam import install_rope, rotary_spec  # noqa: E402
 

@@ -26,7 +26,9 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from longrope.io import atomic_write_json, read_json_or_none  # noqa: E402
+from longrope.atomic import atomic_write_json  # noqa: E402
+
+from longrope.readback import read_json_or_none  # noqa: E402
 
 
 def document(loaded, length: int) -> tuple[torch.Tensor, bool]:

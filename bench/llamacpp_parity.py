@@ -40,7 +40,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from longrope.export.gguf import export_gguf  # noqa: E402
 from longrope.factors import RopeExtension  # noqa: E402
 from longrope.hf_config import load_factors  # noqa: E402
-from longrope.io import atomic_write_json  # noqa: E402
+from longrope.atomic import atomic_write_json  # noqa: E402
 from longrope.methods import build_extension  # noqa: E402
 from longrope.models.load import load_model  # noqa: E402
 from longrope.seam import install_rope  # noqa: E402

@@ -38,7 +38,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from eval_speed import docs_for, forward_flops, load, matmul_peak  # noqa: E402
 from longrope.evaluate.ppl import document_nll  # noqa: E402
-from longrope.io import atomic_write_json  # noqa: E402
+from longrope.atomic import atomic_write_json  # noqa: E402
 
 CATEGORIES = ("linear", "attention", "rope tables", "rope apply", "norm", "casts/copies", "lm head + CE", "other",
               "untracked")

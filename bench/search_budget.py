@@ -49,7 +49,9 @@ sys.path.insert(0, str(ROOT))
 from longrope.commands.search import search_space  # noqa: E402
 from longrope.data import split_documents, tokens_fingerprint  # noqa: E402
 from longrope.evaluate.ppl import mean_nlls, perplexity  # noqa: E402
-from longrope.io import atomic_write_json, output_dir, read_json_or_none  # noqa: E402
+from longrope.atomic import atomic_write_json  # noqa: E402
+from longrope.outputs import output_dir  # noqa: E402
+from longrope.readback import read_json_or_none  # noqa: E402
 from longrope.models.load import load_model  # noqa: E402
 from longrope.plots import label_axes, pyplot, save_and_close  # noqa: E402
 from longrope.search.driver import SearchJob, SearchOptions, drive, has_state  # noqa: E402

@@ -34,7 +34,7 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from longrope.io import atomic_write_json  # noqa: E402
+from longrope.atomic import atomic_write_json  # noqa: E402
 from longrope.models.load import load_model  # noqa: E402
 from longrope.seam import install_rope  # noqa: E402
 from longrope.search.distributed import close_distributed, distributed_evaluator, init_distributed  # noqa: E402

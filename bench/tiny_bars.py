@@ -31,7 +31,7 @@ from longrope.data import split_documents  # noqa: E402
 from longrope.evaluate.passkey import run_trials  # noqa: E402
 from longrope.evaluate.ppl import band_mean_nlls, perplexity  # noqa: E402
 from longrope.hf_config import load_factors  # noqa: E402
-from longrope.io import atomic_write_json  # noqa: E402
+from longrope.atomic import atomic_write_json  # noqa: E402
 from longrope.methods import build_extension  # noqa: E402
 from longrope.models.load import load_model  # noqa: E402
 from longrope.seam import install_rope, rotary_spec_from_config  # noqa: E402

@@ -5,6 +5,6 @@ and data libraries load where they are used.
 """
 from .factors import RopeExtension
 from .rope import RotarySpec
+from .version import __version__
 
-__version__ = "0.1.0"
 __all__ = ["RopeExtension", "RotarySpec", "__version__"]

@@ -20,7 +20,7 @@ from typing import Any
 import torch
 
 from .errors import UsageError
-from .io import atomic_write_bytes
+from .atomic import atomic_write_bytes
 from .models.cache import cache_dir
 
 SPLIT_NAMES = ("search", "validation", "test")

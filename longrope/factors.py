@@ -15,7 +15,10 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from .errors import UsageError
-from .io import atomic_write_json, read_json_file
+from .atomic import atomic_write_json
+
+# A model directory written by `longrope finetune` / `extend` carries its extension in this file
+from .readback import read_json_file
 
 # A model directory written by `longrope finetune` / `extend` carries its extension in this file
 # as well as in config.json: the file also keeps the start token n_hat, which HF configs cannot.

@@ -30,7 +30,7 @@ from typing import Any
 
 from .errors import UsageError
 from .factors import RopeExtension
-from .io import read_json_file
+from .readback import read_json_file
 from .methods import METHODS, attention_factor
 from .rope import RotarySpec, longrope_attention_factor
 from .shipped import looks_like_name, shipped_names, shipped_path

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .io import atomic_savefig
+from .atomic import atomic_savefig
 
 
 def pyplot():

@@ -25,7 +25,7 @@ from longrope.hf_config import (
 )
 from longrope.export.vllm import default_mscale, vllm_mismatches, vllm_rope
 from longrope.factors import RopeExtension
-from longrope.io import DIR_MODE, FILE_MODE
+from longrope.atomic import DIR_MODE, FILE_MODE
 from longrope.methods import attention_factor, build_extension
 from longrope.seam import install_rope, rotary_spec
 from longrope.rope import RotarySpec

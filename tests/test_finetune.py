@@ -152,7 +152,7 @@ def test_finetune_reduces_loss_and_writes_loadable_dir(tiny_model_dir, tiny_corp
     assert not (out / "checkpoints").exists()
     import stat
 
-    from longrope.io import FILE_MODE
+    from longrope.atomic import FILE_MODE
     assert {stat.S_IMODE(p.stat().st_mode) for p in out.iterdir() if p.is_file()} == {FILE_MODE}  # none private
     # our loader installs the factors file, start token included
     lm = load_model(str(out), dtype="fp32", device="cpu")
@@ -176,7 +176,7 @@ def test_resume_repeats_the_uninterrupted_run(tiny_model_dir, tiny_corpus, tmp_p
     assert (tmp_path / "part" / "checkpoints" / "step-000003").is_dir()
     import stat
 
-    from longrope.io import FILE_MODE
+    from longrope.atomic import FILE_MODE
     saved = [p for p in (tmp_path / "part" / "checkpoints" / "step-000003").iterdir() if p.is_file()]
     assert {stat.S_IMODE(p.stat().st_mode) for p in saved} == {FILE_MODE}  # the weights are not private
     assert not (tmp_path / "part" / "finetune.json").exists()

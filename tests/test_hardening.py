@@ -12,11 +12,12 @@ import pytest
 import torch
 import yaml
 
-import longrope.io as lio
+import longrope.atomic as atomic
 from longrope.cli import main
 from longrope.errors import UsageError
 from longrope.factors import FACTORS_FILE, RopeExtension
-from longrope.io import changed_keys, output_dir
+from longrope.readback import changed_keys
+from longrope.outputs import output_dir
 
 from conftest import make_corpus, make_tiny_model_dir
 
@@ -55,50 +56,45 @@ def fine_tuned_dir(tiny_model_dir, tmp_path):
 
 
 # -- the output folder -------------------------------------------------------------------------
-def test_output_dir_honours_umask_cleans_leftovers_and_leaves_nothing_on_failure(tmp_path):
+def test_output_dir_honours_umask_and_leaves_nothing_on_failure(tmp_path):
     out = tmp_path / "a" / "b"
     with pytest.raises(RuntimeError):
         with output_dir(out):
-            lio.atomic_write_json(out / "x.json", {})
+            atomic.atomic_write_json(out / "x.json", {})
             (out / "x.json").unlink()
             raise RuntimeError("failed run")
     assert not (tmp_path / "a").exists()  # nothing it created is left, parents included
 
     out.mkdir(parents=True)
-    (out / ".results.json.abc123.tmp").write_text("half")
-    (out / ".model.xyz").mkdir()
-    (out / "checkpoints" / ".tmp-step-000002").mkdir(parents=True)
     (out / "mine.txt").write_text("the user's")
-    (tmp_path / "a" / ".b.q1w2.tmp").mkdir()  # a staged folder of a killed export
     with output_dir(out):
-        left = sorted(p.name for p in out.rglob("*"))
-        assert left == ["checkpoints", "mine.txt"]
-        assert not (tmp_path / "a" / ".b.q1w2.tmp").exists()
-        path = lio.atomic_write_json(out / "r.json", {})
-        with lio.staged_dir(out / "d") as tmp:
+        path = atomic.atomic_write_json(out / "r.json", {})
+        with atomic.staged_dir(out / "d") as tmp:
             (tmp / "f").write_text("x")
             (tmp / "sub").mkdir(mode=0o700)
             (tmp / "sub" / "weights").write_text("w")
             os.chmod(tmp / "sub" / "weights", 0o600)  # as a library's private temporary leaves it
-    mask = lio.UMASK
+    mask = atomic.UMASK
     assert stat.S_IMODE(path.stat().st_mode) == 0o666 & ~mask
     assert stat.S_IMODE((out / "d").stat().st_mode) == 0o777 & ~mask
     assert stat.S_IMODE((out / "d" / "sub").stat().st_mode) == 0o777 & ~mask
     assert stat.S_IMODE((out / "d" / "sub" / "weights").stat().st_mode) == 0o666 & ~mask
     assert (out / "mine.txt").read_text() == "the user's"
-    assert not list(tmp_path.glob("a/.b.lock"))  # the lock goes with the run
+    assert sorted(p.name for p in out.iterdir()) == [".longrope-run.json", "d", "mine.txt", "r.json"]
+    record = json.loads((out / ".longrope-run.json").read_text())
+    assert record["files"] == ["r.json", "d"] and record["temporaries"] == []
 
 
 def test_a_folder_in_use_is_refused_with_the_pid_and_a_stale_lock_is_not(tmp_path):
     out = tmp_path / "out"
-    (tmp_path / ".out.lock").write_text("999999\n")  # a killed run's file: flock is gone with it
+    out.mkdir()
+    (out / ".longrope.lock").write_text("999999\n")  # a killed run's file: flock is gone with it
+    (tmp_path / "link").symlink_to(out)
     with output_dir(out):
-        with pytest.raises(UsageError, match=f"in use by another longrope run \\(pid {os.getpid()}\\)"):
-            with output_dir(out):
-                pass
-        with pytest.raises(UsageError, match="in use"):
-            with output_dir(tmp_path / "." / "out"):  # the same folder, spelled another way
-                pass
+        for other in (out, tmp_path / "." / "out", tmp_path / "link"):  # the same folder, however reached
+            with pytest.raises(UsageError, match=f"in use by another longrope run \\(pid {os.getpid()}\\)"):
+                with output_dir(other):
+                    pass
 
 
 @pytest.mark.parametrize("command", [
@@ -128,14 +124,18 @@ def test_unwritable_out_fails_before_any_model_is_loaded(tiny_model_dir, tmp_pat
 
     (tmp_path / "out").mkdir()
 
-    def denied(*a, **k):
-        raise PermissionError(13, "Permission denied")
+    real_open = os.open
 
-    monkeypatch.setattr(lio.tempfile, "mkstemp", denied)
+    def denied(path, *a, **k):
+        if str(path).startswith(str(tmp_path / "out")):
+            raise PermissionError(13, "Permission denied")
+        return real_open(path, *a, **k)
+
+    monkeypatch.setattr(os, "open", denied)
     monkeypatch.setattr(ft, "load_model", lambda *a, **k: pytest.fail("the model was loaded"))
     code = main(["finetune", "--model", str(tiny_model_dir), "--factors", str(factors(tmp_path / "f.json")),
                  "--length", "64", "--steps", "1", "--out", str(tmp_path / "out")])
-    one_line_error(capsys, code, "not writable")
+    one_line_error(capsys, code, "cannot write into")
 
 
 def test_export_never_replaces_a_folder_that_appears_while_it_runs(tiny_model_dir, tmp_path, capsys, monkeypatch):
@@ -256,12 +256,15 @@ def test_a_corrupt_checkpoint_is_one_line(tiny_model_dir, tiny_corpus, tmp_path,
 
 def test_finetune_killed_before_its_first_checkpoint_can_restart(tiny_model_dir, tiny_corpus, tmp_path, capsys):
     out = tmp_path / "ft"
-    (out / "checkpoints" / ".tmp-step-000001").mkdir(parents=True)  # what SIGKILL mid-checkpoint leaves
-    (out / "checkpoints" / ".tmp-step-000001" / "model.safetensors").write_text("partial")
-    (out / ".model.abc").mkdir()
+    (out / "checkpoints").mkdir(parents=True)  # what SIGKILL mid-checkpoint leaves: the run's temporary
+    (out / ".longrope-abc-0.tmp").mkdir()
+    (out / ".longrope-abc-0.tmp" / "model.safetensors").write_text("partial")
+    (out / ".longrope-run.json").write_text(json.dumps({"run": "abc", "command": "finetune", "files": [],
+                                                         "temporaries": [".longrope-abc-0.tmp"]}))
     argv = ["finetune", "--model", str(tiny_model_dir), "--length", "32", "--steps", "1", "--mixed-precision", "no",
             "--corpus", str(tiny_corpus), "--out", str(out)]
     assert main(argv + ["--resume"]) == 0  # nothing to resume yet: starts from step 0
+    assert not (out / ".longrope-abc-0.tmp").exists()  # the killed run's recorded temporary
     assert (out / "finetune.json").is_file()
     # a finished run is resumed only with the settings it was made with
     one_line_error(capsys, main(argv + ["--resume", "--lr", "1e-3"]), "config.lr")
@@ -582,7 +585,7 @@ def test_a_folder_held_by_another_process_is_refused_and_freed_when_it_is_killed
 
     out = tmp_path / "out"
     holder = subprocess.Popen(
-        [sys.executable, "-c", "import sys, time\nfrom longrope.io import output_dir\n"
+        [sys.executable, "-c", "import sys, time\nfrom longrope.outputs import output_dir\n"
          f"with output_dir({str(out)!r}):\n    print('held', flush=True)\n    time.sleep(60)"],
         stdout=subprocess.PIPE, text=True)
     try:
@@ -595,7 +598,7 @@ def test_a_folder_held_by_another_process_is_refused_and_freed_when_it_is_killed
     finally:
         holder.send_signal(signal.SIGKILL)
         holder.wait()
-    probe = subprocess.run([sys.executable, "-c", "from longrope.io import output_dir\n"
+    probe = subprocess.run([sys.executable, "-c", "from longrope.outputs import output_dir\n"
                             f"with output_dir({str(out)!r}) as p: print(p.is_dir())"],
                            capture_output=True, text=True, timeout=60)
     assert probe.returncode == 0 and probe.stdout.strip() == "True", probe.stderr

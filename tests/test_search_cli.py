@@ -206,9 +206,11 @@ def test_help_states_the_race_rule_and_its_confidence(capsys):
     assert "z * s / sqrt(m)" in text and "Bonferroni" in text
 
 
-def test_resume_needs_a_state_and_a_new_run_refuses_an_old_one(assets, tmp_path, capsys):
+def test_resume_with_nothing_to_resume_starts_afresh_and_a_new_run_refuses_an_old_one(assets, tmp_path, capsys):
     out = tmp_path / "run"
-    assert main(search_args(assets, out, extra=["--resume"])) == 2
+    assert main(search_args(assets, out, extra=["--resume"])) == 0  # killed before its first document: afresh
+    assert "nothing to resume" in capsys.readouterr().err
+    shutil.rmtree(out)
     assert main(search_args(assets, out)) == 0
     assert main(search_args(assets, out)) == 2  # would overwrite a finished search
     assert main(search_args(assets, out, extra=["--resume", "--mutation-prob", "0.5"])) == 2

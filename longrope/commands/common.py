@@ -8,7 +8,7 @@ from typing import Any
 
 from ..data import CORPUS_HELP, documents_of_length, load_corpus, select_split, tokenize_corpus
 from ..errors import UsageError
-from ..io import versions
+from ..version import versions
 from ..evaluate.runner import Variant
 from ..models.load import LoadedModel
 from ..models.presets import PRESETS

@@ -10,7 +10,9 @@ import torch
 from ..errors import UsageError
 from ..evaluate.runner import ppl_figures, run_cells
 from ..data import tokens_fingerprint
-from ..io import atomic_write_json, atomic_write_text, output_dir, read_json_or_none
+from ..atomic import atomic_write_json, atomic_write_text
+from ..outputs import output_dir
+from ..readback import read_json_or_none
 from ..models.load import load_model, model_fingerprint
 from ..options import ranged
 from ..plots import band_label, plot_ppl_by_position, plot_ppl_vs_length
@@ -18,6 +20,8 @@ from .common import (
     add_corpus_args, add_method_args, add_model_args, check_inputs, evaluation_documents, method_variants, print_table,
     run_info,
 )
+
+OUTPUTS = ("results.json", "results.csv", "ppl_vs_length.png", "results_by_position.csv", "ppl_by_position.png")
 
 
 def register(sub) -> None:
@@ -53,7 +57,8 @@ def run(args) -> int:
     if args.by_position and args.stride is not None:
         raise UsageError("--by-position scores each document in one pass; it does not combine with --stride")
     given_lengths = check_inputs(args)  # fail on bad input before loading anything
-    with output_dir(args.out) as out:
+    with output_dir(args.out, command="eval-ppl", outputs=OUTPUTS, keep=["results.json"], marker="results.json",
+                    inputs=[args.model, *args.factors, args.corpus]) as out:
         return evaluate(args, out, given_lengths)
 
 

@@ -14,7 +14,7 @@ from ..export.gguf import export_gguf
 from ..export.hf import export_hf
 from ..export.vllm import serve_hint
 from ..hf_config import load_factors
-from ..io import check_destination, output_dir
+from ..outputs import check_destination, output_dir
 
 
 def register(sub) -> None:
@@ -32,9 +32,11 @@ def register(sub) -> None:
 
 
 def run(args) -> int:
-    check_destination(args.out, args.force)  # before any loading: an existing DIR is an instant error
+    inputs = {"the source model": args.model, "the factors file": args.factors}
+    check_destination(args.out, args.force, inputs)  # before any loading: an existing DIR is an instant error
     ext = load_factors(args.factors)
-    with output_dir(args.out, create=False):  # DIR itself appears only when complete
+    # DIR itself appears only when complete; --force replaces it, never an input of the run
+    with output_dir(args.out, create=False, command="export", inputs=inputs.values(), replace=args.force):
         return export(args, ext)
 
 

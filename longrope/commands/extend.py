@@ -9,7 +9,7 @@ import json
 from pathlib import Path
 
 from ..errors import UsageError
-from ..io import output_dir
+from ..outputs import EVERYTHING, output_dir
 from ..models.load import model_spec
 from ..recipe.config import load_recipe
 from ..recipe.stages import check_recipe_against_model, run_recipe
@@ -35,7 +35,8 @@ def run(args) -> int:
             not p.name.startswith(".") for p in out.iterdir()):
         raise UsageError(f"--out {out} holds files but no recipe run (no recipe.json): choose a new or empty folder")
     check_recipe_against_model(recipe, model_spec(recipe.model))
-    with output_dir(out):
+    with output_dir(out, command="extend", outputs=EVERYTHING, keep=EVERYTHING, marker="recipe.json",
+                    inputs=[args.recipe, recipe.model, recipe.corpus]):
         summary = run_recipe(recipe, out)
     print(json.dumps(summary.get("report", {}), indent=2))
     print(f"final model: {summary['final']}")

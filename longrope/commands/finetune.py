@@ -12,7 +12,7 @@ from pathlib import Path
 
 from ..factors import FACTORS_FILE
 from ..hf_config import load_factors
-from ..io import output_dir
+from ..outputs import EVERYTHING, output_dir
 from ..options import add_options, build
 from ..train.finetune import FinetuneConfig, check_covers, finetune, prepare_out
 
@@ -56,7 +56,9 @@ def run(args) -> int:
     if ext is None:
         print("note: no --factors: fine-tuning with the original RoPE")
     out = Path(args.out).expanduser()
-    with output_dir(out):  # rank 0 owns it: lock, writability, leftovers of a killed run
+    # rank 0 owns it: lock, writability, a killed run's temporaries; --resume continues all it wrote
+    with output_dir(out, command="finetune", keep=EVERYTHING if args.resume else (),
+                    inputs=[args.model, args.factors, cfg.corpus]):
         prepare_out(out, args.resume)
         result = finetune(args.model, ext, out, cfg, resume=args.resume)
     if int(os.environ.get("RANK", "0")) != 0:  # one report per run, not per process

@@ -5,7 +5,8 @@ import random
 
 from ..errors import UsageError
 from ..evaluate.runner import passkey_figures, run_cells
-from ..io import atomic_write_json, output_dir
+from ..atomic import atomic_write_json
+from ..outputs import output_dir
 from ..options import ranged
 from ..models.load import load_model
 from ..plots import plot_depth_heatmap
@@ -36,7 +37,8 @@ def register(sub) -> None:
 
 def run(args) -> int:
     given_lengths = check_inputs(args)  # fail on bad input before loading anything
-    with output_dir(args.out) as out:
+    with output_dir(args.out, command="passkey", outputs=("passkey.json", "passkey.png"), marker="passkey.json",
+                    inputs=[args.model, *args.factors]) as out:
         return evaluate(args, out, given_lengths)
 
 

@@ -5,7 +5,7 @@ import dataclasses
 from pathlib import Path
 
 from ..errors import UsageError
-from ..io import output_dir, refuse_current_folder
+from ..outputs import output_dir, refuse_current_folder
 from ..options import add_options, build, flag_name
 from ..train.pretrain import TINY, PretrainConfig, pretrain_tiny, read_training_record
 
@@ -49,7 +49,8 @@ def run(args) -> int:
         raise UsageError("--out is empty: name the folder to write")
     refuse_current_folder(Path(args.out).expanduser())
     cfg = build(PretrainConfig, args, min_lr=args.lr / 10, bf16={"auto": None, "fp32": False, "bf16": True}[args.dtype])
-    with output_dir(args.out, create=False):  # the folder appears whole, when training is done
+    # the folder appears whole, when training is done; its checkpoints live beside it (OUT.checkpoints)
+    with output_dir(args.out, create=False, command="pretrain", inputs=[args.corpus], replace=args.overwrite):
         out = pretrain_tiny(args.out, steps=args.steps, seed=args.seed, corpus=args.corpus, config=cfg,
                             overwrite=args.overwrite, progress=not args.quiet, checkpoints=checkpoints_of(args.out),
                             resume=args.resume)

@@ -27,7 +27,7 @@ from ..data import CORPUS_HELP
 from ..errors import UsageError
 from ..factors import RopeExtension
 from ..hf_config import load_factors
-from ..io import output_dir
+from ..outputs import output_dir
 from ..models.device import resolve_dtype
 from ..models.load import load_model, model_fingerprint
 from ..rope import RotarySpec
@@ -37,7 +37,7 @@ from ..options import add_options, build, ranged
 from ..search.cma import check_samples
 from ..search.driver import SearchJob, SearchOptions, drive, has_state, seed_scores
 from ..search.scored import SCORED_FILE
-from ..search.evolution import PEER_SEED_NAMES, STATE_FILE, SearchConfig, SearchState, carried_seed, peer_seeds
+from ..search.evolution import HISTORY_FILE, PEER_SEED_NAMES, STATE_FILE, SearchConfig, SearchState, carried_seed, peer_seeds
 from ..search.fitness import MakeExtension, long_factor_candidate, search_documents, short_factor_candidate
 from ..search.genes import START_TOKENS, SearchSpace, critical_dimension
 from .common import MAX_LENGTH, add_model_args
@@ -124,10 +124,15 @@ def _on_main(d: Dist, fn):
     return result
 
 
+# what a search writes into --out, and what --resume continues from
+OUTPUTS = (STATE_FILE, HISTORY_FILE, SCORED_FILE, "factors.json", "search.png", "factors.png")
+RESUMED = (STATE_FILE, HISTORY_FILE, SCORED_FILE)
+
+
 def _prepare_out(out: Path, resume: bool) -> None:
     # a search stopped in its first generation has no state yet, only its scored documents
     if resume and not has_state(out) and not (out / SCORED_FILE).is_file():
-        raise UsageError(f"nothing to resume: {out / STATE_FILE} does not exist")
+        print(f"note: nothing to resume in {out} (killed before its first document): starting afresh", file=sys.stderr)
     if not resume and has_state(out):
         raise UsageError(f"{out} already holds a search; pass --resume to continue it or choose another --out")
 
@@ -178,7 +183,9 @@ def search(args: argparse.Namespace, d: Dist) -> int:
         raise UsageError(f"--start-token {args.start_token} must be below --target-length {N}")
     out = Path(args.out).expanduser()
     with contextlib.ExitStack() as owned:  # rank 0 owns --out (lock, writability, cleanup)
-        _on_main(d, lambda: _prepare_out(owned.enter_context(output_dir(out)), args.resume))
+        owner = output_dir(out, command="search", outputs=OUTPUTS, keep=RESUMED if args.resume else (),
+                           marker=STATE_FILE, inputs=[args.model, args.corpus, *args.init_factors, args.short_for])
+        _on_main(d, lambda: _prepare_out(owned.enter_context(owner), args.resume))
         return _search(args, d, config, options, out)
 
 

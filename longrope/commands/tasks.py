@@ -12,7 +12,9 @@ from ..evaluate.runner import Variant, run_cells, task_figures
 from ..evaluate.tasks import (
     TASKS, Haystack, TaskPrompt, TaskSettings, TooShort, build_prompts, get_task, has_chat_template,
 )
-from ..io import atomic_write_json, output_dir, read_json_or_none
+from ..atomic import atomic_write_json
+from ..outputs import output_dir
+from ..readback import read_json_or_none
 from ..models.load import load_model
 from ..options import add_options, build, ranged
 from ..plots import plot_depth_heatmap
@@ -141,7 +143,9 @@ def run(args) -> int:
     given_lengths = check_inputs(args)
     check_answer_room(tasks, given_lengths or [])
     haystacks = haystacks_for(args, tasks)
-    with output_dir(args.out) as out:
+    outputs = ("tasks.json", *(f"{t}.png" for t in TASKS))
+    with output_dir(args.out, command="tasks", outputs=outputs, keep=["tasks.json"], marker="tasks.json",
+                    inputs=[args.model, *args.factors, args.corpus]) as out:
         return evaluate(args, out, tasks, settings, given_lengths, haystacks)
 
 

@@ -5,6 +5,6 @@
 - `vllm`: what vLLM reads from an exported config, and the `--max-model-len` to serve it with.
 - `gguf`: a copy of a GGUF model with llama.cpp's longrope keys and factor tensors.
 
-Output folders are written atomically (`longrope.io.staged_dir`). Importing this package is
+Output folders are written atomically (`longrope.atomic.staged_dir`). Importing this package is
 cheap; transformers and gguf load inside the functions.
 """

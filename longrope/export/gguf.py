@@ -34,11 +34,12 @@ from typing import Any
 
 import numpy as np
 
-from .. import __version__
+from ..version import __version__
 from ..errors import UsageError
 from ..factors import RopeExtension
 from ..hf_config import check_exportable
-from ..io import atomic_write_json, check_destination, refuse_source, staged_dir
+from ..atomic import atomic_write_json, staged_dir
+from ..outputs import check_destination, refuse_source
 from ..methods import attention_factor
 from ..models import presets
 from ..models.load import check_weights

@@ -15,11 +15,12 @@ from typing import Any
 
 import torch
 
-from .. import __version__
+from ..version import __version__
 from ..errors import UsageError, gist
 from ..factors import FACTORS_FILE, RopeExtension
 from ..hf_config import PHI3_STYLE, check_exportable, hf_config_dict
-from ..io import atomic_write_json, check_destination, refuse_source, staged_dir
+from ..atomic import atomic_write_json, staged_dir
+from ..outputs import check_destination, refuse_source
 from ..methods import attention_factor
 from ..models.load import check_config, check_weights, load_config
 from ..models.presets import dequantized_copy, resolve_model

@@ -30,7 +30,7 @@ from typing import Callable
 import torch
 
 from ..errors import UsageError
-from ..io import staged_dir
+from ..atomic import staged_dir
 from ..train import pretrain
 from .cache import cache_dir, file_lock
 

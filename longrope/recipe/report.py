@@ -13,7 +13,8 @@ from typing import Any
 from ..data import documents_of_length, load_corpus, select_split, tokenize_corpus
 from ..evaluate.runner import Variant, passkey_figures, ppl_figures, run_cells
 from ..factors import FACTORS_FILE, RopeExtension
-from ..io import atomic_write_json, atomic_write_text, read_json_or_none
+from ..atomic import atomic_write_json, atomic_write_text
+from ..readback import read_json_or_none
 from ..plots import band_label, length_axis, plain_log_axis, pyplot, save_and_close, wrap_title
 from ..rope import RotarySpec
 from .config import Recipe

@@ -35,7 +35,8 @@ from ..errors import UsageError
 from ..evaluate.runner import Variant
 from ..export.hf import export_hf
 from ..factors import FACTORS_FILE, RopeExtension
-from ..io import atomic_write_json, changed_keys, read_json_or_none, staged_dir
+from ..atomic import atomic_write_json, staged_dir
+from ..readback import changed_keys, read_json_or_none
 from ..methods import attention_factor, build_extension
 from ..options import build
 from ..models.load import load_model, load_tokenizer, model_fingerprint, model_spec

@@ -22,7 +22,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from .. import __version__
+from ..version import __version__
 from ..data import tokens_fingerprint
 from ..errors import UsageError
 from ..factors import RopeExtension

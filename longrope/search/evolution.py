@@ -36,7 +36,8 @@ from typing import Any, Callable, Iterable, Sequence
 import numpy as np
 
 from ..errors import UsageError
-from ..io import atomic_write_json, atomic_write_text, changed_keys
+from ..atomic import atomic_write_json, atomic_write_text
+from ..readback import changed_keys
 from ..methods import ntk_factors, pi_factors, yarn_factors
 from ..options import check_options, option
 from ..rope import RotarySpec

@@ -19,7 +19,7 @@ from typing import Any, Iterator, Sequence
 
 import numpy as np
 
-from ..io import atomic_write_text
+from ..atomic import atomic_write_text
 
 SCORED_FILE = "scored.jsonl"
 Key = tuple[tuple[float, ...], int, int]  # (factors, start_token, document index)

@@ -40,7 +40,9 @@ from ..data import CORPUS_HELP, DEFAULT_CORPUS, load_corpus, split_corpus, token
 from ..errors import UsageError, gist
 from ..evaluate.passkey import MAX_KEY, build_prompt
 from ..factors import RopeExtension
-from ..io import atomic_write_json, changed_keys, versions
+from ..atomic import atomic_write_json
+from ..readback import changed_keys
+from ..version import versions
 from ..models.device import auto_mixed_precision
 from ..options import check_options, option
 from ..models.load import load_model
@@ -239,6 +241,15 @@ def is_complete(out: str | os.PathLike) -> bool:
     return (Path(out) / RECORD_FILE).is_file()
 
 
+def _sharer(accelerator):
+    """obj -> the main process's obj, in every process (one broadcast; nothing when alone)."""
+    if accelerator.num_processes == 1:
+        return lambda obj: obj
+    from accelerate.utils import broadcast_object_list
+
+    return lambda obj: broadcast_object_list([obj])[0]
+
+
 def has_checkpoint(out: Path) -> bool:
     return bool(Checkpoints(out).list())
 
@@ -265,8 +276,9 @@ class FinetuneResult:
 
 
 def _holds_nothing(out: Path) -> bool:
-    """No file anywhere under `out` (a run killed before its first checkpoint leaves empty folders)."""
-    return not any(p.is_file() for p in out.rglob("*"))
+    """No file anywhere under `out` but the runs' own records (a run killed before its first
+    checkpoint leaves empty folders)."""
+    return not any(p.is_file() for p in out.rglob("*") if not p.relative_to(out).parts[0].startswith(".longrope"))
 
 
 def prepare_out(out: Path, resume: bool) -> None:
@@ -366,7 +378,7 @@ def _start(model: str, extension: RopeExtension | None, out: Path, cfg: Finetune
     describe = {"config": asdict(cfg), "model": str(model), "processes": accelerator.num_processes,
                 "mixed_precision": str(accelerator.mixed_precision),
                 "extension": None if extension is None else extension.to_dict()}
-    checkpoints = Checkpoints(out, main, accelerator.wait_for_everyone)
+    checkpoints = Checkpoints(out, main, accelerator.wait_for_everyone, share=_sharer(accelerator))
     return Run(cfg, out, accelerator, net, opt, rope, extension, batches, describe, log, checkpoints), lm
 
 

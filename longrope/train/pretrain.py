@@ -31,7 +31,9 @@ from ..data import TokenDoc, corpus_summary, documents_of_length, load_corpus, s
 from ..errors import UsageError, gist
 from ..evaluate.passkey import MAX_KEY, passkey_text, run_trials
 from ..evaluate.ppl import mean_nlls, perplexity
-from ..io import atomic_write_json, changed_keys, versions
+from ..atomic import atomic_write_json
+from ..readback import changed_keys
+from ..version import versions
 from ..models.device import cpu_has_fast_bf16
 from ..options import check_options, option
 from .toolkit import (

@@ -4,11 +4,9 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import shutil
 import signal
 import sys
-import tempfile
 import threading
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,7 +18,7 @@ import torch.nn.functional as F
 from ..errors import UsageError
 from ..factors import FACTORS_FILE, RopeExtension
 from ..hf_config import check_exportable, hf_config_dict
-from ..io import atomic_write_json, ordinary_modes, staged_dir
+from ..atomic import atomic_write_json, ordinary_modes, staged_dir, staged_files
 from ..plots import label_axes, pyplot, save_and_close
 
 IGNORE = -100  # label of a position the loss skips (passkey padding)
@@ -109,9 +107,11 @@ class Checkpoints:
     FOLDER = "checkpoints"
     STATE_FILE = "trainer_state.json"
 
-    def __init__(self, out: Path, is_main: bool = True, barrier: Callable[[], None] = lambda: None):
-        """The checkpoints of a run writing `out`: out/checkpoints (`in_folder` for another place)."""
-        self.folder, self.is_main, self.barrier = out / self.FOLDER, is_main, barrier
+    def __init__(self, out: Path, is_main: bool = True, barrier: Callable[[], None] = lambda: None,
+                 share: Callable[[Any], Any] = lambda obj: obj):
+        """The checkpoints of a run writing `out`: out/checkpoints (`in_folder` for another place).
+        `share(obj)` returns the main process's `obj` in every process (where a checkpoint is staged)."""
+        self.folder, self.is_main, self.barrier, self.share = out / self.FOLDER, is_main, barrier, share
 
     @classmethod
     def in_folder(cls, folder: Path) -> "Checkpoints":
@@ -143,20 +143,21 @@ class Checkpoints:
         return last, record
 
     def save(self, step: int, write_state: Callable[[Path], None], record: dict[str, Any]) -> None:
+        """Stage step-N (the run's own temporary, see `staged_dir`), every process writing its part,
+        then rename it into place and drop the older ones."""
         final = self.folder / f"step-{step:06d}"
-        tmp = self.folder / f".tmp-step-{step:06d}"
-        if self.is_main:
-            shutil.rmtree(tmp, ignore_errors=True)
-        self.barrier()
-        write_state(tmp)
-        self.barrier()
-        if self.is_main:
+        if not self.is_main:
+            write_state(Path(self.share(None)))
+            self.barrier()
+            self.barrier()
+            return
+        with staged_dir(final, create=False, replace=True) as tmp:
+            write_state(Path(self.share(str(tmp))))
+            self.barrier()
             ordinary_modes(tmp)  # safetensors writes its file private
             atomic_write_json(tmp / self.STATE_FILE, {"step": step, **record})
-            shutil.rmtree(final, ignore_errors=True)
-            os.replace(tmp, final)
-            for old in self.list()[:-1]:  # keep the newest only
-                shutil.rmtree(old, ignore_errors=True)
+        for old in self.list()[:-1]:  # keep the newest only
+            shutil.rmtree(old, ignore_errors=True)
         self.barrier()
 
     def remove(self) -> None:
@@ -250,12 +251,9 @@ def write_model_dir(model, tokenizer, out: Path, finish: Finish, extension: Rope
             _write_model_files(model, tokenizer, tmp, finish, extension, state_dict)
         return
     out.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(prefix=".model.", dir=out) as name:
-        tmp = Path(name)
+    with staged_files(out) as (tmp, move_in):
         last = ("config.json", _write_model_files(model, tokenizer, tmp, finish, extension, state_dict))
-        ordinary_modes(tmp)
-        for name in sorted(p.name for p in tmp.iterdir() if p.name not in last) + list(last):
-            os.replace(tmp / name, out / name)
+        move_in(sorted(p.name for p in tmp.iterdir() if p.name not in last) + list(last))
 
 
 def _write_model_files(model, tokenizer, tmp: Path, finish: Finish, extension: RopeExtension | None,
