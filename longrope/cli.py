@@ -14,6 +14,7 @@ import sys
 import threading
 
 from .errors import UsageError
+from .readback import display
 
 COMMAND_MODULES = [
     "longrope.commands.info",
@@ -118,6 +119,11 @@ def _main(argv: list[str] | None) -> int:
     except UsageError as e:
         _close_progress_bars()
         print(f"longrope {args.command}: error: {e}", file=sys.stderr)
+        return 2
+    except OSError as e:  # a file that could not be read or written once work started (disk full, permissions)
+        _close_progress_bars()
+        where = f" {display(e.filename)}" if e.filename else ""
+        print(f"longrope {args.command}: error: cannot access{where}: {e.strerror or e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         _close_progress_bars()

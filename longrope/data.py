@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import hashlib
 import io
-import json
 import sysconfig
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,6 +20,7 @@ import torch
 
 from .errors import UsageError
 from .atomic import atomic_write_bytes
+from .readback import display, parse_json, read_text
 from .models.cache import cache_dir
 
 SPLIT_NAMES = ("search", "validation", "test")
@@ -101,26 +101,14 @@ def stdlib_package_documents() -> list[Document]:
     return docs + [Document("pydoc_data/topics.py", "\n\n".join(_pydoc_topics().values()))]
 
 
-def _read_text(path: Path) -> str:
-    try:
-        return path.read_text(encoding="utf-8")
-    except UnicodeDecodeError as e:
-        raise UsageError(f"{path} is not UTF-8 text (byte {e.start})") from None
-    except OSError as e:
-        raise UsageError(f"cannot read {path}: {e.strerror or e}") from None
-
-
 def _jsonl_documents(path: Path) -> list[Document]:
     docs = []
-    for lineno, line in enumerate(_read_text(path).splitlines(), start=1):
+    for lineno, line in enumerate(read_text(path, "corpus").splitlines(), start=1):
         if not line.strip():
             continue
-        try:
-            record = json.loads(line)
-        except json.JSONDecodeError as e:
-            raise UsageError(f"{path}:{lineno}: not valid JSON ({e.msg})") from None
+        record = parse_json(line, f"{display(path)}:{lineno}")
         if not isinstance(record, dict) or not isinstance(record.get("text"), str):
-            raise UsageError(f"{path}:{lineno}: expected an object with a string field 'text'")
+            raise UsageError(f"{display(path)}:{lineno}: expected an object with a string field 'text'")
         name = record.get("name", record.get("id"))
         docs.append(Document(str(name) if name is not None else f"{path.name}:{lineno}", record["text"]))
     return docs
@@ -142,9 +130,9 @@ def load_corpus(spec: str | None = None) -> list[Document]:
         path = Path(spec).expanduser()
         if path.is_dir():
             files = sorted(path.rglob("*.txt"))
-            docs = [Document(f.relative_to(path).as_posix(), _read_text(f)) for f in files]
+            docs = [Document(display(f.relative_to(path).as_posix()), read_text(f, "corpus file")) for f in files]
         elif path.is_file() and path.suffix == ".txt":
-            docs = [Document(path.name, _read_text(path))]
+            docs = [Document(display(path.name), read_text(path, "corpus file"))]
         elif path.is_file() and path.suffix == ".jsonl":
             docs = _jsonl_documents(path)
         elif path.exists():

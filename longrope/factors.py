@@ -37,6 +37,11 @@ JSON_KEYS = (
 )
 
 
+# cos and sin are both scaled, so attention logits grow by its square: past 10 (logits x100) no
+# method's magnitude correction lies (YaRN and LongRoPE stay below 2 up to 2048x), only overflow
+MAX_ATTENTION_FACTOR = 10.0
+
+
 def _is_number(v: Any) -> bool:
     return isinstance(v, numbers.Real) and not isinstance(v, bool)
 
@@ -128,8 +133,8 @@ class RopeExtension:
                 continue
             if not _is_number(value):
                 raise UsageError(f"{name} must be a number or null, got {value!r}")
-            if not math.isfinite(float(value)) or value <= 0:
-                raise UsageError(f"{name} must be a positive number, got {value}")
+            if not math.isfinite(float(value)) or not 0 < value <= MAX_ATTENTION_FACTOR:
+                raise UsageError(f"{name} must be a number in (0, {MAX_ATTENTION_FACTOR:g}], got {value}")
             object.__setattr__(self, name, float(value))
         if self.short_attention_factor is not None and self.short_factor is None:
             raise UsageError("short_attention_factor needs a short_factor (without one, long_factor and "

@@ -284,11 +284,12 @@ def load_factors(path_or_dir: str | Path) -> RopeExtension:
     d = read_json_file(p, "factors file")
     if not isinstance(d, dict):
         raise UsageError(f"{p}: expected a JSON object")
-    if "method" in d and "long_factor" in d:  # our own format (longrope.factors.JSON_KEYS)
-        _factor_list(d["long_factor"], "long_factor", str(p))
-        return _check_file_method(RopeExtension.from_dict(d, source=str(p)), str(p))
     if any(k in d for k in ("rope_scaling", "rope_parameters", "model_type")):
         return extension_from_hf_config(d, source=str(p))
+    if "method" in d or "long_factor" in d:  # our own format (longrope.factors.JSON_KEYS)
+        if "long_factor" in d:
+            _factor_list(d["long_factor"], "long_factor", str(p))
+        return _check_file_method(RopeExtension.from_dict(d, source=str(p)), str(p))
     raise UsageError(f"{p}: neither a longrope factors file (method, long_factor, ...) nor an HF config")
 
 

@@ -48,7 +48,7 @@ def test_txt_directory_file_and_jsonl(tmp_path):
 
 @pytest.mark.parametrize(
     "content, message",
-    [("{not json\n", "c.jsonl:1: not valid JSON"), ('{"txt": "x"}\n', "string field 'text'"), ("\n", "no non-empty")],
+    [("{not json\n", "c.jsonl:1 is not valid JSON"), ('{"txt": "x"}\n', "string field 'text'"), ("\n", "no non-empty")],
 )
 def test_bad_jsonl_is_a_one_line_usage_error(tmp_path, content, message):
     jl = tmp_path / "c.jsonl"

@@ -20,6 +20,7 @@ from longrope.readback import changed_keys
 from longrope.outputs import output_dir
 
 from conftest import make_corpus, make_tiny_model_dir
+from helpers import one_line_error
 
 HALF, NATIVE = 8, 32  # the tiny_model_dir fixture: head dim 16, native context 32
 
@@ -30,20 +31,6 @@ def factors(path: Path, scale: float = 2.0, **changes) -> Path:
     d.update(changes)
     path.write_text(json.dumps(d))
     return path
-
-
-def err_of(capsys) -> str:
-    return capsys.readouterr().err.strip()
-
-
-def one_line_error(capsys, code: int, *fragments: str) -> str:
-    err = err_of(capsys)
-    last = err.splitlines()[-1] if err else ""
-    assert code == 2, err
-    assert last.startswith("longrope ") and "Traceback" not in err, err
-    for fragment in fragments:
-        assert fragment in last, last
-    return last
 
 
 @pytest.fixture

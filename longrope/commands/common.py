@@ -95,7 +95,7 @@ def factor_files(args) -> list[tuple[str, RopeExtension]]:
 def check_inputs(args) -> list[int] | None:
     """Fail on bad --methods, --factors or --lengths before loading anything; the lengths given."""
     method_names(args), factor_files(args)
-    lengths = parse_int_list(args.lengths, "--lengths") if args.lengths else None
+    lengths = parse_int_list(args.lengths, "--lengths") if args.lengths is not None else None
     if lengths and getattr(args, "stride", None) is not None and args.stride > min(lengths):
         raise UsageError(f"--stride {args.stride} exceeds the shortest length {min(lengths)} (windows would skip tokens)")
     return lengths

@@ -25,11 +25,11 @@ import torch
 
 from ..data import CORPUS_HELP
 from ..errors import UsageError
-from ..factors import RopeExtension
+from ..factors import MAX_ATTENTION_FACTOR, RopeExtension
 from ..hf_config import load_factors
 from ..outputs import output_dir
 from ..models.device import resolve_dtype
-from ..models.load import load_model, model_fingerprint
+from ..models.load import fingerprint_matches, load_model, model_fingerprint
 from ..rope import RotarySpec
 from ..search.distributed import (Dist, broadcast, close_distributed, distributed_evaluator, init_distributed,
                                   min_over_ranks)
@@ -78,7 +78,7 @@ def register(subparsers) -> None:
                    "the critical dim, LongRoPE2 (critical)")
     p.add_argument("--critical-dim", type=ranged(int, min=1), default=None,
                    help="cd for --variant critical (default: ceil(d/2 * log_b(L / 2pi)))")
-    p.add_argument("--attention-factor", type=ranged(float, above=0), default=None,
+    p.add_argument("--attention-factor", type=ranged(float, above=0, max=MAX_ATTENTION_FACTOR), default=None,
                    help="fix the attention (magnitude) factor multiplied into cos and sin; 1 keeps attention "
                    "logits as trained, so with short factors of 1 a short context is unchanged (default: "
                    "LongRoPE's sqrt(1 + ln s / ln L), which also applies below L)")
@@ -264,6 +264,9 @@ def _search(args: argparse.Namespace, d: Dist, config: SearchConfig, options: Se
               "are no longer held out", file=sys.stderr)
     describe["docs"] = len(docs)
     state = _on_main(d, lambda: SearchState.load(out)) if args.resume and has_state(out) else None
+    recorded = None if state is None else state.config.get("model_files")
+    if recorded and recorded != describe["model_files"] and fingerprint_matches(recorded, args.model):
+        describe["model_files"] = recorded  # an earlier release's fingerprint of these same weights
     job = SearchJob(lm.model, docs, plan.make, plan.space, config, plan.seeds, out, describe, options,
                     peers=plan.peers, seed_names=tuple(plan.names), title=plan.title,
                     is_main=d.is_main, evaluate_batch=distributed_evaluator(d), agree=lambda n: min_over_ranks(n, d),

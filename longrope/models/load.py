@@ -22,6 +22,9 @@ from ..rope import RotarySpec
 from ..seam import install_rope, rotary_slots, rotary_spec, rotary_spec_from_config
 from .device import check_device, default_device, resolve_dtype
 from .presets import ModelSource, resolve_model
+from .cache import cache_dir, file_lock
+from ..atomic import atomic_write_json
+from ..readback import read_json_or_none
 
 @dataclass
 class LoadedModel:
@@ -174,11 +177,62 @@ def _check_safetensors(path: Path) -> dict:
     return header
 
 
-def model_fingerprint(name_or_path: str, samples: int = 16, block: int = 1 << 16) -> str:
-    """What identifies a model's weights for reusing results: its files' names and sizes and
-    the bytes of `samples` blocks spread over each file (its head and tail included), hashed.
-    Content, not modification times, so a state or result moves between machines with the
-    same model; a few MiB read, not the whole file."""
+FINGERPRINT = "sha256:"  # marks a fingerprint of the whole content (a bare one sampled blocks of it)
+
+
+def model_fingerprint(name_or_path: str) -> str:
+    """What identifies a model for reusing results: the names and the full content of the files
+    at the top of its folder (or its .gguf), hashed. Content, not modification times, so a state
+    or result moves between machines with the same model; a weight edited in place changes it.
+    Each file's digest is computed once and cached by path, inode, size and modification time."""
+    h = hashlib.sha256()
+    for name, path in _model_files(name_or_path):
+        h.update(f"{name}\0".encode())
+        h.update(file_digest(path).encode())
+    return FINGERPRINT + h.hexdigest()[:16]
+
+
+def _model_files(name_or_path: str) -> list[tuple[str, Path]]:
+    source = resolve_model(name_or_path)
+    if source.gguf_file:
+        return [(source.gguf_file, source.path / source.gguf_file)]
+    return [(p.name, p) for p in sorted(source.path.iterdir()) if p.is_file() and not p.name.startswith(".")]
+
+
+def file_digest(path: Path) -> str:
+    """sha256 of a file's bytes, cached under <cache>/digests.json by (path, inode, size, mtime)."""
+    st = path.stat()
+    key = f"{path.resolve()}|{st.st_ino}|{st.st_size}|{st.st_mtime_ns}"
+    store = cache_dir() / "digests.json"
+    known = read_json_or_none(store)
+    known = known if isinstance(known, dict) else {}
+    if isinstance(known.get(key), str):
+        return known[key]
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(1 << 20):
+            h.update(chunk)
+    digest = h.hexdigest()
+    with file_lock(cache_dir() / "digests.lock"):  # read again: another process may have added its own
+        known = read_json_or_none(store)
+        known = {k: v for k, v in (known if isinstance(known, dict) else {}).items() if k.split("|")[0] != key.split("|")[0]}
+        atomic_write_json(store, {**known, key: digest})
+    return digest
+
+
+def fingerprint_matches(recorded: str | None, name_or_path: str) -> bool:
+    """Whether a recorded fingerprint is this model's: a whole-content one (this release) or,
+    for runs recorded before, the sampled one (`legacy_fingerprint`)."""
+    if recorded is None:
+        return True  # recorded before fingerprints were kept: taken as it is
+    if recorded.startswith(FINGERPRINT):
+        return recorded == model_fingerprint(name_or_path)
+    return recorded == legacy_fingerprint(name_or_path)
+
+
+def legacy_fingerprint(name_or_path: str, samples: int = 16, block: int = 1 << 16) -> str:
+    """The fingerprint runs recorded before whole-content hashing: names, sizes and `samples`
+    blocks of each file (subfolders included), for resuming what they wrote."""
     source = resolve_model(name_or_path)
     files = [source.path / source.gguf_file] if source.gguf_file else sorted(
         p for p in source.path.rglob("*") if p.is_file() and not p.name.startswith("."))

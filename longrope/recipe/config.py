@@ -29,6 +29,7 @@ from typing import Any
 import yaml
 
 from ..errors import UsageError
+from ..factors import MAX_ATTENTION_FACTOR
 from ..methods import get_method
 from ..options import check_options, option, rename_flags
 from ..search.cma import check_samples
@@ -72,7 +73,7 @@ class SearchStage(SearchSettings):
     start_tokens: list[int] | None = None  # n_hat candidates (None: the paper's; search2 keeps stage 1's)
     variant: str = "longrope"  # longrope, piecewise or critical (longrope.search.genes)
     attention_factor: float | None = option(None, "None: search: the longrope default; search2: the fine-tuned one",
-                                            above=0)
+                                            above=0, max=MAX_ATTENTION_FACTOR)
 
 
 @dataclass(frozen=True)

@@ -39,7 +39,7 @@ from ..atomic import atomic_write_json, staged_dir
 from ..readback import changed_keys, read_json_or_none
 from ..methods import attention_factor, build_extension
 from ..options import build
-from ..models.load import load_model, load_tokenizer, model_fingerprint, model_spec
+from ..models.load import fingerprint_matches, load_model, load_tokenizer, model_fingerprint, model_spec
 from ..rope import RotarySpec
 from ..search.driver import SearchJob, SearchOptions, drive, has_state
 from ..search.evolution import SearchConfig, SearchState, peer_seeds
@@ -84,7 +84,7 @@ def _check_base(where: Path, recorded: str | None, base: Path) -> None:
     """UsageError when the complete stage in `where` was made from an earlier version of the
     model in `base` (that stage was redone since): its result would mix two runs. A record
     without a fingerprint (written before they were kept) is taken as it is."""
-    if recorded is not None and recorded != model_fingerprint(str(base)):
+    if not fingerprint_matches(recorded, str(base)):
         raise UsageError(f"{where} was made from an earlier {base.name} (redone since); remove {where} and the "
                          f"stages after it to redo them")
 

@@ -43,6 +43,7 @@ version, whose update could differ, is refused.
 """
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass, field
 from typing import Any, Callable, Sequence
 
@@ -148,13 +149,31 @@ def _restore(dist: dict[str, Any], rng: dict[str, Any], popsize: int):
     functions of (dim, popsize); the sampler is the MT19937 `RandomState` it draws from."""
     import cmaes
 
-    cma = cmaes.CMA(mean=np.array(dist["mean"], dtype=np.float64), sigma=float(dist["sigma"]),
-                    population_size=popsize, cov=np.array(dist["C"], dtype=np.float64))
-    cma._p_sigma = np.array(dist["p_sigma"], dtype=np.float64)
-    cma._pc = np.array(dist["p_c"], dtype=np.float64)
-    cma._g = int(dist["generation"])
-    cma._rng.set_state(rng)
+    try:
+        mean, sigma, cov = _vector(dist["mean"]), float(dist["sigma"]), np.array(dist["C"], dtype=np.float64)
+        n = len(mean)
+        paths = _vector(dist["p_sigma"]), _vector(dist["p_c"])
+        if not (n >= 1 and math.isfinite(sigma) and sigma > 0 and cov.shape == (n, n) and np.all(np.isfinite(cov))
+                and np.allclose(cov, cov.T) and np.all(np.linalg.eigvalsh(cov) > 0)
+                and all(len(p) == n for p in paths) and isinstance(dist["generation"], int) and dist["generation"] >= 0):
+            raise ValueError("needs a finite mean, sigma > 0, a symmetric positive definite C and paths of one length")
+        cma = cmaes.CMA(mean=mean, sigma=sigma, population_size=popsize, cov=cov)
+        cma._p_sigma, cma._pc = paths
+        cma._g = dist["generation"]
+        cma._rng.set_state(rng)
+    except (KeyError, TypeError, ValueError, np.linalg.LinAlgError) as e:
+        raise UsageError(f"state.json: the CMA-ES state is damaged ({e}); remove it to start afresh") from None
     return cma
+
+
+def _vector(values) -> np.ndarray:
+    """A finite float vector from a JSON list (ValueError otherwise)."""
+    if not isinstance(values, list) or not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in values):
+        raise ValueError("expected a list of numbers")
+    out = np.array(values, dtype=np.float64)
+    if not np.all(np.isfinite(out)):
+        raise ValueError("expected finite numbers")
+    return out
 
 
 def told_value(ev: Evaluation, rule: Rule | None) -> float:
@@ -197,8 +216,10 @@ def run_cma_search(space: SearchSpace, config: SearchConfig, objective: Objectiv
             on_generation(state)
     else:
         check_same_config(state.config, full_config, state.generation)
+        state.check(space)
         if state.optimizer_state is None:
             raise UsageError("the saved search has no CMA-ES state")
+        _restore(state.optimizer_state, state.rng_state, popsize)  # a damaged distribution: refused before any work
 
     while state.generation < config.iterations:
         generation = state.generation + 1

@@ -306,10 +306,14 @@ def drive(job: SearchJob, state: SearchState | None = None) -> tuple[SearchState
                                            on_generation=on_generation)
     except KeyboardInterrupt:
         bar.close()
-        if outputs is not None and outputs.last is not None:
-            outputs.finish(outputs.last)
-            print(f"interrupted: generation {outputs.last.generation} is saved in {job.out}; {job.resume_hint}",
-                  file=sys.stderr)
+        if outputs is not None:
+            last = outputs.last or state
+            if outputs.last is not None:
+                outputs.finish(outputs.last)
+            kept = (f"generation {last.generation} is saved in {job.out / STATE_FILE}" if last is not None
+                    else "no generation was complete")
+            print(f"interrupted: {kept}, and {len(log.losses)} document loss(es) of the generation in progress in "
+                  f"{job.out / SCORED_FILE}; {job.resume_hint}", file=sys.stderr)
         raise
     finally:
         log.close()

@@ -37,7 +37,7 @@ import numpy as np
 
 from ..errors import UsageError
 from ..atomic import atomic_write_json, atomic_write_text
-from ..readback import changed_keys
+from ..readback import changed_keys, read_json_file
 from ..methods import ntk_factors, pi_factors, yarn_factors
 from ..options import check_options, option
 from ..rope import RotarySpec
@@ -230,8 +230,22 @@ class Record:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "Record":
-        ev = Evaluation([float(x) for x in d["doc_losses"]], int(d["num_docs"]), bool(d["rejected"]))
-        return cls(int(d["generation"]), Genome.from_dict(d), ev)
+        if not isinstance(d, dict):
+            raise ValueError("a history entry must be an object")
+        losses = d["doc_losses"]
+        if not isinstance(losses, list) or not all(_number(x) and math.isfinite(x) and x >= 0 for x in losses):
+            raise ValueError(f"doc_losses must be finite non-negative numbers, got {losses!r}"[:160])
+        num_docs = _integer(d["num_docs"], "num_docs", 1)
+        if len(losses) > num_docs or not isinstance(d["rejected"], bool):
+            raise ValueError("a history entry scores at most num_docs documents and says whether it was rejected")
+        units, band = d["units"], d.get("band")
+        if not isinstance(units, list) or not units or not all(_integer(u, "units", 0) >= 0 for u in units):
+            raise ValueError("units must be a non-empty list of non-negative integers")
+        if band is not None and (not isinstance(band, list) or len(band) != 2):
+            raise ValueError("band must be null or two integers")
+        genome = Genome(tuple(units), _integer(d["start_token"], "start_token", 0),
+                        None if band is None else (_integer(band[0], "band", 0), _integer(band[1], "band", 0)))
+        return cls(_integer(d["generation"], "generation", 0), genome, Evaluation(losses, num_docs, d["rejected"]))
 
 
 @dataclass
@@ -258,8 +272,23 @@ class SearchState:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "SearchState":
-        return cls(d["config"], int(d["generation"]), [int(i) for i in d["population"]],
-                   [Record.from_dict(r) for r in d["history"]], d["rng_state"], d.get("optimizer_state"))
+        if not isinstance(d, dict) or not isinstance(d["history"], list) or not isinstance(d["population"], list):
+            raise ValueError("expected an object with a history and a population list")
+        generation = _integer(d["generation"], "generation", 0)
+        history = [Record.from_dict(r) for r in d["history"]]
+        if any(r.generation > generation + 1 for r in history):
+            raise ValueError(f"a candidate of a generation past {generation + 1} is recorded at generation {generation}")
+        return cls(d["config"], generation, [_integer(i, "population", 0) for i in d["population"]], history,
+                   d["rng_state"], d.get("optimizer_state"))
+
+    def check(self, space: SearchSpace) -> None:
+        """UsageError unless every recorded genome lies in `space` (the file was edited or damaged:
+        resuming would mutate candidates no search can make)."""
+        for i, r in enumerate(self.history):
+            if not space.is_valid(r.genome):
+                raise UsageError(f"{STATE_FILE}: candidate {i} ({list(r.genome.units)[:4]}...) lies outside this "
+                                 f"search's space (length {space.num_genes}, grid units in [{space.lo.min()}, "
+                                 f"{space.hi.max()}], non-decreasing); remove the state to start afresh")
 
     def save(self, out_dir: str | Path) -> None:
         atomic_write_json(Path(out_dir) / STATE_FILE, self.to_dict())
@@ -269,8 +298,9 @@ class SearchState:
         path = Path(out_dir) / STATE_FILE
         if not path.is_file():
             raise UsageError(f"nothing to resume: {path} does not exist")
+        data = read_json_file(path, "search state")
         try:
-            state = cls.from_dict(json.loads(path.read_text()))
+            state = cls.from_dict(data)
             if not isinstance(state.config, dict) or not state.history:
                 raise ValueError("config must be an object and history non-empty")
             if not all(0 <= i < len(state.history) for i in state.population) or not state.population:
@@ -278,9 +308,31 @@ class SearchState:
             if not isinstance(state.rng_state, dict):
                 raise ValueError("rng_state must be an object")
             return state
-        except (json.JSONDecodeError, KeyError, TypeError, ValueError, AttributeError, IndexError) as e:
+        except (KeyError, TypeError, ValueError, AttributeError, IndexError) as e:
             raise UsageError(f"{path} is not a search state ({type(e).__name__}: {e}); remove it to start "
                              f"afresh") from None
+
+
+def _number(v: Any) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool)
+
+
+def _integer(v: Any, name: str, minimum: int) -> int:
+    """`v` when it is an integer >= minimum (not a bool, not a float), else ValueError naming it."""
+    if isinstance(v, bool) or not isinstance(v, int) or v < minimum:
+        raise ValueError(f"{name} must be an integer >= {minimum}, got {v!r}")
+    return v
+
+
+def restore_rng(state: dict[str, Any]) -> np.random.Generator:
+    """A numpy Generator continuing from a saved `bit_generator.state` (UsageError if it is not one)."""
+    rng = np.random.default_rng()
+    try:
+        rng.bit_generator.state = state
+    except (TypeError, ValueError, KeyError, OverflowError) as e:
+        raise UsageError(f"{STATE_FILE}: rng_state is not a saved random generator ({e}); remove the state to start "
+                         f"afresh") from None
+    return rng
 
 
 def write_history(out_dir: str | Path, state: SearchState, space: SearchSpace) -> None:
@@ -432,8 +484,8 @@ def run_search(
             on_generation(state)
     else:
         check_same_config(state.config, full_config, state.generation)
-    rng = np.random.default_rng()
-    rng.bit_generator.state = state.rng_state
+        state.check(space)
+    rng = restore_rng(state.rng_state)
     seen = {r.genome.key for r in state.history}
     p = config.mutation_prob
 
