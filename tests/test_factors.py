@@ -64,7 +64,7 @@ def test_attention_by_length_follows_the_length_in_force_past_the_native_context
         ({"max_position_embeddings": 128}, "must exceed"),
         ({"start_token": -1}, "start_token"),
         ({"attention_factor": 0.0}, "attention_factor"),
-        ({"short_factor": [1.0] * 3, "short_attention_factor": -1.0}, "short_attention_factor must be a number in (0, 10]"),
+        ({"short_factor": [1.0] * 3, "short_attention_factor": -1.0}, "short_attention_factor must be a number in \\(0, 10\\]"),
         ({"short_factor": [1.0] * 3, "short_attention_factor": "1"}, "short_attention_factor must be a number"),
         ({"short_attention_factor": 1.0}, "short_attention_factor needs a short_factor"),
         ({"attention_by_length": "yes"}, "attention_by_length must be true or false"),
