@@ -247,7 +247,7 @@ def deep(n: int = 200_000) -> str:
     return "[" * n + "]" * n
 
 
-@pytest.mark.parametrize("case", ["factors", "jsonl", "state", "surrogate", "name"])
+@pytest.mark.parametrize("case", ["factors", "jsonl", "state", "surrogate", "name", "recipe"])
 def test_files_that_break_parsers_are_one_line(assets, tmp_path, capsys, case):
     model, corpus = assets
     if case == "factors":
@@ -259,6 +259,10 @@ def test_files_that_break_parsers_are_one_line(assets, tmp_path, capsys, case):
         (tmp_path / "c.jsonl").write_text(corpus.read_text() + line + "\n")
         argv = ["eval-ppl", "--model", str(model), "--corpus", str(tmp_path / "c.jsonl")]
         fragment = "nested too deeply" if case == "jsonl" else "not valid Unicode"
+    elif case == "recipe":
+        (tmp_path / "r.yaml").write_text("model: " + "[" * 100_000 + "]" * 100_000 + "\n")
+        argv = ["extend", "--recipe", str(tmp_path / "r.yaml")]
+        fragment = "nested too deeply"
     elif case == "state":
         (tmp_path / "out").mkdir()
         (tmp_path / "out" / "state.json").write_text(deep())

@@ -300,4 +300,6 @@ def load_recipe(path: str | Path) -> Recipe:
         raise UsageError(f"recipe {path} is not valid YAML: {first}") from None
     except UnicodeDecodeError:
         raise UsageError(f"recipe {path} is not UTF-8 text") from None
+    except RecursionError:
+        raise UsageError(f"recipe {path} is nested too deeply to be a recipe") from None
     return parse_recipe(data, str(path))
