@@ -44,7 +44,7 @@ def band_ppls(model, docs, length: int, edges: list[int]) -> list[float]:
 
 
 def passkey_by_depth(lm, length: int, trials: int, seed: int) -> dict:
-    results = run_trials(lm.model, lm.tokenizer, length, trials, random.Random(seed))
+    results = list(run_trials(lm.model, lm.tokenizer, length, trials, random.Random(seed)))
     bins: list[list[bool]] = [[] for _ in range(5)]
     for r in results:
         bins[min(int(r.depth * 5), 4)].append(r.correct)

@@ -10,6 +10,7 @@ import yaml
 
 from longrope.cli import main
 from longrope.errors import UsageError
+from longrope.factors import FACTORS_FILE, RopeExtension
 from longrope.recipe.config import load_recipe, parse_recipe
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -224,8 +225,6 @@ def test_the_final_attention_factor_can_follow_the_length(tiny_model_dir, tiny_c
 
 
 def test_extend_end_to_end_then_skips_complete_stages(tiny_model_dir, tiny_corpus, tmp_path, capsys, monkeypatch):
-    from longrope.factors import RopeExtension
-    from longrope.factors import FACTORS_FILE
     from longrope.models.load import load_model
 
     data = small_recipe(str(tiny_model_dir), str(tiny_corpus))
@@ -327,7 +326,7 @@ def test_second_fine_tuning_continues_stage_1_with_the_final_factors(tiny_model_
     data["stages"]["finetune"]["lr"] = 5e-4
     from longrope.recipe import stages
 
-    for stage in ("3-search2", "3b-finetune2", "4-readjust", "final"):
+    for stage in ("3-search2", "3b-finetune2", "4-readjust"):
         assert main(["extend", "--recipe", str(write(tmp_path, data)), "--out", str(out)]) == 2
         last = capsys.readouterr().err.strip().splitlines()[-1]
         if stage == "3-search2":  # finetune2 too was made from the old stage-2 model
@@ -338,8 +337,69 @@ def test_second_fine_tuning_continues_stage_1_with_the_final_factors(tiny_model_
         else:  # the later ones see the new search2's factors first
             assert str(out / stage) in last and "remove" in last, last
         shutil.rmtree(out / stage)
-    shutil.rmtree(out / "baselines")  # fine-tuned from the original with the old finetune settings: refused too
+    # final: made again from the new stages (it is derived from them alone); the baselines were fine-tuned
+    # from the original with the old finetune settings: refused
+    assert main(["extend", "--recipe", str(write(tmp_path, data)), "--out", str(out)]) == 2
+    assert "baselines/pi was fine-tuned with different settings" in capsys.readouterr().err
+    assert RopeExtension.load(out / "final" / FACTORS_FILE) == RopeExtension.from_dict(
+        json.loads((out / "final" / "stage.json").read_text())["settings"]["extension"])
+    shutil.rmtree(out / "baselines")
     code = main(["extend", "--recipe", str(write(tmp_path, data)), "--out", str(out)])
     assert code == 0, capsys.readouterr().err[-600:]
     record = json.loads((out / "3b-finetune2" / "finetune.json").read_text())
     assert record["model"] == str(out / "2-finetune")
+
+
+def test_a_third_search_extends_the_fine_tuned_model_further_against_peers(tiny_model_dir, tiny_corpus, tmp_path, capsys):
+    """search3 (the paper's 256k -> 2048k step) on the last fine-tuned model: final factors = the
+    stage-2 factors x lambda3; the report sets it against the stage-2 factors alone and against
+    PI / YaRN as the last step, with Wilson intervals and more trials below the long lengths."""
+    import numpy as np
+
+    data = small_recipe(str(tiny_model_dir), str(tiny_corpus))
+    st = data["stages"]
+    st["finetune2"] = {"length": 128, "steps": 2, "batch_size": 1, "lr": 1e-3, "mixed_precision": "no"}
+    st["search3"] = {"target_length": 512, "corpus": str(tiny_corpus), **SMALL_SEARCH}
+    st["evaluate"] = {"lengths": [32, 64, 256, 512], "docs": 1, "passkey_trials": 3, "passkey_long_trials": 2,
+                      "passkey_long_length": 512, "baselines": [], "peers": ["pi", "yarn"], "split": "all"}
+    data["attention_by_length"] = True
+    data["stages"] = {k: st[k] for k in ("search", "finetune", "search2", "finetune2", "search3", "readjust",
+                                          "evaluate")}
+    out = tmp_path / "run"
+    assert main(["extend", "--recipe", str(write(tmp_path, data)), "--out", str(out)]) == 0, capsys.readouterr().err
+    stage2 = json.loads((out / "3-search2" / "stage.json").read_text())["extension"]
+    stage3 = json.loads((out / "3c-search3" / "stage.json").read_text())["extension"]
+    final = RopeExtension.load(out / "final" / FACTORS_FILE)
+    assert final.max_position_embeddings == 512 and final.attention_by_length
+    assert np.allclose(final.long_factor, np.multiply(stage2["long_factor"], stage3["metadata"]["stage3_factor"]))
+    assert stage3["attention_by_length"] and stage3["attention_factor"] == stage2["attention_factor"]
+    report = json.loads((out / "report" / "report.json").read_text())
+    cells = {(c["variant"], c["kind"], c["length"]): c for c in report["cells"]}
+    assert {("stage2", "ppl", 512), ("stage2+pi", "ppl", 512), ("stage2+yarn", "passkey", 512)} <= set(cells)
+    assert ("original", "ppl", 64) in cells and ("original", "ppl", 256) not in cells  # stops at stage 1's target
+    assert len(cells["final", "passkey", 512]["trials"]) == 2 and len(cells["final", "passkey", 256]["trials"]) == 3
+    pi = RopeExtension.from_dict(cells["stage2+pi", "ppl", 512]["identity"]["extension"])
+    assert np.allclose(pi.long_factor, np.multiply(stage2["long_factor"], 4.0))  # x PI's factor for 128 -> 512
+    assert pi.short_factor == final.short_factor and pi.attention_by_length
+    step = report["summary"]["last_step"]
+    assert set(step["last_band_ppl"]) == {"final", "stage2", "stage2+pi", "stage2+yarn"}
+    assert "final_vs_best_peer_last_band" in step and len(report["summary"]["final_passkey_95"]["512"]) == 2
+    assert "(" in (out / "report" / "report.md").read_text() and not (out / "report" / "passkey-in-progress.json").exists()
+    # a rerun skips everything, the report included
+    assert main(["extend", "--recipe", str(write(tmp_path, data)), "--out", str(out)]) == 0
+    assert "search3: complete" in capsys.readouterr().err
+
+
+def test_search3_needs_search2_and_a_longer_target(tiny_model_dir, tiny_corpus, tmp_path, capsys):
+    data = small_recipe(str(tiny_model_dir), str(tiny_corpus))
+    st = data["stages"]
+    for stages, fragment in ((("search", "finetune", "search3"), "'search3' needs 'search2'"),
+                             (("search", "finetune", "search2", "search3"), "must exceed search2.target_length")):
+        st["search3"] = {"target_length": 128, **SMALL_SEARCH}
+        bad = {**data, "stages": {k: st[k] for k in stages}}
+        assert main(["extend", "--recipe", str(write(tmp_path, bad)), "--out", str(tmp_path / "o")]) == 2
+        assert fragment in capsys.readouterr().err
+    st["search"]["corpus"] = "stdlib"
+    bad = {**data, "stages": {k: st[k] for k in ("search", "finetune")}}
+    assert main(["extend", "--recipe", str(write(tmp_path, bad)), "--out", str(tmp_path / "o")]) == 2
+    assert "search.corpus: the corpus is set once" in capsys.readouterr().err

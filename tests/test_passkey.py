@@ -33,8 +33,8 @@ def test_tokens_after_eos_are_not_part_of_the_answer(tiny_model_dir):
     answer = tok(f" {key}", add_special_tokens=False).input_ids
     trailing = tok("11", add_special_tokens=False).input_ids
     model = Scripted(answer + [tok.eos_token_id] + trailing, len(tok))
-    [trial] = run_trials(model, tok, 256, 1, random.Random(0), max_new_tokens=len(answer) + 4)
+    [trial] = list(run_trials(model, tok, 256, 1, random.Random(0), max_new_tokens=len(answer) + 4))
     assert trial.key == key and trial.correct and trial.output.strip() == str(key)
     model = Scripted(answer + trailing, len(tok))  # no EOS: the digits run on, a wrong answer
-    [trial] = run_trials(model, tok, 256, 1, random.Random(0), max_new_tokens=len(answer) + 4)
+    [trial] = list(run_trials(model, tok, 256, 1, random.Random(0), max_new_tokens=len(answer) + 4))
     assert not trial.correct

@@ -4,6 +4,7 @@ from __future__ import annotations
 import random
 import re
 from dataclasses import dataclass
+from typing import Iterator
 
 import torch
 
@@ -58,6 +59,18 @@ def build_prompt(tokenizer, length: int, depth: float, key: int, reserve: int = 
     return PasskeyPrompt(ids, key, before / n if n else 0.0)
 
 
+def wilson_interval(correct: int, trials: int, z: float = 1.959964) -> tuple[float, float]:
+    """The Wilson score interval of an accuracy (95% by default): sound at 0 and 1 and for few
+    trials, where the normal approximation is not."""
+    if trials <= 0:
+        return 0.0, 1.0
+    p = correct / trials
+    den = 1 + z * z / trials
+    mid = (p + z * z / (2 * trials)) / den
+    half = z * ((p * (1 - p) / trials + z * z / (4 * trials * trials)) ** 0.5) / den
+    return max(0.0, mid - half), min(1.0, mid + half)
+
+
 def first_integer(text: str) -> int | None:
     m = re.search(r"\d+", text)
     return int(m.group()) if m else None
@@ -74,16 +87,15 @@ class Trial:
 
 
 def run_trials(model, tokenizer, length: int, trials: int, rng: random.Random, max_new_tokens: int = 10,
-               progress: Progress = no_progress):
-    """`trials` passkey trials at `length` tokens (prompt + answer), random key and depth from `rng`;
-    `progress(done, trials)` after each."""
-    results = []
-    for _ in range(trials):
-        key, depth = rng.randint(1, MAX_KEY), rng.random()
+               progress: Progress = no_progress, skip: int = 0) -> Iterator[Trial]:
+    """`trials` passkey trials at `length` tokens (prompt + answer), random key and depth from `rng`,
+    yielded one by one; the first `skip` are drawn but not run (done before). `progress(done,
+    trials)` after each."""
+    draws = [(rng.randint(1, MAX_KEY), rng.random()) for _ in range(trials)]
+    for i, (key, depth) in enumerate(draws[skip:], start=skip + 1):
         prompt = build_prompt(tokenizer, length, depth, key, reserve=max_new_tokens)
         # the answer ends at EOS: tokens after it would be decoded onto the digits (EOS is skipped)
         out = greedy_generate(model, prompt.input_ids, max_new_tokens, eos_token_id=tokenizer.eos_token_id)
         text = tokenizer.decode(out.tolist(), skip_special_tokens=True)
-        results.append(Trial(length, prompt.input_ids.shape[1], prompt.depth, key, text, first_integer(text) == key))
-        progress(len(results), trials)
-    return results
+        yield Trial(length, prompt.input_ids.shape[1], prompt.depth, key, text, first_integer(text) == key)
+        progress(i, trials)

@@ -122,12 +122,17 @@ def ppl_figures(model: torch.nn.Module, docs: Sequence[torch.Tensor], length: in
 
 
 def passkey_figures(lm: LoadedModel, length: int, trials: int, rng: random.Random,
-                    progress: Progress = no_progress) -> dict[str, Any]:
+                    progress: Progress = no_progress, done: Sequence[dict] = (),
+                    on_trial: Callable[[list[dict]], None] = lambda trials: None) -> dict[str, Any]:
     """Passkey accuracy of `trials` trials at one length, and the trials themselves (dicts).
+    `done`: the first trials, already run (a cell resumed); `on_trial(trials so far)` after each.
     ValueError when no prompt fits `length`."""
     t0 = time.perf_counter()
-    results = run_trials(lm.model, lm.tokenizer, length, trials, rng, progress=progress)
-    return {"accuracy": sum(r.correct for r in results) / len(results), "trials": [asdict(r) for r in results],
+    results = [dict(t) for t in done]
+    for trial in run_trials(lm.model, lm.tokenizer, length, trials, rng, progress=progress, skip=len(results)):
+        results.append(asdict(trial))
+        on_trial(results)
+    return {"accuracy": sum(r["correct"] for r in results) / len(results), "trials": results,
             "seconds": time.perf_counter() - t0}
 
 

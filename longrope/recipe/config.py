@@ -11,11 +11,14 @@ A recipe is a YAML file: a few top-level settings and the stages, in this order:
                                               #    final factor = stage-1 x stage-2, element-wise
       finetune2: {length: 8192, steps: 100, ...}  # 3b. fine-tune again with the final factors
                                               #    (the paper's second fine-tuning at the longer length)
+      search3:  {target_length: 65536, ...}   # 3c. search again on the fine-tuned model, no fine-tuning
+                                              #    after it: final factor = stage-2 factor x lambda3
       readjust: {...}                         # 4. short_factor: search at the native length
       evaluate: {lengths: [...], ...}         # 5. report: ppl and passkey for every stage
 
-`search` and `finetune` are required, the others optional (`finetune2` needs `search2`). Parsing checks everything that
-can be checked without a model and raises UsageError with one line naming the problem.
+`search` and `finetune` are required, the others optional (`finetune2` needs `search2`, `search3` needs
+`search2`). Parsing checks everything that can be checked without a model and raises UsageError with one
+line naming the problem.
 """
 from __future__ import annotations
 
@@ -40,9 +43,9 @@ from ..train.finetune import FinetuneConfig
 NOT_RECIPE_KEYS = ("reject_slack",)  # SearchConfig fields a recipe does not set
 METHOD_KEYS = ("optimizer", "objective", "needles")  # SearchOptions.method(): needles only for needle
 # keys added after recipes were first run: a stage records them only when they differ from these
-RECORDED_WHEN_SET = {**DEFAULT_METHOD, **ADDED_SETTINGS}
+RECORDED_WHEN_SET = {**DEFAULT_METHOD, **ADDED_SETTINGS, "corpus": None}
 SPEED_KEYS = ("candidates_per_forward",)  # not recorded: a complete stage stays complete (its search state keeps it)
-STAGES = ("search", "finetune", "search2", "finetune2", "readjust", "evaluate")
+STAGES = ("search", "finetune", "search2", "finetune2", "search3", "readjust", "evaluate")
 REQUIRED_STAGES = ("search", "finetune")
 
 
@@ -74,6 +77,7 @@ class SearchStage(SearchSettings):
     variant: str = "longrope"  # longrope, piecewise or critical (longrope.search.genes)
     attention_factor: float | None = option(None, "None: search: the longrope default; search2: the fine-tuned one",
                                             above=0, max=MAX_ATTENTION_FACTOR)
+    corpus: str | None = None  # search3 only: its documents (None: the recipe's; a longer target may need another)
 
 
 @dataclass(frozen=True)
@@ -93,6 +97,12 @@ class EvaluateStage:
     passkey_trials: int = option(10, "passkey trials per length, 0 = none", min=0, max=100_000)
     baselines: list[str] = field(default_factory=lambda: ["pi", "yarn"])  # fine-tuned with the same budget
     chunk_size: int = option(1024, "tokens per LM-head chunk", min=1)
+    corpus: str | None = None  # the report's documents (None: the recipe's)
+    # with search3: methods applied as the last step instead of the search (stage-2 factors x the method's)
+    peers: list[str] = field(default_factory=list)
+    passkey_long_trials: int | None = option(None, "passkey trials at passkey_long_length and beyond (None: "
+                                             "passkey_trials)", min=1, max=100_000)
+    passkey_long_length: int | None = option(None, "the length from which passkey_long_trials apply", min=2)
 
     def __post_init__(self):
         check_options(self)
@@ -110,17 +120,20 @@ class Recipe:
     finetune2: FinetuneConfig | None = None  # continues from `finetune`'s model with the final factors
     readjust: ReadjustStage | None = None
     evaluate: EvaluateStage | None = None
+    search3: SearchStage | None = None  # on the last fine-tuned model, with no fine-tuning after it
     # the final factors' long attention factor follows the length in force past the native context
     # (RopeExtension.attention_by_length) instead of staying the fine-tuned one
     attention_by_length: bool = False
 
     @property
     def final_target(self) -> int:
-        return (self.search2 or self.search).target_length
+        return (self.search3 or self.search2 or self.search).target_length
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
-        for name in ("search", "search2", "readjust"):
+        if self.search3 is None:  # recorded only when there: recipe.json of earlier runs reads the same
+            del d["search3"]
+        for name in ("search", "search2", "search3", "readjust"):
             if getattr(self, name) is not None:
                 d[name] = getattr(self, name).settings()
         return d
@@ -271,21 +284,43 @@ def parse_recipe(data: Any, source: str = "recipe") -> Recipe:
         if finetune2.length > search2.target_length:
             raise UsageError(f"recipe: finetune2.length {finetune2.length} exceeds what the final factors cover "
                              f"(search2.target_length {search2.target_length})")
-    readjust = _build(ReadjustStage, stages["readjust"], "readjust", NOT_RECIPE_KEYS) if "readjust" in stages else None
+    search3 = None
+    if "search3" in stages:
+        if search2 is None:
+            raise UsageError("recipe: stage 'search3' needs 'search2' (it searches on top of the stage-2 factors)")
+        search3 = _build(SearchStage, stages["search3"], "search3", NOT_RECIPE_KEYS)
+        _check_search(search3, "search3")
+        if search3.target_length <= search2.target_length:
+            raise UsageError(f"recipe: search3.target_length {search3.target_length} must exceed search2.target_length "
+                             f"{search2.target_length}")
+        if search3.variant not in ("longrope", "critical"):
+            raise UsageError("recipe: search3.variant must be longrope or critical (it searches a factor on top of "
+                             "stage 2)")
+    for name, stage in (("search", search), ("search2", search2)):
+        if stage is not None and stage.corpus is not None:
+            raise UsageError(f"recipe: {name}.corpus: the corpus is set once at the top level; only search3 and "
+                             f"evaluate read another one")
+    readjust = _build(ReadjustStage, stages["readjust"], "readjust", NOT_RECIPE_KEYS) \
+        if "readjust" in stages else None
     evaluate = _build(EvaluateStage, stages["evaluate"], "evaluate") if "evaluate" in stages else None
     if evaluate is not None:
         if evaluate.lengths is not None and (not evaluate.lengths or min(evaluate.lengths) < 2):
             raise UsageError("recipe: evaluate.lengths must be a non-empty list of lengths >= 2")
         if evaluate.split not in ("search", "validation", "test", "all"):
             raise UsageError("recipe: evaluate.split must be search, validation, test or all")
-        for name in evaluate.baselines:
-            try:
-                get_method(name)
-            except UsageError as e:
-                raise UsageError(f"recipe: evaluate.baselines: {e}") from None
+        for key in ("baselines", "peers"):
+            for name in getattr(evaluate, key):
+                try:
+                    get_method(name)
+                except UsageError as e:
+                    raise UsageError(f"recipe: evaluate.{key}: {e}") from None
+        if evaluate.peers and search3 is None:
+            raise UsageError("recipe: evaluate.peers are applied in place of search3; the recipe has no search3")
+        if (evaluate.passkey_long_trials is None) != (evaluate.passkey_long_length is None):
+            raise UsageError("recipe: evaluate.passkey_long_trials and evaluate.passkey_long_length go together")
     return Recipe(model=model, corpus=corpus, split_seed=split_seed, dtype=dtype, search=search,
-                  finetune=finetune, search2=search2, finetune2=finetune2, readjust=readjust, evaluate=evaluate,
-                  attention_by_length=attention_by_length)
+                  finetune=finetune, search2=search2, finetune2=finetune2, search3=search3, readjust=readjust,
+                  evaluate=evaluate, attention_by_length=attention_by_length)
 
 
 def load_recipe(path: str | Path) -> Recipe:

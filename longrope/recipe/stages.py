@@ -6,6 +6,9 @@
                  long_factor = lambda1 * lambda2 (element-wise)
     3b-finetune2 (optional) fine-tune the stage-1 model again with the final factors, at a
                  longer length (the paper fine-tunes at 128k, then at 256k with its factors)
+    3c-search3   (optional) search lambda3 on the last fine-tuned model for a longer target, with
+                 no fine-tuning after it: long_factor = stage-2 factors * lambda3 (the paper's
+                 256k -> 2048k step)
     4-readjust   search short_factor at the native length on the extended model
     final        HF model directory: long_factor, short_factor, attention_factor,
                  original_max_position_embeddings, max_position_embeddings (with the recipe's
@@ -42,7 +45,7 @@ from ..options import build
 from ..models.load import fingerprint_matches, load_model, load_tokenizer, model_fingerprint, model_spec
 from ..rope import RotarySpec
 from ..search.driver import SearchJob, SearchOptions, drive, has_state
-from ..search.evolution import SearchConfig, SearchState, peer_seeds
+from ..search.evolution import SearchConfig, SearchState, carried_seed, peer_seeds
 from ..search.fitness import MakeExtension, long_factor_candidate, search_documents, short_factor_candidate
 from ..search.genes import START_TOKENS, SearchSpace, critical_dimension, rescaled_critical_dimension
 from ..train.finetune import finetune, has_checkpoint, is_complete, original_rope_below_native, with_defaults
@@ -50,7 +53,7 @@ from .config import Recipe
 from .report import log, report_lengths, stage_evaluate
 
 DIRS = {"search": "1-search", "finetune": "2-finetune", "search2": "3-search2", "finetune2": "3b-finetune2",
-        "readjust": "4-readjust", "final": "final", "evaluate": "report", "baselines": "baselines"}
+        "search3": "3c-search3", "readjust": "4-readjust", "final": "final", "evaluate": "report", "baselines": "baselines"}
 STAGE_FILE = "stage.json"  # written last in a stage folder: the stage is complete
 
 
@@ -122,16 +125,18 @@ def check_recipe_corpus(recipe: Recipe, spec: RotarySpec) -> None:
     """Every length the recipe needs is reached by a document of the split it reads (checked
     before any stage runs, with the tokenizer only): UsageError naming the recipe key."""
     tokenizer = load_tokenizer(recipe.model)
-    corpus = load_corpus(recipe.corpus)
-    splits = split_corpus(corpus, recipe.split_seed)
-    needs = [("search.target_length", "search", recipe.search.target_length)]
+    needs = [("search.target_length", recipe.corpus, "search", recipe.search.target_length)]
     if recipe.search2 is not None:
-        needs.append(("search2.target_length", "search", recipe.search2.target_length))
+        needs.append(("search2.target_length", recipe.corpus, "search", recipe.search2.target_length))
+    if recipe.search3 is not None:
+        needs.append(("search3.target_length", recipe.search3.corpus or recipe.corpus, "search",
+                      recipe.search3.target_length))
     if recipe.evaluate is not None:
         lengths = report_lengths(recipe, spec.original_max_position_embeddings)
-        needs.append(("evaluate.lengths", recipe.evaluate.split, max(lengths)))
-    for key, split, length in needs:
-        docs = corpus if split == "all" else splits[split]
+        needs.append(("evaluate.lengths", recipe.evaluate.corpus or recipe.corpus, recipe.evaluate.split, max(lengths)))
+    for key, corpus_name, split, length in needs:
+        corpus = load_corpus(corpus_name)
+        docs = corpus if split == "all" else split_corpus(corpus, recipe.split_seed)[split]
         if not docs:
             raise UsageError(f"recipe: {key}: the {split} split of the corpus is empty; use a larger corpus"
                              + (" or evaluate.split: all" if key.startswith("evaluate") else ""))
@@ -143,14 +148,14 @@ def check_recipe_corpus(recipe: Recipe, spec: RotarySpec) -> None:
 
 def _search(recipe: Recipe, stage, where: Path, settings: dict[str, Any], model: str, length: int, make: MakeExtension,
             space: SearchSpace, seeds, describe: dict[str, Any], title: str,
-            finalize=lambda ext: ext) -> tuple[RopeExtension, float]:
+            finalize=lambda ext: ext, corpus: str | None = None) -> tuple[RopeExtension, float]:
     """One search of the recipe through the search driver, resumed from where/state.json if there;
     `finalize` adjusts the found extension before the stage is marked complete. Returns it and
-    the seconds this run took."""
+    the seconds this run took. `corpus`: the stage's own (None: the recipe's)."""
     t0 = time.time()
     config = build(SearchConfig, stage)
     lm = load_model(model, recipe.dtype)
-    docs = search_documents(lm.tokenizer, recipe.corpus, length, stage.docs, recipe.split_seed, stage.objective,
+    docs = search_documents(lm.tokenizer, corpus or recipe.corpus, length, stage.docs, recipe.split_seed, stage.objective,
                             stage.needles)
     if len(docs) < stage.docs:
         log(f"note: only {len(docs)} search documents reach {length} tokens (asked for {stage.docs})")
@@ -222,32 +227,55 @@ def stage_finetune(recipe: Recipe, ext: RopeExtension | None, where: Path, label
 
 def stage_search2(recipe: Recipe, out: Path, spec: RotarySpec, ext1: RopeExtension, ft_dir: Path) -> RopeExtension:
     """3. lambda2 on the fine-tuned model for the final target; long_factor = lambda1 * lambda2."""
-    stage, where = recipe.search2, out / DIRS["search2"]
-    settings = {**stage.settings(), "stage1": ext1.to_dict(), "dtype": recipe.dtype}
-    if (done := _completed_search("search2", where, settings, ft_dir)) is not None:
+    return _search_on_top(recipe, "search2", out, spec, ext1, ft_dir, {"stage1": ext1.to_dict()})
+
+
+def stage_search3(recipe: Recipe, out: Path, spec: RotarySpec, ext2: RopeExtension, ft_dir: Path) -> RopeExtension:
+    """3c. lambda3 on the last fine-tuned model, for a target past the one it was fine-tuned
+    for, with no fine-tuning after it: long_factor = stage-2 factors * lambda3. Scored as the
+    final factors are used (attention_by_length when the recipe sets it); seeded with PI, NTK,
+    YaRN for the remaining scale and the stage-2 factors carried to the new target."""
+    carried = carried_seed(ext2.long_factor, ext2.scale, recipe.search3.target_length / ext2.original_max_position_embeddings)
+    return _search_on_top(recipe, "search3", out, spec, ext2, ft_dir, {"stage2": ext2.to_dict()},
+                          extra_seeds=[carried / np.asarray(ext2.long_factor)],
+                          by_length=recipe.attention_by_length)
+
+
+def _search_on_top(recipe: Recipe, name: str, out: Path, spec: RotarySpec, base: RopeExtension, ft_dir: Path,
+                   recorded: dict[str, Any], extra_seeds=(), by_length: bool = False) -> RopeExtension:
+    """A search on the fine-tuned model `ft_dir` for a factor on top of the extension `base` it was
+    fine-tuned with (search2, search3); n_hat and the fine-tuned attention factor are kept."""
+    stage, where = getattr(recipe, name), out / DIRS[name]
+    settings = {**stage.settings(), **recorded, "dtype": recipe.dtype}
+    if by_length:  # recorded only when set: stages completed before it existed still match
+        settings["attention_by_length"] = True
+    if (done := _completed_search(name, where, settings, ft_dir)) is not None:
         return done
-    L, N1, N2 = spec.original_max_position_embeddings, ext1.max_position_embeddings, stage.target_length
-    scale2 = N2 / N1
-    lam1 = np.asarray(ext1.long_factor, dtype=np.float64)
+    L, N1, N2 = spec.original_max_position_embeddings, base.max_position_embeddings, stage.target_length
+    scale = N2 / N1
+    lam1 = np.asarray(base.long_factor, dtype=np.float64)
     # the weights adapted to the fine-tuned attention magnitude: keep it unless the recipe says otherwise
-    af = stage.attention_factor if stage.attention_factor is not None else attention_factor(ext1)
-    start = ext1.start_token  # the model was fine-tuned with this n_hat
+    af = stage.attention_factor if stage.attention_factor is not None else attention_factor(base)
+    start = base.start_token  # the model was fine-tuned with this n_hat
     # critical: dims below cd (periods shorter than the fine-tuned context N1) follow an NTK-like ramp
     cd = rescaled_critical_dimension(spec.dim, spec.base, N1, lam1) if stage.variant == "critical" else 0
-    space = _space(stage, scale2, stage.max_factor or 1.25 * scale2, (start,), spec.half, cd)
+    space = _space(stage, scale, stage.max_factor or 1.25 * scale, (start,), spec.half, cd)
+    below = f"stage{name.removeprefix('search')}_factor"  # the factor this stage searched, on top of `base`
 
     def make(factors: np.ndarray, start_token: int) -> RopeExtension:
         return RopeExtension(method="longrope", long_factor=(lam1 * factors).tolist(),
                              original_max_position_embeddings=L, max_position_embeddings=N2,
-                             start_token=int(start_token), attention_factor=af,
-                             metadata={"stage1_factor": lam1.tolist(), "stage2_factor": [float(x) for x in factors]})
+                             start_token=int(start_token), attention_factor=af, attention_by_length=by_length,
+                             metadata={**({"stage1_factor": lam1.tolist()} if name == "search2"
+                                          else {"base_factor": lam1.tolist()}),
+                                       below: [float(x) for x in factors]})
 
     # the fine-tuned model's context is N1 now: PI/NTK/YaRN seeds for N1 -> N2
-    seeds = peer_seeds(RotarySpec(spec.dim, spec.base, N1), scale2)
+    seeds = peer_seeds(RotarySpec(spec.dim, spec.base, N1), scale) + list(extra_seeds)
     ext, seconds = _search(recipe, stage, where, settings, str(ft_dir), N2, make, space, seeds,
-                           {"stage": "search2", "model": ft_dir.name, "target_length": N2},
-                           f"search 2: {N1} -> {N2} (x lambda1)")
-    log(f"search2: {N1} -> {N2} tokens, ppl {ext.metadata['search_perplexity']:.3f} ({seconds:.0f}s)")
+                           {"stage": name, "model": ft_dir.name, "target_length": N2},
+                           f"{name}: {N1} -> {N2} (x the fine-tuned factors)", corpus=stage.corpus or recipe.corpus)
+    log(f"{name}: {N1} -> {N2} tokens, ppl {ext.metadata['search_perplexity']:.3f} ({seconds:.0f}s)")
     return ext
 
 
@@ -275,6 +303,27 @@ def stage_readjust(recipe: Recipe, out: Path, spec: RotarySpec, ext1: RopeExtens
     return found
 
 
+def last_step_variants(recipe: Recipe, spec: RotarySpec, fine_tuned: RopeExtension, final: RopeExtension,
+                       ft_dir: Path) -> list[Variant]:
+    """What search3 is measured against, on the same fine-tuned weights: the factors they were
+    fine-tuned with and no further extension (`stage2`), and each `evaluate.peers` method as the
+    last step instead of the search (`stage2+NAME`: the fine-tuned factors times the method's for
+    the remaining scale). All keep the final's short factors, n_hat and attention-factor rule, so
+    they differ from it in the long factors alone."""
+    N2, N3, L = fine_tuned.max_position_embeddings, final.max_position_embeddings, spec.original_max_position_embeddings
+    same = dict(short_factor=final.short_factor, short_attention_factor=final.short_attention_factor,
+                attention_factor=final.attention_factor, attention_by_length=final.attention_by_length,
+                start_token=final.start_token)
+    variants = [Variant("stage2", fine_tuned.with_(metadata={}, **same), str(ft_dir))]
+    base = RotarySpec(spec.dim, spec.base, N2)  # the fine-tuned model's context
+    for name in recipe.evaluate.peers:
+        step = np.asarray(build_extension(name, base, N3).long_factor)
+        composed = RopeExtension("longrope", (np.asarray(fine_tuned.long_factor) * step).tolist(), L, N3,
+                                 metadata={"peer": name}, **same)
+        variants.append(Variant(f"stage2+{name}", composed, str(ft_dir)))
+    return variants
+
+
 def stage_final(out: Path, ext: RopeExtension, ft_dir: Path) -> Path:
     """The final HF model directory: the fine-tuned weights with the final factors in its config
     (and in our factors file, which keeps n_hat)."""
@@ -284,7 +333,8 @@ def stage_final(out: Path, ext: RopeExtension, ft_dir: Path) -> Path:
         _check_base(where, done.get("base"), ft_dir)
         log(f"final: complete in {where}, skipped")
         return where
-    with staged_dir(where, create=False) as staging:
+    # a final of this recipe's with other factors (a later stage was added or redone) is replaced
+    with staged_dir(where, create=False, replace=done is not None) as staging:
         result = export_hf(str(ft_dir), ext, staging, drop_start_token=True)  # without the fine-tuning's record
         ext.save(staging / FACTORS_FILE)
         write_stage(staging, {"settings": {"extension": ext.to_dict()}, "notes": result.notes,
@@ -321,6 +371,11 @@ def run_recipe(recipe: Recipe, out: str | os.PathLike) -> dict[str, Any]:
         ft_dir = stage_finetune(recipe, ext, out / DIRS["finetune2"], "finetune2", second=ft_dir)
         timings["finetune2"] = time.time() - t
         t = time.time()
+    fine_tuned = ext  # the factors the final weights were fine-tuned with
+    if recipe.search3 is not None:
+        ext = stage_search3(recipe, out, spec, ext, ft_dir)
+        timings["search3"] = time.time() - t
+        t = time.time()
     if (recipe.finetune2 or recipe.finetune).mixed_context > 0:
         ext = original_rope_below_native(ext)
     no_readjust = ext
@@ -335,8 +390,13 @@ def run_recipe(recipe: Recipe, out: str | os.PathLike) -> dict[str, Any]:
 
     if recipe.evaluate is not None:
         L = spec.original_max_position_embeddings
-        variants = [Variant("original", None, recipe.model), Variant("stage1", None, str(stage1_dir)),
+        # with a third step the models before it stop at stage 1's target: past it they only break, slowly
+        early = recipe.search.target_length if recipe.search3 is not None else None
+        variants = [Variant("original", None, recipe.model, max_length=early),
+                    Variant("stage1", None, str(stage1_dir), max_length=early),
                     Variant("final", None, str(final_dir))]
+        if recipe.search3 is not None:
+            variants += last_step_variants(recipe, spec, fine_tuned, ext, ft_dir)
         if recipe.readjust is not None:
             variants.append(Variant("final-no-readjust", no_readjust, str(final_dir), max_length=L))
         for name in recipe.evaluate.baselines:  # same budget, same length, set for the final target

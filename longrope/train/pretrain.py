@@ -263,7 +263,7 @@ def heldout_perplexity(model, token_docs, length: int, count: int, batch_size: i
 
 def passkey_accuracy(model, tokenizer, length: int, trials: int, seed: int) -> float:
     """Share of in-window passkey trials answered correctly (longrope.evaluate.passkey)."""
-    results = run_trials(model, tokenizer, length, trials, random.Random(seed))
+    results = list(run_trials(model, tokenizer, length, trials, random.Random(seed)))
     return sum(r.correct for r in results) / len(results)
 
 
