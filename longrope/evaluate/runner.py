@@ -7,10 +7,9 @@ one cell: `evaluator(loaded_model, variant, length, progress) -> dict`, calling
 minutes; the bar shows them). Perplexity and passkey are two kinds; each task of the
 synthetic suite is one more.
 
-    for variant:
-        model = the shared one (extension installed), or its own (loaded once, if any cell is missing)
-        for length up to variant.max_length:
-            for kind, evaluator: cell = done.get(key) or evaluator(model, variant, length); on_cell(cells)
+    for variant (or, by_length: for kind, for length, for variant):
+        model = the shared one (extension installed), or its own (loaded when its first missing cell comes)
+        cell = done.get(key) or evaluator(model, variant, length); on_cell(cells)
 """
 from __future__ import annotations
 
@@ -57,40 +56,46 @@ def run_cells(
     on_cell: Callable[[dict[Key, Cell]], None] = lambda cells: None,
     dtype: str = "auto",
     desc: str = "evaluate",
+    by_length: bool = False,
 ) -> dict[Key, Cell]:
     """Fill every (variant, kind, length) cell, reusing those in `done`; `on_cell(cells)` runs
-    after each new cell (to save results as they come). Returns the cells in grid order."""
+    after each new cell (to save results as they come). Returns the cells in grid order.
+    by_length: compute kind by kind, shortest length first, each length for every variant (a
+    long grid stopped halfway then holds whole columns); otherwise variant by variant."""
     done = done or {}
-
-    def wanted(v: Variant) -> list[Key]:
-        return [(v.label, kind, n) for n in lengths if v.max_length is None or n <= v.max_length for kind in evaluators]
-
-    bar = tqdm(total=sum(k not in done for v in variants for k in wanted(v)), desc=desc, unit="cell", dynamic_ncols=True)
-    cells: dict[Key, Cell] = {}
-    for v in variants:
-        todo = [k for k in wanted(v) if k not in done]
-        lm = None
-        if todo:
+    grid = [(v.label, kind, n) for v in variants for n in lengths if v.max_length is None or n <= v.max_length
+            for kind in evaluators]
+    order = list(grid)
+    if by_length:
+        rank = {label: i for i, label in enumerate(v.label for v in variants)}
+        kinds = list(evaluators)
+        order.sort(key=lambda k: (kinds.index(k[1]), k[2], rank[k[0]]))
+    variant = {v.label: v for v in variants}
+    bar = tqdm(total=sum(k not in done for k in grid), desc=desc, unit="cell", dynamic_ncols=True)
+    cells: dict[Key, Cell] = {k: done[k] for k in grid if k in done}
+    current: tuple[str | None, LoadedModel | None] = (None, None)
+    for key in order:
+        if key in cells:
+            continue
+        v = variant[key[0]]
+        if current[0] != v.label:  # the variant's model, with its extension installed
+            current = (None, None)  # free the previous one first
             lm = shared if v.model is None else load_model(v.model, dtype)
             if v.model is None or v.extension is not None:
                 install_rope(lm.model, v.extension)
-        for key in wanted(v):
-            if key in done:
-                cells[key] = done[key]
-                continue
-            # the cell in progress (one may take minutes); its kind (the task) when there are several
-            where = {"variant": v.label, **({"task": key[1]} if len(evaluators) > 1 else {}), "length": key[2]}
-            bar.set_postfix(where)
+            current = (v.label, lm)
+        # the cell in progress (one may take minutes); its kind (the task) when there are several
+        where = {"variant": v.label, **({"task": key[1]} if len(evaluators) > 1 else {}), "length": key[2]}
+        bar.set_postfix(where)
 
-            def progress(done: int, total: int, where=where) -> None:  # its documents or trials
-                bar.set_postfix({**where, "done": f"{done}/{total}"})
+        def progress(done: int, total: int, where=where) -> None:  # its documents or trials
+            bar.set_postfix({**where, "done": f"{done}/{total}"})
 
-            cells[key] = evaluators[key[1]](lm, v, key[2], progress)
-            on_cell(cells)
-            bar.update(1)
-        del lm
+        cells[key] = evaluators[key[1]](current[1], v, key[2], progress)
+        on_cell({k: cells[k] for k in grid if k in cells})
+        bar.update(1)
     bar.close()
-    return cells
+    return {k: cells[k] for k in grid}
 
 
 def ppl_figures(model: torch.nn.Module, docs: Sequence[torch.Tensor], length: int, chunk_size: int = 1024,

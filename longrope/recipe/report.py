@@ -137,7 +137,8 @@ def stage_evaluate(recipe: Recipe, where: Path, spec: RotarySpec, variants: list
         return report
 
     evaluators = {"ppl": ppl, **({"passkey": passkey} if ev.passkey_trials > 0 else {})}
-    cells = run_cells(variants, lengths, evaluators, done=done, on_cell=save, dtype=recipe.dtype, desc="report")
+    cells = run_cells(variants, lengths, evaluators, done=done, on_cell=save, dtype=recipe.dtype, desc="report",
+                      by_length=True)
     partial.clear()
     summary = summarize(cells, lengths, L, recipe.final_target)
     n_docs = len(docs) if docs else (previous or {}).get("documents")  # every cell reused: as recorded
