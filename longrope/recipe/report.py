@@ -109,8 +109,8 @@ def stage_evaluate(recipe: Recipe, where: Path, spec: RotarySpec, variants: list
 
     def ppl(lm, variant, n, progress):
         if not docs:
-            tokens = tokenize_corpus(lm.tokenizer, select_split(load_corpus(settings["corpus"]), ev.split,
-                                                                  recipe.split_seed, "evaluate.split:"))
+            corpus = load_corpus(settings["corpus"], recipe.split_seed)
+            tokens = tokenize_corpus(lm.tokenizer, select_split(corpus, ev.split, recipe.split_seed, "evaluate.split:"))
             docs.extend(documents_of_length(tokens, max(lengths), ev.docs))
             if len(docs) < ev.docs:
                 log(f"note: only {len(docs)} {ev.split} documents reach {max(lengths)} tokens")

@@ -135,7 +135,7 @@ def check_recipe_corpus(recipe: Recipe, spec: RotarySpec) -> None:
         lengths = report_lengths(recipe, spec.original_max_position_embeddings)
         needs.append(("evaluate.lengths", recipe.evaluate.corpus or recipe.corpus, recipe.evaluate.split, max(lengths)))
     for key, corpus_name, split, length in needs:
-        corpus = load_corpus(corpus_name)
+        corpus = load_corpus(corpus_name, recipe.split_seed)
         docs = corpus if split == "all" else split_corpus(corpus, recipe.split_seed)[split]
         if not docs:
             raise UsageError(f"recipe: {key}: the {split} split of the corpus is empty; use a larger corpus"

@@ -136,7 +136,7 @@ def packed_stream(tokenizer, corpus: str | None, split_seed: int = 0) -> torch.T
     Training splits: "search" + "validation" of the seeded split (the tiny preset's own
     pretraining data); "test" stays held out for the figures.
     """
-    splits = split_corpus(load_corpus(corpus), split_seed)
+    splits = split_corpus(load_corpus(corpus, split_seed), split_seed)
     docs = [d for s in TRAIN_SPLITS for d in splits[s]]
     token_docs = tokenize_corpus(tokenizer, docs, add_bos=False)
     bos, eos = tokenizer.bos_token_id, tokenizer.eos_token_id

@@ -286,7 +286,7 @@ class TrainingData:
 def prepare_data(cfg: PretrainConfig) -> TrainingData:
     """Train on the search + validation splits, hold out the test split; the tokenizer is
     trained on the training documents plus passkey prompts in the proportion the model sees."""
-    splits = split_corpus(load_corpus(cfg.corpus), cfg.split_seed)
+    splits = split_corpus(load_corpus(cfg.corpus, cfg.split_seed), cfg.split_seed)
     train_docs = [d for s in TRAIN_SPLITS for d in splits[s]]
     if not train_docs or not splits[HELD_OUT_SPLIT]:
         raise UsageError("the corpus is too small to split into training and held-out documents (need >= 3)")
