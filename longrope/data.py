@@ -60,12 +60,14 @@ class Document:
     name: str  # stable identity: relative path, "file.jsonl:LINE", or the jsonl "name" field
     text: str
     split: str | None = None  # dealt by `split_corpus` (None), or the split it has in its own corpus (mixed)
+    source: str | None = None  # the corpus it comes from, in a mixed one: documents are taken from each in turn
 
 
 @dataclass
 class TokenDoc:
     name: str
     ids: torch.Tensor  # [T] int64
+    source: str | None = None  # see Document
 
 
 # -- loading ---------------------------------------------------------------------------------
@@ -160,7 +162,8 @@ def _gutenberg_dir() -> Path:
 
 def mixed_documents(seed: int) -> list[Document]:
     """Code and prose: `stdlib-packages` and `gutenberg`, each document keeping its own split."""
-    return [Document(d.name, d.text, split) for docs in (stdlib_package_documents(), gutenberg_documents())
+    return [Document(d.name, d.text, split, source) for source, docs in (("code", stdlib_package_documents()),
+                                                                        ("prose", gutenberg_documents()))
             for split, part in split_corpus(docs, seed).items() for d in part]
 
 
@@ -302,13 +305,14 @@ def tokenize_corpus(tokenizer, docs: list[Document], add_bos: bool = True, cache
     if path is not None and path.is_file():
         try:
             saved = torch.load(path)
-            return [TokenDoc(n, ids) for n, ids in zip(saved["names"], saved["ids"].split(saved["lengths"]))]
+            ids = saved["ids"].split(saved["lengths"])
+            return [TokenDoc(n, i, d.source) for n, i, d in zip(saved["names"], ids, docs)]
         except Exception:  # a damaged cache file is rebuilt, never trusted
             pass
     texts = [d.text for d in docs]
     encoded = tokenizer(texts, add_special_tokens=False)["input_ids"]
     bos = [tokenizer.bos_token_id] if add_bos and adds_bos(tokenizer) else []
-    out = [TokenDoc(d.name, torch.tensor(bos + ids, dtype=torch.long)) for d, ids in zip(docs, encoded)]
+    out = [TokenDoc(d.name, torch.tensor(bos + ids, dtype=torch.long), d.source) for d, ids in zip(docs, encoded)]
     if path is not None:
         buf = io.BytesIO()
         torch.save(
@@ -327,14 +331,20 @@ def documents_of_length(token_docs: list[TokenDoc], length: int, count: int | No
     """Documents with at least `length` tokens, truncated to their first `length` ids.
 
     Longest documents first (ties by name), at most `count` of them; each is [length]
-    int64. Fewer than `count` may come back: the caller decides whether that is enough.
-    UsageError when no document is long enough.
+    int64. In a mixed corpus the sources take turns (code, prose, code, ...), each longest
+    first, so a few documents hold both. Fewer than `count` may come back: the caller decides
+    whether that is enough. UsageError when no document is long enough.
     """
     if length < 2:
         raise UsageError(f"length must be at least 2 tokens, got {length}")
     if not token_docs:
         raise UsageError("the corpus has no documents")
     ordered = sorted(token_docs, key=lambda t: (-len(t.ids), t.name))
+    sources = sorted({t.source for t in ordered if t.source is not None})
+    if sources:  # round-robin: the k-th longest of each source before the (k+1)-th of any
+        turn = {id(t): i for s in sources for i, t in enumerate(x for x in ordered if x.source == s and len(x.ids) >= length)}
+        ordered = sorted(ordered, key=lambda t: (turn.get(id(t), len(ordered)), sources.index(t.source)
+                                                 if t.source in sources else len(sources)))
     long_enough = [t.ids[:length] for t in ordered if len(t.ids) >= length]
     if not long_enough:
         longest = ordered[0]

