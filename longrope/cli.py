@@ -22,6 +22,7 @@ COMMAND_MODULES = [
     "longrope.commands.eval_ppl",
     "longrope.commands.passkey",
     "longrope.commands.tasks",
+    "longrope.commands.lm_eval",
     "longrope.commands.search",
     "longrope.commands.finetune",
     "longrope.commands.extend",

@@ -13,6 +13,7 @@ less for longer L.)
 from __future__ import annotations
 
 import inspect
+from typing import Callable
 
 import torch
 from torch import nn
@@ -33,9 +34,12 @@ def _switch_length(model: nn.Module) -> int | None:
 
 @torch.inference_mode()
 def greedy_generate(
-    model: nn.Module, input_ids: torch.Tensor, max_new_tokens: int, eos_token_id: int | None = None
+    model: nn.Module, input_ids: torch.Tensor, max_new_tokens: int, eos_token_id: int | None = None,
+    stop: Callable[[torch.Tensor], bool] | None = None,
 ) -> torch.Tensor:
-    """Greedy continuation of input_ids [1, T]; returns the new token ids [n <= max_new_tokens]."""
+    """Greedy continuation of input_ids [1, T]; returns the new token ids [n <= max_new_tokens].
+    Decoding ends after EOS, or after the token for which stop(new token ids [n]) is true (a
+    stop string appeared)."""
     if input_ids.dim() != 2 or input_ids.shape[0] != 1:
         raise ValueError(f"greedy_generate decodes one sequence: input_ids must be [1, T], got {list(input_ids.shape)}")
     device = next(model.parameters()).device
@@ -51,6 +55,8 @@ def greedy_generate(
         new.append(token[0])
         seq = torch.cat([seq, token], dim=1)
         if eos_token_id is not None and int(token) == eos_token_id:
+            break
+        if stop is not None and stop(torch.cat(new)):
             break
         past, step_input = getattr(out, cache_arg), token
         if switch is not None and seq.shape[1] - 1 <= switch < seq.shape[1]:

@@ -15,7 +15,7 @@ def run_cli(*args):
 def test_help_lists_subcommands():
     r = run_cli("--help")
     assert r.returncode == 0
-    for name in ("info", "eval-ppl", "passkey"):
+    for name in ("info", "eval-ppl", "passkey", "lm-eval"):
         assert name in r.stdout
 
 

@@ -52,3 +52,11 @@ def test_a_plain_kv_cache_would_be_stale(make_tiny_model):
     stale = model(input_ids=seq[:, NATIVE:], past_key_values=cached.past_key_values).logits[0, -1]
     fresh = model(input_ids=seq, use_cache=False).logits[0, -1]  # long factors everywhere
     assert not torch.allclose(stale, fresh, atol=1e-4)
+
+
+def test_stop_ends_decoding_after_the_token_it_accepts(make_tiny_model):
+    model = make_tiny_model("llama", seed=3, max_position_embeddings=NATIVE)
+    prompt = torch.randint(0, 97, (1, 8), generator=torch.Generator().manual_seed(0))
+    full = greedy_generate(model, prompt, 6)
+    stopped = greedy_generate(model, prompt, 6, stop=lambda new: len(new) == 3)
+    assert stopped.tolist() == full[:3].tolist()

@@ -1,0 +1,107 @@
+"""`longrope lm-eval`: lm-evaluation-harness tasks on a model with any extension, nothing exported.
+
+    longrope lm-eval --model M --method yarn --target-length 32768 --tasks arc_challenge,hellaswag --out DIR
+    longrope lm-eval --model M --factors smollm2-135m-16k --tasks my_task --include-path tasks/ --out DIR
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from ..atomic import atomic_write_text
+from ..errors import UsageError
+from ..outputs import output_dir
+from ..options import ranged
+from .common import MAX_LENGTH, add_model_args, run_info
+
+OUTPUTS = ("results.json", "samples.jsonl")
+
+EPILOG = """\
+examples:
+  longrope lm-eval --model smollm2-135m --method yarn --target-length 32768 \\
+      --tasks mmlu,arc_challenge,hellaswag,truthfulqa_mc2 --out runs/lm-eval-yarn
+  longrope lm-eval --model M --factors F.json --tasks my_task --include-path my_tasks/ --out DIR
+
+The same model in lm-eval's own command line: python -m longrope.evaluate.harness --model longrope \\
+  --model_args model=tiny,method=yarn,target_length=2048 --tasks ...
+"""
+
+
+def register(sub) -> None:
+    p = sub.add_parser(
+        "lm-eval", help="lm-evaluation-harness tasks on any extension, without exporting",
+        description="Run lm-evaluation-harness tasks on --model with one extension installed through longrope's "
+        "rotary seam, so what an export cannot carry stays in force (the start token n_hat, the short attention "
+        "factor, attention_by_length, the short/long switch by length). Writes lm-eval's results (results.json) "
+        "and its per-sample records (samples.jsonl, one line per sample with its task) to --out. Needs lm-eval "
+        "(pip install lm-eval).",
+        epilog=EPILOG)
+    add_model_args(p)
+    p.add_argument("--method", default=None, metavar="NAME",
+                   help="none (the original RoPE, also for a model that carries factors), model (the factors the "
+                        "model carries), pi, ntk, dynamic-ntk, yarn or llama3 (default: model for a model that "
+                        "carries factors, else none)")
+    p.add_argument("--factors", default=None, metavar="F.json",
+                   help="a factors file or shipped name instead of --method (longrope search output, or an HF "
+                        "config with longrope factors)")
+    p.add_argument("--target-length", type=ranged(int, min=2, max=MAX_LENGTH), default=None,
+                   help="context a --method extends to, in tokens (needed for pi, ntk, dynamic-ntk, yarn, llama3); "
+                        "it is also lm-eval's window, where longer prompts are cut from the left")
+    p.add_argument("--tasks", required=True,
+                   help="comma-separated lm-eval task, group or tag names (globs allowed)")
+    p.add_argument("--include-path", default=None, metavar="DIR", help="a folder of your own task YAMLs")
+    p.add_argument("--limit", type=ranged(int, min=1), default=None,
+                   help="at most this many samples per task (default: all)")
+    p.add_argument("--num-fewshot", type=ranged(int, min=0, max=1000), default=None,
+                   help="few-shot examples per prompt (default: each task's own)")
+    p.add_argument("--batch-size", type=ranged(int, min=1, max=4096), default=1,
+                   help="requests per forward for log-likelihoods; greedy generation decodes one at a time "
+                        "(default: 1)")
+    p.add_argument("--out", default="runs/lm-eval", help="output directory (default: runs/lm-eval)")
+    p.set_defaults(func=run)
+
+
+def _harness():
+    """longrope.evaluate.harness, imported only now: lm-eval is optional and slow to import."""
+    try:
+        from ..evaluate import harness
+    except ModuleNotFoundError as e:
+        if (e.name or "").split(".")[0] != "lm_eval":
+            raise
+        raise UsageError("lm-eval is not installed: pip install lm-eval (or pip install 'longrope[eval]')") from None
+    return harness
+
+
+def run(args) -> int:
+    harness = _harness()
+    harness.check_choice(args.model, args.method, args.factors, args.target_length)  # before any weights
+    names = list(dict.fromkeys(t.strip() for t in args.tasks.split(",") if t.strip()))
+    if not names:
+        raise UsageError(f"--tasks names no task: {args.tasks!r}")
+    if args.include_path is not None and not Path(args.include_path).expanduser().is_dir():
+        raise UsageError(f"--include-path {args.include_path}: no such folder")
+    with output_dir(args.out, command="lm-eval", outputs=OUTPUTS, marker="results.json",
+                    inputs=[args.model, args.factors]) as out:
+        return evaluate(args, out, harness, names)
+
+
+def evaluate(args, out: Path, harness, names: list[str]) -> int:
+    tasks = harness.load_tasks(names, args.include_path)  # unknown tasks, unreadable data: before the model
+    lm = harness.LongRopeLM(model=args.model, method=args.method, factors=args.factors,
+                            target_length=args.target_length, dtype=args.dtype, device=args.device,
+                            batch_size=args.batch_size)
+    results = harness.run_tasks(lm, tasks, limit=args.limit, num_fewshot=args.num_fewshot)
+    results["config"]["longrope"] = run_info(args, results["config"]["longrope"])
+    samples = results.pop("samples", {})
+    from lm_eval.utils import handle_non_serializable, make_table
+
+    def dumps(obj, **kwargs) -> str:  # numpy numbers, tensors and sets as lm-eval writes them
+        return json.dumps(obj, default=handle_non_serializable, ensure_ascii=False, **kwargs)
+
+    atomic_write_text(out / "results.json", dumps(results, indent=2) + "\n")
+    atomic_write_text(out / "samples.jsonl",
+                      "".join(dumps({"task": task, **s}) + "\n" for task, rows in samples.items() for s in rows))
+    print(f"{lm.longrope['model']}, method {lm.longrope['method']}:")
+    print(make_table(results))
+    print(f"wrote {out / 'results.json'}, {out / 'samples.jsonl'}")
+    return 0
