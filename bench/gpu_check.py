@@ -114,9 +114,8 @@ def search_step(args) -> None:
     """The same short search (no early rejection) with one candidate per forward pass, then with
     B sized from free GPU memory (--candidates-per-forward 0); the model is loaded once and only
     the search itself is timed. Runs land in OUT/b1 and OUT/auto (factors.json, state.json)."""
-    from types import SimpleNamespace
 
-    from longrope.commands.search import search_space
+    from longrope.search.plan import SpaceOptions, long_plan
     from longrope.models.load import load_model
     from longrope.search.driver import SearchJob, SearchOptions, drive
     from longrope.search.evolution import SearchConfig, peer_seeds
@@ -126,8 +125,8 @@ def search_step(args) -> None:
     N, L = args.target_length, lm.spec.original_max_position_embeddings
     docs = search_documents(lm.tokenizer, None, N, args.docs)
     config = SearchConfig(population=8, parents=4, mutations=4, crossovers=4, iterations=1, early_reject=False)
-    space = search_space(SimpleNamespace(start_token=None, variant="longrope", critical_dim=None, max_factor=None,
-                                         step=0.01), lm.spec, N)
+    space = long_plan(lm.spec, SpaceOptions(target_length=N, variant="longrope"), 0.01, None,
+                      args.model).space
     from longrope.evaluate.ppl import document_nll
 
     document_nll(lm.model, docs[0])  # warm-up, so neither timed search pays first-call costs

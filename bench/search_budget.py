@@ -39,14 +39,13 @@ import argparse
 import json
 import sys
 from pathlib import Path
-from types import SimpleNamespace
 
 import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from longrope.commands.search import search_space  # noqa: E402
+from longrope.search.plan import SpaceOptions, long_plan  # noqa: E402
 from longrope.data import split_documents, tokens_fingerprint  # noqa: E402
 from longrope.evaluate.ppl import mean_nlls, perplexity  # noqa: E402
 from longrope.atomic import atomic_write_json  # noqa: E402
@@ -117,8 +116,8 @@ def run_one(args, lm, docs, name: str, seed: int, folder: Path, val_docs) -> lis
     config = SearchConfig(population=args.population, parents=args.parents, mutations=args.mutations,
                           crossovers=args.crossovers, iterations=args.iterations, seed=seed, **config_over)
     options = SearchOptions(docs=len(docs), chunk_size=args.chunk_size, candidates_per_forward=1, **option_over)
-    space = search_space(SimpleNamespace(start_token=None, variant=variant, critical_dim=None, max_factor=None,
-                                         step=options.step), lm.spec, N)
+    space = long_plan(lm.spec, SpaceOptions(target_length=N, variant=variant), options.step, None,
+                      args.model).space
     make = long_factor_candidate(lm.spec, N)
     folder.mkdir(parents=True, exist_ok=True)
     state = SearchState.load(folder) if has_state(folder) else None

@@ -53,6 +53,7 @@ class _Parser(argparse.ArgumentParser):
     def error(self, message):  # argparse's own errors: one line, exit 2
         # "argument --docs: must be >= 1, got 0" -> "--docs must be >= 1, got 0", as our own checks say it
         message = re.sub(r"^argument (--[\w-]+): (must |expected )", r"\1 \2", message)
+        message = re.sub(r"^argument (--[\w-]+): ", r"\1: ", message)
         self.exit(2, f"{self.prog}: error: {message}\n")
 
 

@@ -82,7 +82,10 @@ def plain_log_axis(axis) -> None:
     fmt = ScalarFormatter()
     fmt.set_scientific(False)
     axis.set_major_formatter(fmt)
-    axis.set_minor_locator(LogLocator(subs=(2.0, 5.0)))
+    lo, hi = axis.get_view_interval()
+    # within one decade 2 and 5 alone leave two labels: label more of the minor ticks then
+    subs = (2.0, 3.0, 4.0, 6.0, 8.0) if lo > 0 and hi / lo < 10 else (2.0, 5.0)
+    axis.set_minor_locator(LogLocator(subs=subs))
     axis.set_minor_formatter(fmt)
 
 
@@ -91,9 +94,10 @@ def band_label(start: int, end: int) -> str:
     return f"{start}-{end - 1}"
 
 
-def plot_ppl_by_position(rows: list[dict], path: str | Path, title: str = "") -> Path:
-    """One line per method: perplexity (log scale) of the tokens in each band of positions.
-    rows: dicts with keys method and bands (dicts with start, end, ppl), all of one length."""
+def plot_ppl_by_position(rows: list[dict], path: str | Path, title: str = "", native: int | None = None) -> Path:
+    """One line per method: perplexity (log scale) of the tokens in each band of positions, the
+    end of the native window dotted. rows: dicts with keys method and bands (dicts with start,
+    end, ppl), all of one length."""
     plt = pyplot()
     edges = sorted({(b["start"], b["end"]) for r in rows for b in r["bands"]})
     fig, ax = plt.subplots(figsize=(7, 4.5))
@@ -101,6 +105,9 @@ def plot_ppl_by_position(rows: list[dict], path: str | Path, title: str = "") ->
         pts = sorted((edges.index((b["start"], b["end"])), b["ppl"]) for b in r["bands"])
         ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", label=r["method"])
     ax.set_xticks(range(len(edges)), [band_label(*e) for e in edges])
+    past = [i for i, (start, _) in enumerate(edges) if native is not None and start >= native]
+    if past:
+        ax.axvline(past[0] - 0.5, color="grey", linestyle=":", linewidth=1.2, label=f"end of the native {native}")
     ax.set_yscale("log")
     plain_log_axis(ax.yaxis)
     label_axes(ax, "positions of the scored tokens", "perplexity (log scale)", title or "Perplexity by position")
@@ -139,7 +146,9 @@ def plot_depth_heatmap(trials: list[dict], path: str | Path, depth_bins: int = 5
         # the depth labels once, on the first panel: on the others they ran into the panel before
         ax.set_yticks(range(depth_bins), depths if ax is axes[0][0] else [], fontsize=8)
         ax.set_xlabel("context length (tokens)")
-        ax.set_title(f"{method} ({int(counts.sum())} trials)")
+        per_length = sorted({int(n) for n in counts.sum(axis=0) if n}) or [0]  # as the figure's title counts
+        each = str(per_length[0]) if len(per_length) == 1 else f"{per_length[0]}-{per_length[-1]}"
+        ax.set_title(f"{method} ({each} trial{'' if per_length[-1] == 1 else 's'} per length)")
     axes[0][0].set_ylabel(ylabel)
     fig.colorbar(im, ax=axes[0].tolist(), label="accuracy")
     if title:

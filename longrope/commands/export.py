@@ -9,29 +9,49 @@ written and checked.
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 from ..errors import UsageError
 from ..export.gguf import export_gguf
 from ..export.hf import export_hf
 from ..export.vllm import serve_hint
 from ..hf_config import load_factors
+from ..options import add_options, build, option
 from ..outputs import check_destination, output_dir
+from ..settings import FactorsOption, ModelOptions
+from .common import OutputOptions
+
+
+@dataclass(frozen=True)
+class ExportOptions:
+    """What an export writes."""
+
+    format: str = option("hf", "hf: transformers and vLLM; gguf: llama.cpp", choices=("hf", "gguf"))
+    drop_start_token: bool = option(False, "export factors searched with a start token n_hat > 0 without it "
+                                    "(outputs then differ)")
+
+
+EXAMPLES = """\
+examples:
+  longrope export --model smollm2-135m --factors smollm2-135m-16k --out runs/smollm2-16k-hf
+  longrope export --model smollm2-135m --factors smollm2-135m-16k --format gguf \\
+      --out runs/smollm2-16k-gguf
+  vllm serve runs/smollm2-16k-hf --max-model-len 16384
+"""
 
 
 def register(sub) -> None:
-    p = sub.add_parser("export", help="export a model with its RoPE extension for transformers/vLLM (hf) or llama.cpp (gguf)")
-    p.add_argument("--model", required=True, help="preset, Hugging Face model directory, or .gguf file")
-    p.add_argument("--factors", required=True, metavar="F",
-                   help="longrope factors JSON, or an HF config.json / model directory carrying longrope factors")
-    p.add_argument("--out", required=True, metavar="DIR", help="output directory (must not exist unless --force; never replaced without it, even if "
-                        "it appears while the export runs)")
-    p.add_argument("--format", default="hf", choices=["hf", "gguf"], help="hf: transformers and vLLM; gguf: llama.cpp (default: hf)")
-    p.add_argument("--force", action="store_true", help="replace DIR if it exists")
-    p.add_argument("--drop-start-token", action="store_true",
-                   help="export factors searched with a start token n_hat > 0 without it (outputs then differ)")
+    p = sub.add_parser("export", help="export a model with its RoPE extension for transformers/vLLM (hf) or llama.cpp (gguf)",
+                       epilog=EXAMPLES)
+    add_options(p, ModelOptions, skip=("dtype", "device"), required=("model",))
+    add_options(p, FactorsOption, required=("factors",))
+    add_options(p, ExportOptions)
+    add_options(p, OutputOptions, skip=("resume",))
     p.set_defaults(func=run)
 
 
 def run(args) -> int:
+    build(ModelOptions, args), build(ExportOptions, args)
     inputs = {"the source model": args.model, "the factors file": args.factors}
     check_destination(args.out, args.force, inputs)  # before any loading: an existing DIR is an instant error
     ext = load_factors(args.factors)

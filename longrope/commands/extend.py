@@ -5,14 +5,30 @@ short-context readjustment -> final model and report), each stage resumable.
 """
 from __future__ import annotations
 
+import dataclasses
 import json
+from dataclasses import dataclass
 from pathlib import Path
 
 from ..errors import UsageError
+from ..options import add_options, option
 from ..outputs import EVERYTHING, output_dir
+from .common import OutputOptions
 from ..models.load import model_spec
 from ..recipe.config import load_recipe
 from ..recipe.stages import check_recipe_against_model, run_recipe
+
+
+@dataclass(frozen=True)
+class ExtendOptions:
+    recipe: str = option(dataclasses.MISSING, "recipe YAML file (see recipes/)", metavar="YAML")
+
+
+EXAMPLES = """\
+examples:
+  longrope extend --recipe recipes/tiny-64x.yaml --out runs/tiny-64x    # ~30 minutes on 2 cores
+  longrope extend --recipe recipes/tiny-512x.yaml --out runs/tiny-64x   # the same run on to 512x
+"""
 
 
 def register(subparsers) -> None:
@@ -20,9 +36,10 @@ def register(subparsers) -> None:
         "extend", help="progressive extension recipe: search, fine-tune, search again, readjust, report",
         description="Run the stages of a recipe YAML (see recipes/) into --out. Complete stages are skipped, "
         "an interrupted search or fine-tuning resumes where it stopped; a stage completed with other settings "
-        "is refused. Writes OUT/final (HF model directory) and OUT/report (report.json, report.md, report.png).")
-    p.add_argument("--recipe", required=True, help="recipe YAML file")
-    p.add_argument("--out", required=True, help="output folder (one subfolder per stage)")
+        "is refused. Writes OUT/final (HF model directory) and OUT/report (report.json, report.md, report.png).",
+        epilog=EXAMPLES)
+    add_options(p, ExtendOptions)
+    add_options(p, OutputOptions, skip=("resume", "force"))
     p.set_defaults(func=run)
 
 

@@ -14,6 +14,8 @@ from ..factors import FACTORS_FILE
 from ..hf_config import load_factors
 from ..outputs import EVERYTHING, output_dir
 from ..options import add_options, build
+from ..settings import FactorsOption, ModelOptions
+from .common import OutputOptions
 from ..train.finetune import FinetuneConfig, check_covers, finetune, prepare_out
 
 EPILOG = """\
@@ -32,15 +34,14 @@ def register(subparsers) -> None:
     p = subparsers.add_parser(
         "finetune", help="fine-tune at the extended length with rescaled RoPE (LongRoPE section 3.3)",
         description="Train --model with the factors of --factors on corpus documents packed into --length-token "
-        "sequences (BOS/EOS between documents). Writes an HF model directory whose config carries the factors.",
+        "sequences (BOS/EOS between documents). Writes an HF model directory whose config carries the factors; "
+        "without --factors the model's own (a directory written by finetune or extend), else the original RoPE. "
+        "Checkpoints go to OUT/checkpoints.",
         epilog=EPILOG)
-    p.add_argument("--model", default="tiny", help="preset, HF model directory or .gguf file (default: tiny)")
-    p.add_argument("--factors", default=None,
-                   help="factors file (search output or HF config with longrope factors); default: the model's own "
-                        "(a directory written by finetune/extend), else the original RoPE")
+    add_options(p, ModelOptions, skip=("dtype", "device"))  # the precision is --mixed-precision
+    add_options(p, FactorsOption, factors=None)
     add_options(p, FinetuneConfig)
-    p.add_argument("--out", required=True, help="output model directory (checkpoints go to OUT/checkpoints)")
-    p.add_argument("--resume", action="store_true", help="continue the run saved in --out")
+    add_options(p, OutputOptions, skip=("force",))
     p.set_defaults(func=run)
 
 

@@ -2,20 +2,28 @@
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass
 
 from ..hf_config import describe_rope_config
 from ..models.load import load_model
 from ..models.presets import resolve_model
 from ..seam import rope_type_of, rotary_spec
 from ..shipped import shipped_for
-from .common import add_model_args
+from ..options import add_options, option
+from ..settings import ModelOptions
+
+
+@dataclass(frozen=True)
+class InfoOptions:
+    json: bool = option(False, "print as JSON")
 
 
 def register(sub) -> None:
     p = sub.add_parser("info", help="print a model's path, stored dtype and RoPE facts (architecture, head dim, base, context, "
-                        "rope type, carried factors)")
-    add_model_args(p, compute=False)
-    p.add_argument("--json", action="store_true", help="print as JSON")
+                        "rope type, carried factors)",
+                       epilog="examples:\n  longrope info --model smollm2-135m\n  longrope info --model runs/tiny-64x/final --json")
+    add_options(p, ModelOptions, skip=("dtype", "device"))  # it computes nothing
+    add_options(p, InfoOptions)
     p.set_defaults(func=run)
 
 

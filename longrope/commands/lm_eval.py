@@ -5,14 +5,18 @@
 """
 from __future__ import annotations
 
+import dataclasses
 import json
+from dataclasses import dataclass
 from pathlib import Path
 
 from ..atomic import atomic_write_text
 from ..errors import UsageError
 from ..outputs import output_dir
-from ..options import ranged
-from .common import MAX_LENGTH, add_model_args, run_info
+from ..evaluate.frontend import run_info
+from ..options import add_options, check_options, option
+from ..settings import FactorsOption, ModelOptions, TargetOptions
+from .common import OutputOptions
 
 OUTPUTS = ("results.json", "samples.jsonl")
 
@@ -27,6 +31,27 @@ The same model in lm-eval's own command line: python -m longrope.evaluate.harnes
 """
 
 
+@dataclass(frozen=True)
+class LmEvalOptions:
+    """Which extension (or a factors file, `FactorsOption`) and which lm-eval tasks."""
+
+    tasks: list[str] = option(dataclasses.MISSING, "comma-separated lm-eval task, group or tag names (globs allowed)")
+    method: str | None = option(None, "none (the original RoPE, also for a model that carries factors), model (the "
+                                "factors the model carries), pi, ntk, dynamic-ntk, yarn or llama3 (with "
+                                "--target-length; it is also lm-eval's window, where longer prompts are cut from the "
+                                "left)", default_help="model for a model that carries factors, else none",
+                                metavar="NAME")
+    include_path: str | None = option(None, "a folder of your own task YAMLs", metavar="DIR")
+    limit: int | None = option(None, "at most this many samples per task", default_help="all", min=1)
+    num_fewshot: int | None = option(None, "few-shot examples per prompt", default_help="each task's own", min=0,
+                                     max=1000)
+    batch_size: int = option(1, "requests per forward for log-likelihoods; greedy generation decodes one at a time",
+                             min=1, max=4096)
+
+    def __post_init__(self):
+        check_options(self)
+
+
 def register(sub) -> None:
     p = sub.add_parser(
         "lm-eval", help="lm-evaluation-harness tasks on any extension, without exporting",
@@ -36,28 +61,9 @@ def register(sub) -> None:
         "and its per-sample records (samples.jsonl, one line per sample with its task) to --out. Needs lm-eval "
         "(pip install lm-eval).",
         epilog=EPILOG)
-    add_model_args(p)
-    p.add_argument("--method", default=None, metavar="NAME",
-                   help="none (the original RoPE, also for a model that carries factors), model (the factors the "
-                        "model carries), pi, ntk, dynamic-ntk, yarn or llama3 (default: model for a model that "
-                        "carries factors, else none)")
-    p.add_argument("--factors", default=None, metavar="F.json",
-                   help="a factors file or shipped name instead of --method (longrope search output, or an HF "
-                        "config with longrope factors)")
-    p.add_argument("--target-length", type=ranged(int, min=2, max=MAX_LENGTH), default=None,
-                   help="context a --method extends to, in tokens (needed for pi, ntk, dynamic-ntk, yarn, llama3); "
-                        "it is also lm-eval's window, where longer prompts are cut from the left")
-    p.add_argument("--tasks", required=True,
-                   help="comma-separated lm-eval task, group or tag names (globs allowed)")
-    p.add_argument("--include-path", default=None, metavar="DIR", help="a folder of your own task YAMLs")
-    p.add_argument("--limit", type=ranged(int, min=1), default=None,
-                   help="at most this many samples per task (default: all)")
-    p.add_argument("--num-fewshot", type=ranged(int, min=0, max=1000), default=None,
-                   help="few-shot examples per prompt (default: each task's own)")
-    p.add_argument("--batch-size", type=ranged(int, min=1, max=4096), default=1,
-                   help="requests per forward for log-likelihoods; greedy generation decodes one at a time "
-                        "(default: 1)")
-    p.add_argument("--out", default="runs/lm-eval", help="output directory (default: runs/lm-eval)")
+    for cls in (ModelOptions, TargetOptions, FactorsOption, LmEvalOptions):
+        add_options(p, cls)
+    add_options(p, OutputOptions, skip=("resume", "force"), out="runs/lm-eval")
     p.set_defaults(func=run)
 
 
@@ -75,9 +81,9 @@ def _harness():
 def run(args) -> int:
     harness = _harness()
     harness.check_choice(args.model, args.method, args.factors, args.target_length)  # before any weights
-    names = list(dict.fromkeys(t.strip() for t in args.tasks.split(",") if t.strip()))
+    names = list(dict.fromkeys(args.tasks))
     if not names:
-        raise UsageError(f"--tasks names no task: {args.tasks!r}")
+        raise UsageError("--tasks names no task")
     if args.include_path is not None and not Path(args.include_path).expanduser().is_dir():
         raise UsageError(f"--include-path {args.include_path}: no such folder")
     with output_dir(args.out, command="lm-eval", outputs=OUTPUTS, marker="results.json",

@@ -1,16 +1,44 @@
-"""`longrope passkey`: passkey retrieval accuracy by length and needle depth."""
+"""`longrope passkey`: passkey retrieval accuracy by length and needle depth.
+
+    longrope passkey --model tiny --lengths 256,2048 --trials 100 --out runs/passkey
+"""
 from __future__ import annotations
 
 import random
+from dataclasses import dataclass
 
 from ..errors import UsageError
+from ..evaluate.frontend import Store, check_methods, lengths_and_target, method_variants, run_info
+from ..evaluate.passkey import wilson_interval
 from ..evaluate.runner import passkey_figures, run_cells
-from ..atomic import atomic_write_json
+from ..models.load import load_model, model_fingerprint
+from ..options import add_options, build, check_options, option
 from ..outputs import output_dir
-from ..options import ranged
-from ..models.load import load_model
 from ..plots import plot_depth_heatmap
-from .common import add_method_args, add_model_args, check_inputs, method_variants, print_table, run_info
+from ..settings import DepthOptions, LengthOptions, ModelOptions
+from .common import OutputOptions, print_table
+
+OUTPUTS = ("passkey.json", "passkey.png")
+EXAMPLES = """\
+examples:
+  longrope passkey --lengths 256,512,1024,2048 --trials 100 --out runs/passkey
+  longrope passkey --model runs/tiny-64x/final --methods model --lengths 16384 --trials 40 \\
+      --out runs/pk-64x
+"""
+
+
+@dataclass(frozen=True)
+class PasskeyOptions(DepthOptions):
+    """How many passkey trials, drawn how, and how the heat map bins them."""
+
+    trials: int = option(10, "trials per length and method", min=1, max=100_000)
+    seed: int = option(0, "seed of keys and depths", min=0)
+
+    def __post_init__(self):
+        check_options(self)
+
+
+OPTIONS = (ModelOptions, LengthOptions, PasskeyOptions)
 
 
 def register(sub) -> None:
@@ -18,62 +46,66 @@ def register(sub) -> None:
         "passkey",
         help="passkey retrieval accuracy vs length (standard prompt, greedy decoding)",
         description="For each method and length, --trials prompts of that many tokens with a random "
-        "5-digit-or-less key at a random depth (seeded); greedy-decode up to 10 tokens (stopping at EOS) with a KV cache and "
-        "count a hit when the first integer equals the key. Writes passkey.json and passkey.png "
-        "(length x depth heat map) to --out.",
-    )
-    add_model_args(p)
-    add_method_args(p)
-    p.add_argument("--lengths", default=None,
-                   help="comma-separated lengths in tokens, prompt + answer (default: 1x,2x,4x,8x native)")
-    p.add_argument("--trials", type=ranged(int, min=1, max=100_000), default=10,
-                   help="trials per length and method (default: 10)")
-    p.add_argument("--depth-bins", type=ranged(int, min=1, max=50), default=5,
-                   help="rows of the heat map (default: 5)")
-    p.add_argument("--seed", type=ranged(int, min=0), default=0, help="seed of keys and depths (default: 0)")
-    p.add_argument("--out", default="runs/passkey", help="output directory (default: runs/passkey)")
+        "5-digit-or-less key at a random depth (seeded); greedy-decode up to 10 tokens (stopping at EOS) with a KV "
+        "cache and count a hit when the first integer equals the key. Writes passkey.json and passkey.png "
+        "(length x depth heat map) to --out; a rerun reuses a finished cell when the model files, dtype, trials, "
+        "seed and the method's factors are the same.", epilog=EXAMPLES)
+    for cls in OPTIONS:
+        add_options(p, cls)
+    add_options(p, OutputOptions, skip=("resume", "force"), out="runs/passkey")
     p.set_defaults(func=run)
 
 
 def run(args) -> int:
-    given_lengths = check_inputs(args)  # fail on bad input before loading anything
-    with output_dir(args.out, command="passkey", outputs=("passkey.json", "passkey.png"), marker="passkey.json",
+    opts = [build(cls, args) for cls in OPTIONS]  # bad input fails here, before anything loads
+    check_methods(args.methods, args.factors)
+    with output_dir(args.out, command="passkey", outputs=OUTPUTS, keep=["passkey.json"], marker="passkey.json",
                     inputs=[args.model, *args.factors]) as out:
-        return evaluate(args, out, given_lengths)
+        return evaluate(args, out, *opts)
 
 
-def evaluate(args, out, given_lengths: list[int] | None) -> int:
-    loaded = load_model(args.model, args.dtype, args.device)
+def evaluate(args, out, model_opts: ModelOptions, lengths_opts: LengthOptions, pk: PasskeyOptions) -> int:
+    loaded = load_model(model_opts.model, model_opts.dtype, model_opts.device)
     L = loaded.spec.original_max_position_embeddings
-    lengths = given_lengths or [L, 2 * L, 4 * L, 8 * L]
-    target = args.target_length or max(lengths)
-    variants = method_variants(args, loaded, target)
+    lengths, target = lengths_and_target(lengths_opts.lengths, lengths_opts.target_length, L)
+    variants = method_variants(lengths_opts.methods, lengths_opts.factors, loaded, target)
+    dtype = str(next(loaded.model.parameters()).dtype)
+    key = {"model": loaded.name, "model_files": model_fingerprint(model_opts.model), "dtype": dtype,
+           "trials": pk.trials, "seed": pk.seed}
     info = run_info(args, {"model": loaded.name, "native_context": L, "rotary": vars(loaded.spec) | {},
-                           "target_length": target, "lengths": lengths, "trials": args.trials, "seed": args.seed,
-                           "dtype": str(next(loaded.model.parameters()).dtype)})
+                           "target_length": target, "lengths": lengths, "trials": pk.trials, "seed": pk.seed,
+                           "dtype": dtype, "key": key})
+
+    def layout(cells):
+        rows = [{"method": c["method"], "length": c["length"], "accuracy": c["accuracy"], "trials": len(c["trials"]),
+                 "interval_95": list(wilson_interval(sum(t["correct"] for t in c["trials"]), len(c["trials"]))),
+                 "extension": c["extension"]} for c in cells.values()]
+        return {"config": info, "rows": rows, "trials": [{"method": c["method"], **t} for c in cells.values()
+                                                         for t in c["trials"]]}
+
+    def cells_of(content):
+        trials = content.get("trials", [])
+        return [{**r, "trials": [{k: v for k, v in t.items() if k != "method"} for t in trials
+                                 if t.get("method") == r["method"] and t.get("length") == r["length"]]}
+                for r in content.get("rows", [])]
+
+    store = Store(out / "passkey.json", key, layout, cells_of, key_of=lambda c: c.get("config", {}).get("key"),
+                  model=model_opts.model)
+    done = store.reusable(variants, cell_key=lambda c: (c["method"], "passkey", c["length"]))
 
     def cell(lm, variant, length, progress):
-        rng = random.Random(f"{args.seed}:{length}")  # same keys and depths for every method
+        rng = random.Random(f"{pk.seed}:{length}")  # same keys and depths for every method
         try:
-            figures = passkey_figures(lm, length, args.trials, rng, progress)
+            figures = passkey_figures(lm, length, pk.trials, rng, progress)
         except ValueError as e:
             raise UsageError(str(e)) from None
         return {"method": variant.label, "length": length, **figures,
                 "extension": None if variant.extension is None else variant.extension.to_dict()}
 
-    def tables(cells):
-        rows = [{"method": c["method"], "length": c["length"], "accuracy": c["accuracy"], "trials": len(c["trials"]),
-                 "extension": c["extension"]} for c in cells.values()]
-        return rows, [{"method": c["method"], **t} for c in cells.values() for t in c["trials"]]
-
-    def save(cells):  # after every cell
-        rows, trials = tables(cells)
-        atomic_write_json(out / "passkey.json", {"config": info, "rows": rows, "trials": trials})
-
-    rows, trials = tables(run_cells(variants, lengths, {"passkey": cell}, loaded, on_cell=save, desc="passkey"))
-    plot_depth_heatmap(trials, out / "passkey.png", args.depth_bins,
-                       title=f"{loaded.name}: passkey retrieval, {args.trials} trial(s) per length")
-    print(f"passkey accuracy over {args.trials} trial(s) per cell:")
-    print_table(rows, "method", "length", "accuracy", fmt="{:.0%}")
+    content = store.save(run_cells(variants, lengths, {"passkey": cell}, loaded, done, store.save, desc="passkey"))
+    plot_depth_heatmap(content["trials"], out / "passkey.png", pk.depth_bins,
+                       title=f"{loaded.name}: passkey retrieval, {pk.trials} trial(s) per length")
+    print(f"passkey accuracy over {pk.trials} trial(s) per cell:")
+    print_table(content["rows"], "method", "length", "accuracy", fmt="{:.0%}")
     print(f"wrote {out / 'passkey.json'}, {out / 'passkey.png'}")
     return 0

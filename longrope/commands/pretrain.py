@@ -2,11 +2,14 @@
 from __future__ import annotations
 
 import dataclasses
+from dataclasses import dataclass
 from pathlib import Path
 
 from ..errors import UsageError
 from ..outputs import output_dir, refuse_current_folder
-from ..options import add_options, build, flag_name
+from ..options import add_options, build, flag_name, option
+from ..settings import ModelOptions
+from .common import OutputOptions
 from ..train.pretrain import TINY, PretrainConfig, pretrain_tiny, read_training_record
 
 
@@ -26,16 +29,16 @@ def register(sub) -> None:
                     f"CPU cores with bf16/AMX); the tiny preset is {tiny_flags()} "
                     "(also about eight minutes). On a busy machine --threads 1 is usually faster.",
     )
-    p.add_argument("--out", default="runs/tiny", metavar="DIR", help="output directory, created atomically (default: runs/tiny)")
-    p.add_argument("--overwrite", action="store_true", help="replace --out if it already holds files")
-    p.add_argument("--resume", action="store_true",
-                   help="continue an interrupted run from its last checkpoint (OUT.checkpoints, written every 100 "
-                        "steps and on Ctrl-C; removed once the model is written)")
+    add_options(p, OutputOptions, out="runs/tiny")  # --resume: from OUT.checkpoints (every 100 steps and on Ctrl-C)
     add_options(p, PretrainConfig)
-    p.add_argument("--dtype", default="auto", choices=["auto", "fp32", "bf16"],
-                   help="training compute: bf16 autocast or fp32; auto = bf16 on AMX/AVX512-BF16 CPUs (default: auto)")
-    p.add_argument("--quiet", action="store_true", help="no progress bar or log lines")
+    add_options(p, ModelOptions, skip=("model", "device"))  # --dtype: training compute, bf16 autocast or fp32
+    add_options(p, QuietOption)
     p.set_defaults(func=run)
+
+
+@dataclass(frozen=True)
+class QuietOption:
+    quiet: bool = option(False, "no progress bar or log lines")
 
 
 def checkpoints_of(out: str) -> Path:
@@ -47,12 +50,14 @@ def checkpoints_of(out: str) -> Path:
 def run(args) -> int:
     if not args.out.strip():
         raise UsageError("--out is empty: name the folder to write")
+    if args.dtype == "fp16":
+        raise UsageError("--dtype fp16: pretraining computes in fp32 or with bf16 autocast (auto, fp32, bf16)")
     refuse_current_folder(Path(args.out).expanduser())
     cfg = build(PretrainConfig, args, min_lr=args.lr / 10, bf16={"auto": None, "fp32": False, "bf16": True}[args.dtype])
     # the folder appears whole, when training is done; its checkpoints live beside it (OUT.checkpoints)
-    with output_dir(args.out, create=False, command="pretrain", inputs=[args.corpus], replace=args.overwrite):
+    with output_dir(args.out, create=False, command="pretrain", inputs=[args.corpus], replace=args.force):
         out = pretrain_tiny(args.out, steps=args.steps, seed=args.seed, corpus=args.corpus, config=cfg,
-                            overwrite=args.overwrite, progress=not args.quiet, checkpoints=checkpoints_of(args.out),
+                            overwrite=args.force, progress=not args.quiet, checkpoints=checkpoints_of(args.out),
                             resume=args.resume)
     record = read_training_record(out)
     ev = record["eval"]

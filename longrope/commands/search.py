@@ -16,16 +16,15 @@ from __future__ import annotations
 import argparse
 import contextlib
 import sys
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 import torch
 
-from ..data import CORPUS_HELP
+from ..data import SPLIT_NAMES
 from ..errors import UsageError
-from ..factors import MAX_ATTENTION_FACTOR, RopeExtension
+from ..factors import RopeExtension
 from ..hf_config import load_factors
 from ..outputs import output_dir
 from ..models.device import resolve_dtype
@@ -33,14 +32,15 @@ from ..models.load import fingerprint_matches, load_model, model_fingerprint
 from ..rope import RotarySpec
 from ..search.distributed import (Dist, broadcast, close_distributed, distributed_evaluator, init_distributed,
                                   min_over_ranks)
-from ..options import add_options, build, ranged
+from ..options import add_options, build
 from ..search.cma import check_samples
 from ..search.driver import SearchJob, SearchOptions, drive, has_state, seed_scores
 from ..search.scored import SCORED_FILE
-from ..search.evolution import HISTORY_FILE, PEER_SEED_NAMES, STATE_FILE, SearchConfig, SearchState, carried_seed, peer_seeds
-from ..search.fitness import MakeExtension, long_factor_candidate, search_documents, short_factor_candidate
-from ..search.genes import START_TOKENS, SearchSpace, critical_dimension
-from .common import MAX_LENGTH, add_model_args
+from ..search.evolution import HISTORY_FILE, PEER_SEED_NAMES, STATE_FILE, SearchConfig, SearchState
+from ..search.fitness import search_documents
+from ..search.plan import Plan, SpaceOptions, long_plan, short_plan
+from ..settings import CorpusOptions, ModelOptions
+from .common import OutputOptions
 
 
 EPILOG = """\
@@ -63,42 +63,13 @@ def register(subparsers) -> None:
         "passkey answer loss: --objective) as the fitness, by the paper's "
         "evolutionary search or CMA-ES. Defaults are the paper's.",
         epilog=EPILOG)
-    add_model_args(p)
-    p.add_argument("--corpus", default=None, help=CORPUS_HELP)
-    p.add_argument("--target-length", type=ranged(int, min=2, max=MAX_LENGTH), required=True,
-                   help="target context L' in tokens")
-    p.add_argument("--out", required=True, help="output folder (state.json, factors.json, history.jsonl, plots)")
+    add_options(p, ModelOptions)
+    add_options(p, CorpusOptions, skip=("docs",), split=SPLIT_NAMES[0])  # its docs are SearchOptions'
+
+    add_options(p, SpaceOptions, required=("target_length",))
     add_options(p, SearchConfig)
     add_options(p, SearchOptions)
-    p.add_argument("--start-token", type=ranged(int, min=0), default=None,
-                   help="fix n_hat to this value, below --target-length (default: search it over the paper's "
-                        "candidates)")
-    p.add_argument("--variant", choices=("longrope", "piecewise", "critical"), default="longrope",
-                   help="search every dim (longrope), a band between 1 and s (piecewise), or only dims >= "
-                   "the critical dim, LongRoPE2 (critical)")
-    p.add_argument("--critical-dim", type=ranged(int, min=1), default=None,
-                   help="cd for --variant critical (default: ceil(d/2 * log_b(L / 2pi)))")
-    p.add_argument("--attention-factor", type=ranged(float, above=0, max=MAX_ATTENTION_FACTOR), default=None,
-                   help="fix the attention (magnitude) factor multiplied into cos and sin; 1 keeps attention "
-                   "logits as trained, so with short factors of 1 a short context is unchanged (default: "
-                   "LongRoPE's sqrt(1 + ln s / ln L), which also applies below L)")
-    p.add_argument("--init-factors", action="append", default=[], metavar="FACTORS",
-                   help="also start from these factors (a factors file, HF config or shipped name; repeat the "
-                   "flag for more), e.g. a search at a shorter target: their long factors, searched for scale "
-                   "s0, are carried to this search's scale s as lambda**(ln s / ln s0), which keeps "
-                   "unscaled dims at 1 and takes s0 to s; joins PI/NTK/YaRN in generation 0")
-    p.add_argument("--short-for", default=None, metavar="FACTORS",
-                   help="readjust instead (LongRoPE section 3.3): search short_factor, used up to the native "
-                   "context, for these long factors (kept, with their n_hat and attention factor), at "
-                   "--target-length <= the native context, lambda in [1, --max-factor (default: their scale s)]; "
-                   "seeded with 1 (the original RoPE) and the long factors; writes both")
-    p.add_argument("--split", default="search", choices=["search", "validation", "test", "all"],
-                   help="the split searched on; eval-ppl's held-out splits are validation and test, so search "
-                   "another only to bound what factors can do on those very documents, or use all for a "
-                   "corpus kept for searching (default: search)")
-    p.add_argument("--split-seed", type=ranged(int, min=0), default=0,
-                   help="seed of the search/validation/test split (default: 0)")
-    p.add_argument("--resume", action="store_true", help="continue the search saved in --out")
+    add_options(p, OutputOptions, skip=("force",))
     p.set_defaults(func=run)
 
 
@@ -137,18 +108,6 @@ def _prepare_out(out: Path, resume: bool) -> None:
         raise UsageError(f"{out} already holds a search; pass --resume to continue it or choose another --out")
 
 
-def search_space(args: argparse.Namespace, spec: RotarySpec, target_length: int) -> SearchSpace:
-    """The genomes of this search: every factor (or a band, or dims >= cd) and n_hat candidates."""
-    scale = target_length / spec.original_max_position_embeddings
-    starts = START_TOKENS if args.start_token is None else (args.start_token,)
-    starts = tuple(t for t in starts if t < target_length) or (0,)
-    cd = 0
-    if args.variant == "critical":
-        cd = args.critical_dim or critical_dimension(spec.dim, spec.base, spec.original_max_position_embeddings)
-    return SearchSpace(half=spec.half, scale=scale, max_factor=args.max_factor or 1.25 * scale, step=args.step,
-                       start_tokens=starts, variant=args.variant, critical_dim=cd)
-
-
 def _loaded(flag: str, given: str) -> RopeExtension:
     """A factors file, HF config or shipped name given to `flag` (cheap: before the model)."""
     try:
@@ -169,89 +128,79 @@ def _fitting(flag: str, given: str, spec: RotarySpec) -> RopeExtension:
 
 def search(args: argparse.Namespace, d: Dist) -> int:
     # -- check the cheap things before loading anything ---------------------------------------
-    config, options, N = build(SearchConfig, args), build(SearchOptions, args), args.target_length
+    config, options, space = build(SearchConfig, args), build(SearchOptions, args), build(SpaceOptions, args)
+    build(ModelOptions, args), build(CorpusOptions, args, docs=1)
+    N = space.target_length
     if options.optimizer == "cma":
         check_samples(config.mutations + config.crossovers)
-    for given in args.init_factors:
+    for given in space.init_factors:
         _loaded("--init-factors", given)
-    if args.short_for is not None:
-        if args.init_factors or args.variant != "longrope" or args.start_token is not None:
+    if space.short_for is not None:
+        if space.init_factors or space.variant != "longrope" or space.start_tokens is not None:
             raise UsageError("--short-for searches every short factor at the long factors' n_hat; it takes no "
                              "--init-factors, --variant or --start-token")
-        _loaded("--short-for", args.short_for)
-    if args.start_token is not None and args.start_token >= N:
-        raise UsageError(f"--start-token {args.start_token} must be below --target-length {N}")
+        _loaded("--short-for", space.short_for)
+    for t in space.start_tokens or ():
+        if t >= N:
+            raise UsageError(f"--start-token {t} must be below --target-length {N}")
     out = Path(args.out).expanduser()
     with contextlib.ExitStack() as owned:  # rank 0 owns --out (lock, writability, cleanup)
         owner = output_dir(out, command="search", outputs=OUTPUTS, keep=RESUMED if args.resume else (),
-                           marker=STATE_FILE, inputs=[args.model, args.corpus, *args.init_factors, args.short_for])
+                           marker=STATE_FILE, inputs=[args.model, args.corpus, *space.init_factors, space.short_for])
         _on_main(d, lambda: _prepare_out(owned.enter_context(owner), args.resume))
-        return _search(args, d, config, options, out)
+        return _search(args, d, config, options, space, out)
 
 
-@dataclass
-class Plan:
-    """What a search scores: candidates (`make`), their genome space, the seeds and their names."""
-
-    make: MakeExtension
-    space: SearchSpace
-    seeds: list[np.ndarray]
-    names: list[str]
-    title: str
-    peers: RotarySpec | None = None  # plot the found factors against PI/NTK/YaRN for this RoPE
-    finalize: Callable[[RopeExtension], RopeExtension] | None = None  # adjusts the factors file written
-
-
-def _long_plan(args: argparse.Namespace, spec: RotarySpec, N: int, describe: dict[str, Any]) -> Plan:
+def _long_plan(args: argparse.Namespace, space: SpaceOptions, options: SearchOptions, spec: RotarySpec,
+               describe: dict[str, Any]) -> Plan:
     """Long factors for the target (Algorithm 1), seeded with PI/NTK/YaRN and --init-factors."""
-    L = spec.original_max_position_embeddings
+    L, N = spec.original_max_position_embeddings, space.target_length
     if N <= L:
         raise UsageError(f"--target-length {N} must exceed the model's native context {L}")
-    carried = []  # (name, factors) of each --init-factors, carried to this scale
-    for given in args.init_factors:
+    if space.critical_dim is not None and space.critical_dim >= spec.half:
+        raise UsageError(f"--critical-dim {space.critical_dim} exceeds the model's {spec.half} frequencies")
+    carried = []  # (name, extension) of each --init-factors
+    for given in space.init_factors:
         ext = _fitting("--init-factors", given, spec)
-        carried.append((str(ext.metadata.get("label") or Path(given).stem),
-                        carried_seed(ext.long_factor, ext.scale, N / L)))
+        carried.append((str(ext.metadata.get("label") or Path(given).stem), ext))
+    plan = long_plan(spec, space, options.step, options.max_factor, args.model, carried)
     if carried:  # recorded only when given: older states resume unchanged
-        describe["init_factors"] = {name: [round(float(x), 6) for x in lam] for name, lam in carried}
-    return Plan(long_factor_candidate(spec, N, args.attention_factor), search_space(args, spec, N),
-                peer_seeds(spec, N / L) + [lam for _, lam in carried],
-                list(PEER_SEED_NAMES) + [name for name, _ in carried], f"search at {N} tokens ({args.model})",
-                peers=spec)
+        describe["init_factors"] = {name: [round(float(x), 6) for x in lam]
+                                    for name, lam in zip(plan.names[len(PEER_SEED_NAMES):], plan.seeds[len(PEER_SEED_NAMES):])}
+    return plan
 
 
-def _short_plan(args: argparse.Namespace, spec: RotarySpec, N: int, describe: dict[str, Any]) -> Plan:
+def _short_plan(args: argparse.Namespace, space: SpaceOptions, options: SearchOptions, spec: RotarySpec,
+                describe: dict[str, Any]) -> Plan:
     """--short-for: short factors at a length within the native context, for fixed long factors."""
-    ext, L = _fitting("--short-for", args.short_for, spec), spec.original_max_position_embeddings
+    ext, L, N = _fitting("--short-for", space.short_for, spec), spec.original_max_position_embeddings, space.target_length
     if N > L:
         raise UsageError(f"--target-length {N} must be at most the model's native context {L} with --short-for "
                          f"(short factors serve sequences up to it)")
-    if args.attention_factor is not None:
+    if space.attention_factor is not None:
         raise UsageError("--short-for keeps the long factors' attention factor; drop --attention-factor")
-    bound = args.max_factor or max(ext.scale, 1.0 + args.step)
+    bound = options.max_factor or max(ext.scale, 1.0 + options.step)
     describe["short_for"] = ext.to_dict()
-    space = SearchSpace(half=spec.half, scale=bound, max_factor=bound, step=args.step,
-                        start_tokens=(ext.start_token,))
-    seeds = [np.ones(spec.half), np.minimum(np.asarray(ext.long_factor), bound)]  # original RoPE, the long ones
-    return Plan(short_factor_candidate(ext), space, seeds, ["original", "long"],
-                f"short factors at {N} tokens ({args.model})", finalize=_short_metadata(ext))
+    plan = short_plan(ext, options.step, bound, [np.minimum(np.asarray(ext.long_factor), bound)],
+                      f"short factors at {N} tokens ({args.model})", finalize=_short_metadata(ext))
+    plan.names = ["original", "long"]
+    return plan
 
 
-def _search(args: argparse.Namespace, d: Dist, config: SearchConfig, options: SearchOptions, out: Path) -> int:
+def _search(args: argparse.Namespace, d: Dist, config: SearchConfig, options: SearchOptions, space: SpaceOptions,
+            out: Path) -> int:
     # -- the model, loaded once; candidates only swap its RoPE factors -------------------------
     device = args.device or (f"cuda:{d.local_rank}" if torch.cuda.is_available() else "cpu")
     lm = load_model(args.model, dtype=args.dtype, device=device)
-    N = args.target_length
-    if args.critical_dim is not None and args.critical_dim > lm.spec.half:
-        raise UsageError(f"--critical-dim {args.critical_dim} exceeds the model's {lm.spec.half} frequencies")
+    N = space.target_length
     describe = {"model": args.model, "model_files": model_fingerprint(args.model),
                 "corpus": args.corpus or "stdlib", "target_length": N, "split_seed": args.split_seed,
                 "dtype": str(resolve_dtype(args.dtype, device)).removeprefix("torch.")}
-    if args.attention_factor is not None:  # recorded only when set: older states resume unchanged
-        describe["attention_factor"] = args.attention_factor
+    if space.attention_factor is not None:  # recorded only when set: older states resume unchanged
+        describe["attention_factor"] = space.attention_factor
     if args.split != "search":
         describe["split"] = args.split
-    plan = (_long_plan if args.short_for is None else _short_plan)(args, lm.spec, N, describe)
+    plan = (_long_plan if space.short_for is None else _short_plan)(args, space, options, lm.spec, describe)
 
     # -- K search documents of the target length (the split eval-ppl holds out) ----------------
     docs = search_documents(lm.tokenizer, args.corpus, N, args.docs, args.split_seed, options.objective,

@@ -4,25 +4,25 @@ from __future__ import annotations
 import hashlib
 import json
 import sys
-from dataclasses import asdict
+from dataclasses import asdict, dataclass
 
 from ..data import load_corpus, select_split
 from ..errors import UsageError
-from ..evaluate.runner import Variant, run_cells, task_figures
+from ..evaluate.frontend import Store, check_methods, extension_dict, lengths_and_target, method_variants, run_info
+from ..evaluate.runner import run_cells, task_figures
 from ..evaluate.tasks import (
     TASKS, Haystack, TaskPrompt, TaskSettings, TooShort, build_prompts, get_task, has_chat_template,
 )
-from ..atomic import atomic_write_json
+from ..models.load import load_model, model_fingerprint
+from ..options import add_options, build, option
 from ..outputs import output_dir
-from ..readback import read_json_or_none
-from ..models.load import load_model
-from ..options import add_options, build, ranged
 from ..plots import plot_depth_heatmap
-from .common import add_corpus_args, add_method_args, add_model_args, check_inputs, method_variants, print_table, run_info
+from ..settings import CorpusOptions, DepthOptions, LengthOptions, ModelOptions
+from .common import OutputOptions, print_table
 
 # config entries that must match for a finished cell of an earlier run to be reused; each
 # cell also records its extension and a digest of its prompts
-REUSE_KEYS = ("model", "dtype", "corpus", "split", "split_seed", "settings", "chat_template")
+REUSE_KEYS = ("model", "model_files", "dtype", "corpus", "split", "split_seed", "settings", "chat_template")
 
 
 DESCRIPTION = (
@@ -36,29 +36,32 @@ DESCRIPTION = (
 )
 
 
+@dataclass(frozen=True)
+class TaskOptions(DepthOptions):
+    """Which tasks of the suite."""
+
+    tasks: list[str] = option(list(TASKS), "comma-separated tasks", choices=tuple(TASKS))
+
+
+OPTIONS = (ModelOptions, LengthOptions, CorpusOptions, TaskOptions, TaskSettings)
+EXAMPLES = """\
+examples:
+  longrope tasks --model tiny --lengths 1024,2048 --trials 20 --out runs/tasks
+  longrope tasks --model smollm2-135m --lengths 8192,16384 --methods none,yarn \\
+      --factors smollm2-135m-16k --tasks single-needle,multi-key --out runs/tasks-smollm2
+
+A small model may score zeros on the harder tasks (multi-value, variable-tracking): the tiny presets were
+trained on passkey prompts only.
+"""
+
+
 def register(sub) -> None:
-    p = sub.add_parser("tasks", description=DESCRIPTION,
+    p = sub.add_parser("tasks", description=DESCRIPTION, epilog=EXAMPLES,
                        help="synthetic long-context tasks (RULER-style needles, variable tracking) vs length")
-    add_model_args(p)
-    add_method_args(p)
-    add_corpus_args(p, docs=False)
-    p.add_argument("--tasks", default=",".join(TASKS),
-                   help=f"comma-separated tasks (default: {','.join(TASKS)})")
-    p.add_argument("--lengths", default=None,
-                   help="comma-separated lengths in tokens, prompt + answer (default: 1x,2x,4x,8x native)")
-    p.add_argument("--depth-bins", type=ranged(int, min=1, max=50), default=5, help="rows of the heat maps (default: 5)")
-    add_options(p, TaskSettings)
-    p.add_argument("--out", default="runs/tasks", help="output directory (default: runs/tasks)")
+    for cls in OPTIONS:
+        add_options(p, cls, skip=("docs",))
+    add_options(p, OutputOptions, skip=("resume", "force"), out="runs/tasks")
     p.set_defaults(func=run)
-
-
-def task_names(text: str) -> list[str]:
-    names = list(dict.fromkeys(t.strip() for t in text.split(",") if t.strip()))
-    if not names:
-        raise UsageError("--tasks is empty")
-    for name in names:
-        get_task(name)
-    return names
 
 
 def check_answer_room(tasks: list[str], lengths: list[int]) -> None:
@@ -103,26 +106,12 @@ def prompts_digest(prompts: list[TaskPrompt]) -> str:
     return h.hexdigest()[:32]
 
 
-def extension_dict(variant: Variant) -> dict | None:
-    return None if variant.extension is None else variant.extension.to_dict()
-
-
-def finished_cells(previous: dict | None, info: dict, variants: list[Variant], digests: dict) -> dict:
-    """The cells of an earlier tasks.json that this run would compute again: same model,
-    corpus, split and settings, and per cell the same extension (factors content) and prompts."""
-    if not previous or any(previous.get("config", {}).get(k) != info[k] for k in REUSE_KEYS):
-        return {}
-    # through JSON, as the earlier cells were
-    extensions = json.loads(json.dumps({v.label: extension_dict(v) for v in variants}))
-    done = {}
-    for r in previous.get("summary", []):
-        key = (r["method"], r["task"], r["length"])
-        if r["method"] in extensions and r.get("extension") == extensions[r["method"]] \
-                and r.get("prompts") == digests.get(key[1:]):
-            results = [{k: v for k, v in t.items() if k != "method"} for t in previous.get("trials", [])
-                       if (t["method"], t["task"], t["length"]) == key]
-            done[key] = {**r, "results": results}
-    return done
+def cells_of(content: dict) -> list[dict]:
+    """The cells of a tasks.json: each summary row with its trials."""
+    trials = content.get("trials", [])
+    return [{**r, "results": [{k: v for k, v in t.items() if k != "method"} for t in trials
+                              if (t.get("method"), t.get("task"), t.get("length")) == (r["method"], r["task"], r["length"])]}
+            for r in content.get("summary", [])]
 
 
 def results_file(info: dict, cells: dict) -> dict:
@@ -134,13 +123,15 @@ def results_file(info: dict, cells: dict) -> dict:
 
 def run(args) -> int:
     # bad input fails here, before loading the model and before --out is created
-    tasks = task_names(args.tasks)
+    tasks = list(dict.fromkeys(args.tasks))
+    if not tasks:
+        raise UsageError("--tasks is empty")
     settings = build(TaskSettings, args)
     if settings.trials < 1:
         raise UsageError(f"--trials must be >= 1, got {settings.trials}")
-    if args.depth_bins < 1:
-        raise UsageError(f"--depth-bins must be >= 1, got {args.depth_bins}")
-    given_lengths = check_inputs(args)
+    build(LengthOptions, args)
+    check_methods(args.methods, args.factors)
+    given_lengths = args.lengths
     check_answer_room(tasks, given_lengths or [])
     haystacks = haystacks_for(args, tasks)
     outputs = ("tasks.json", *(f"{t}.png" for t in TASKS))
@@ -152,9 +143,9 @@ def run(args) -> int:
 def evaluate(args, out, tasks: list[str], settings, given_lengths: list[int] | None, haystacks) -> int:
     loaded = load_model(args.model, args.dtype, args.device)
     L = loaded.spec.original_max_position_embeddings
-    lengths = given_lengths or [L, 2 * L, 4 * L, 8 * L]
+    lengths, target = lengths_and_target(given_lengths, args.target_length, L)
     check_answer_room(tasks, lengths)
-    variants = method_variants(args, loaded, args.target_length or max(lengths))
+    variants = method_variants(args.methods, args.factors, loaded, target)
     # one prompt per (task, length, trial), shared by every method; a too short length fails here
     chat = use_chat(settings.chat, loaded)
     prompts: dict[tuple[str, int], list[TaskPrompt]] = {}
@@ -172,12 +163,16 @@ def evaluate(args, out, tasks: list[str], settings, given_lengths: list[int] | N
         prompts.setdefault((p.task, p.length), []).append(p)
     digests = {k: prompts_digest(v) for k, v in prompts.items()}
 
-    info = run_info(args, {"model": loaded.name, "native_context": L, "target_length": args.target_length or max(lengths),
-                           "tasks": tasks, "lengths": lengths,
+    info = run_info(args, {"model": loaded.name, "model_files": model_fingerprint(args.model), "native_context": L,
+                           "target_length": target, "tasks": tasks, "lengths": lengths,
                            "corpus": args.corpus, "split": args.split, "split_seed": args.split_seed,
                            "settings": asdict(settings), "chat_template": chat,
                            "dtype": str(next(loaded.model.parameters()).dtype)})
-    done = finished_cells(read_json_or_none(out / "tasks.json"), info, variants, digests)
+    store = Store(out / "tasks.json", {k: info[k] for k in REUSE_KEYS}, lambda cells: results_file(info, cells),
+                  cells_of, key_of=lambda content: {k: content.get("config", {}).get(k) for k in REUSE_KEYS},
+                  model=args.model)
+    done = store.reusable(variants, cell_key=lambda c: (c["method"], c["task"], c["length"]),
+                          same_cell=lambda c: c.get("prompts") == digests.get((c["task"], c["length"])))
 
     def evaluator(task: str):
         def cell(lm, variant, length, progress):
@@ -186,12 +181,9 @@ def evaluate(args, out, tasks: list[str], settings, given_lengths: list[int] | N
                     "extension": extension_dict(variant)}
         return cell
 
-    def save(cells):  # after every cell
-        atomic_write_json(out / "tasks.json", results_file(info, cells))
-
-    cells = run_cells(variants, lengths, {t: evaluator(t) for t in tasks}, loaded, done, save,
+    cells = run_cells(variants, lengths, {t: evaluator(t) for t in tasks}, loaded, done, store.save,
                       dtype=args.dtype, desc="tasks")
-    save(cells)
+    store.save(cells)
     report(results_file(info, cells), tasks, out, loaded.name, args.depth_bins)
     return 0
 

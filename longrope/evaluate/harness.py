@@ -16,14 +16,14 @@ the one module that imports lm_eval (importing longrope does not).
 from __future__ import annotations
 
 import logging
-from types import SimpleNamespace
 from typing import Any, NamedTuple
 
 import torch
 from lm_eval.api.registry import model_registry
 from lm_eval.models.huggingface import HFLM
 
-from ..commands.common import OWN, factor_files, method_names, method_variants
+from ..settings import OWN
+from .frontend import factor_files, method_names, method_variants
 from ..errors import UsageError, gist
 from ..generate import greedy_generate
 from ..methods import attention_factor_at_length, factors_at_length
@@ -38,11 +38,6 @@ HF_DTYPES = {"float32": "fp32", "bfloat16": "bf16", "float16": "fp16"}  # lm-eva
 
 
 # -- which extension ----------------------------------------------------------------------------
-def _picks(method: str | None, factors: str | None) -> SimpleNamespace:
-    """A method or a factors file, in the shape the commands' helpers read (--methods, --factors)."""
-    return SimpleNamespace(methods=method or "", factors=[str(factors)] if factors else [])
-
-
 def check_choice(model: str, method: str | None, factors: str | None, target_length: int | None) -> None:
     """Fail on a bad method, factors file or target length before any weights are loaded."""
     if method and factors:
@@ -50,14 +45,14 @@ def check_choice(model: str, method: str | None, factors: str | None, target_len
     if factors and target_length is not None:
         raise UsageError("a factors file carries its own target length: leave the target length out")
     if method:
-        names = method_names(_picks(method, None))
+        names = method_names([m.strip() for m in method.split(",") if m.strip()])
         if len(names) != 1:
             raise UsageError(f"one method at a time, got {method!r}")
         native = None if names[0] in UNSCALED else model_spec(model).original_max_position_embeddings  # config only
         if native is not None and (target_length is None or target_length <= native):
             raise UsageError(f"method {names[0]!r} needs a target length above the model's native context {native} "
                              f"(--target-length N, or target_length=N in lm-eval's model_args)")
-    factor_files(_picks(None, factors))
+    factor_files([str(factors)] if factors else [])
 
 
 def choose_variant(loaded: LoadedModel, method: str | None, factors: str | None,
@@ -68,7 +63,8 @@ def choose_variant(loaded: LoadedModel, method: str | None, factors: str | None,
     if not method and not factors:
         method = OWN if loaded.own_extension is not None else "none"
     native = loaded.spec.original_max_position_embeddings
-    [variant] = method_variants(_picks(method, factors), loaded, target_length or native)
+    [variant] = method_variants([method] if method else [], [str(factors)] if factors else [], loaded,
+                                target_length or native)
     return variant
 
 

@@ -22,25 +22,23 @@ line naming the problem.
 """
 from __future__ import annotations
 
-import dataclasses
-import types
-import typing
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any
 
 import yaml
 
 from ..errors import UsageError
-from ..factors import MAX_ATTENTION_FACTOR
 from ..methods import get_method
-from ..options import check_options, option, rename_flags
+from ..options import check_options, check_value, from_mapping, option
 from ..search.cma import check_samples
 from ..search.driver import DEFAULT_METHOD, SearchOptions
 from ..search.evolution import ADDED_SETTINGS, SearchConfig
+from ..search.plan import RECIPE_DERIVES, SpaceOptions
+from ..settings import SPLITS, CorpusOptions, LossOptions, ModelOptions
 from ..train.finetune import FinetuneConfig
 
-NOT_RECIPE_KEYS = ("reject_slack",)  # SearchConfig fields a recipe does not set
+NOT_RECIPE_KEYS = ("reject_slack", *RECIPE_DERIVES)  # fields a recipe does not set
 METHOD_KEYS = ("optimizer", "objective", "needles")  # SearchOptions.method(): needles only for needle
 # keys added after recipes were first run: a stage records them only when they differ from these
 RECORDED_WHEN_SET = {**DEFAULT_METHOD, **ADDED_SETTINGS, "corpus": None}
@@ -61,23 +59,24 @@ class SearchSettings(SearchOptions, SearchConfig):
 
     def settings(self) -> dict[str, Any]:
         """The stage's keys as a recipe sets them (what its stage.json records). Keys added later
-        (optimizer, objective, reject, race_confidence) appear only when they are not the defaults,
-        so stages completed before these keys existed still match."""
+        (optimizer, objective, reject, race_confidence, corpus) appear only when they are not the
+        defaults, so stages completed before these keys existed still match."""
         skip = NOT_RECIPE_KEYS + METHOD_KEYS + SPEED_KEYS
         keys = {k: v for k, v in asdict(self).items() if k not in skip} | self.method()
         return {k: v for k, v in keys.items() if k not in RECORDED_WHEN_SET or RECORDED_WHEN_SET[k] != v}
 
 
 @dataclass(frozen=True)
-class SearchStage(SearchSettings):
-    """`search` (on the original model) and `search2` (on the fine-tuned one, a factor on top)."""
+class SearchStage(SearchSettings, SpaceOptions):
+    """`search` (on the original model), `search2` and `search3` (on a fine-tuned one, a factor on
+    top): the search flags, and the space of `longrope search` less what a recipe derives."""
 
-    target_length: int = option(0, "L' of this stage (required)", min=0)
-    start_tokens: list[int] | None = None  # n_hat candidates (None: the paper's; search2 keeps stage 1's)
-    variant: str = "longrope"  # longrope, piecewise or critical (longrope.search.genes)
-    attention_factor: float | None = option(None, "None: search: the longrope default; search2: the fine-tuned one",
-                                            above=0, max=MAX_ATTENTION_FACTOR)
-    corpus: str | None = None  # search3 only: its documents (None: the recipe's; a longer target may need another)
+    corpus: str | None = option(None, "search3 only: its documents (a longer target may need a corpus of longer "
+                                "documents)", default_help="the recipe's")
+
+    def __post_init__(self):
+        super().__post_init__()
+        check_options(self)
 
 
 @dataclass(frozen=True)
@@ -87,25 +86,36 @@ class ReadjustStage(SearchSettings):
     docs: int = option(8, "K documents at the native length", min=1, max=10_000)
 
 
-@dataclass
-class EvaluateStage:
+@dataclass(frozen=True)
+class EvaluateStage(LossOptions):
     """The report: perplexity and passkey at each length for every stage and baseline."""
 
-    lengths: list[int] | None = None  # None: 1x, 2x, 4x, ... up to the final target
+    lengths: list[int] | None = option(None, "lengths of the report", default_help="1x, 2x, 4x, ... the final target",
+                                       min=2)
     docs: int = option(4, "held-out documents per length (truncated, one pass each)", min=1, max=100_000)
-    split: str = "test"  # the split neither pretraining of the tiny preset nor fine-tuning saw
+    split: str = option("test", "the split neither pretraining of the tiny preset nor fine-tuning saw", choices=SPLITS)
     passkey_trials: int = option(10, "passkey trials per length, 0 = none", min=0, max=100_000)
-    baselines: list[str] = field(default_factory=lambda: ["pi", "yarn"])  # fine-tuned with the same budget
-    chunk_size: int = option(1024, "tokens per LM-head chunk", min=1)
-    corpus: str | None = None  # the report's documents (None: the recipe's)
-    # with search3: methods applied as the last step instead of the search (stage-2 factors x the method's)
-    peers: list[str] = field(default_factory=list)
-    passkey_long_trials: int | None = option(None, "passkey trials at passkey_long_length and beyond (None: "
-                                             "passkey_trials)", min=1, max=100_000)
+    baselines: list[str] = option(["pi", "yarn"], "methods set for the final target and fine-tuned with the same budget")
+    corpus: str | None = option(None, "the report's documents", default_help="the recipe's")
+    peers: list[str] = option([], "with search3: methods applied as the last step instead of the search (the stage-2 "
+                              "factors x the method's)")
+    passkey_long_trials: int | None = option(None, "passkey trials at passkey_long_length and beyond",
+                                             default_help="passkey_trials", min=1, max=100_000)
     passkey_long_length: int | None = option(None, "the length from which passkey_long_trials apply", min=2)
 
     def __post_init__(self):
         check_options(self)
+
+
+@dataclass(frozen=True)
+class RecipeOptions(ModelOptions, CorpusOptions):
+    """A recipe's top-level keys (model, corpus, split_seed, dtype: as the commands' flags)."""
+
+    attention_by_length: bool = option(False, "the final long attention factor follows the length in force past "
+                                       "the native context (longrope's runtime)")
+
+
+TOP_EXCLUDED = ("device", "split", "docs")  # flags of those classes that are no recipe key
 
 
 @dataclass
@@ -143,106 +153,40 @@ class Recipe:
 _FINETUNE_FROM_TOP = ("corpus", "split_seed")  # set once for the whole recipe
 
 
-def _check_value(value: Any, hint: Any, where: str) -> Any:
-    """`value` converted to the annotated type, or UsageError."""
-    origin, args = typing.get_origin(hint), typing.get_args(hint)
-    if origin in (typing.Union, getattr(types, "UnionType", None)):
-        if value is None and type(None) in args:
-            return None
-        inner = [a for a in args if a is not type(None)]
-        return _check_value(value, inner[0], where)
-    if origin is list:
-        if not isinstance(value, list):
-            raise UsageError(f"recipe: {where} must be a list, got {value!r}")
-        return [_check_value(v, args[0], f"{where}[{i}]") for i, v in enumerate(value)]
-    if hint is bool:
-        if not isinstance(value, bool):
-            raise UsageError(f"recipe: {where} must be true or false, got {value!r}")
-        return value
-    if hint is int:
-        if isinstance(value, bool) or not isinstance(value, int):
-            raise UsageError(f"recipe: {where} must be an integer, got {value!r}")
-        return value
-    if hint is float:
-        if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise UsageError(f"recipe: {where} must be a number, got {value!r}")
-        return float(value)
-    if hint is str:
-        if not isinstance(value, str):
-            raise UsageError(f"recipe: {where} must be a string, got {value!r}")
-        return value
-    raise TypeError(f"unsupported annotation {hint!r}")
-
-
-def _build(cls, data: Any, where: str, exclude: tuple[str, ...] = ()):
-    if data is None:
-        data = {}
-    if not isinstance(data, dict):
-        raise UsageError(f"recipe: {where} must be a mapping of settings, got {type(data).__name__}")
-    hints = typing.get_type_hints(cls)
-    allowed = [f.name for f in fields(cls) if f.name not in exclude]
-    unknown = [k for k in data if k not in allowed]
-    if unknown:
-        raise UsageError(f"recipe: unknown key(s) {', '.join(map(str, unknown))} in {where}; "
-                         f"allowed: {', '.join(allowed)}")
-    values = {k: _check_value(v, hints[k], f"{where}.{k}") for k, v in data.items()}
-    try:
-        obj = cls(**values)
-        if hasattr(obj, "validate"):
-            obj.validate()
-        return obj
-    except UsageError as e:  # a setting the dataclass itself refuses: named by its recipe key
-        raise UsageError(f"recipe: {rename_flags(str(e), cls, where)}") from None
-    except TypeError as e:  # a required key is missing
-        missing = [f.name for f in fields(cls) if f.name not in values and f.name in allowed
-                   and f.default is f.default_factory is dataclasses.MISSING]
-        raise UsageError(f"recipe: {where} needs {', '.join(missing) or str(e)}") from None
-
-
-def _check_search(stage: SearchStage, where: str) -> None:
-    if stage.target_length < 2:
-        raise UsageError(f"recipe: {where}.target_length is required (tokens, > the native context)")
+def _search_stage(stages: dict, name: str, after: SearchStage | None = None) -> SearchStage:
+    """A search stage: its target required, its n_hat candidates below it, and for search2 and
+    search3 a target past `after`'s (they search a factor on top of the stage before)."""
+    stage = from_mapping(SearchStage, stages[name], name, NOT_RECIPE_KEYS)
+    if stage.target_length is None or stage.target_length < 2:
+        raise UsageError(f"recipe: {name}.target_length is required (tokens, > the native context)")
     for i, t in enumerate(stage.start_tokens or []):
         if not 0 <= t < stage.target_length:
-            raise UsageError(f"recipe: {where}.start_tokens[{i}] = {t} must be in [0, {where}.target_length "
+            raise UsageError(f"recipe: {name}.start_tokens[{i}] = {t} must be in [0, {name}.target_length "
                              f"{stage.target_length})")
-    if stage.variant not in ("longrope", "piecewise", "critical"):
-        raise UsageError(f"recipe: {where}.variant must be longrope, piecewise or critical, got {stage.variant!r}")
+    if name != "search3" and stage.corpus is not None:
+        raise UsageError(f"recipe: {name}.corpus: the corpus is set once at the top level; only search3 and "
+                         f"evaluate read another one")
+    if after is not None:
+        before = "the stage-1 target" if name == "search2" else "search2.target_length"
+        if stage.target_length <= after.target_length:
+            raise UsageError(f"recipe: {name}.target_length {stage.target_length} must exceed {before} "
+                             f"{after.target_length}")
+        if stage.variant not in ("longrope", "critical"):
+            raise UsageError(f"recipe: {name}.variant must be longrope or critical (it searches a factor on top of "
+                             f"the stage before)")
+    return stage
 
 
-def _finetune_stage(stages: dict, name: str, corpus: str | None, split_seed: int) -> FinetuneConfig:
+def _finetune_stage(stages: dict, name: str, top: RecipeOptions) -> FinetuneConfig:
     data = stages[name]
     if isinstance(data, dict):
         for k in _FINETUNE_FROM_TOP:
             if k in data:
                 raise UsageError(f"recipe: {name}.{k} is set once for the whole recipe, at the top level")
-    cfg = _build(FinetuneConfig, data, name, exclude=_FINETUNE_FROM_TOP)
-    cfg.corpus, cfg.split_seed = corpus, split_seed
-    return cfg
+    return from_mapping(FinetuneConfig, data, name, _FINETUNE_FROM_TOP, corpus=top.corpus, split_seed=top.split_seed)
 
 
-def parse_recipe(data: Any, source: str = "recipe") -> Recipe:
-    """A Recipe from the parsed YAML; UsageError (one line) on anything malformed."""
-    if not isinstance(data, dict):
-        raise UsageError(f"{source}: expected a mapping with 'model' and 'stages'")
-    top = {"model", "corpus", "split_seed", "dtype", "attention_by_length", "stages"}
-    unknown = [k for k in data if k not in top]
-    if unknown:
-        raise UsageError(f"recipe: unknown top-level key(s) {', '.join(map(str, unknown))}; "
-                         f"allowed: {', '.join(sorted(top))}")
-    model = _check_value(data.get("model"), str, "model") if data.get("model") is not None else None
-    if not model:
-        raise UsageError("recipe: 'model' is required (a preset, HF directory or .gguf)")
-    corpus = _check_value(data.get("corpus"), str | None, "corpus")
-    split_seed = _check_value(data.get("split_seed", 0), int, "split_seed")
-    if split_seed < 0:
-        raise UsageError(f"recipe: split_seed must be >= 0, got {split_seed}")
-    dtype = _check_value(data.get("dtype", "auto"), str, "dtype")
-    if dtype not in ("auto", "fp32", "bf16", "fp16"):
-        raise UsageError(f"recipe: dtype must be auto, fp32, bf16 or fp16, got {dtype!r}")
-    attention_by_length = _check_value(data.get("attention_by_length", False), bool, "attention_by_length")
-
-    stages = data.get("stages")
+def _stage_order(stages: Any) -> list[str]:
     if not isinstance(stages, dict):
         raise UsageError("recipe: 'stages' must be a mapping of stage name -> settings")
     if not stages:
@@ -258,69 +202,66 @@ def parse_recipe(data: Any, source: str = "recipe") -> Recipe:
     for name in REQUIRED_STAGES:
         if name not in stages:
             raise UsageError(f"recipe: stage {name!r} is required")
+    return names
 
-    search = _build(SearchStage, stages["search"], "search", NOT_RECIPE_KEYS)
-    _check_search(search, "search")
-    finetune = _finetune_stage(stages, "finetune", corpus, split_seed)
+
+def _evaluate_stage(stages: dict, search3: SearchStage | None) -> EvaluateStage:
+    evaluate = from_mapping(EvaluateStage, stages["evaluate"], "evaluate")
+    if evaluate.lengths is not None and not evaluate.lengths:
+        raise UsageError("recipe: evaluate.lengths must be a non-empty list of lengths >= 2")
+    for key in ("baselines", "peers"):
+        for name in getattr(evaluate, key):
+            try:
+                get_method(name)
+            except UsageError as e:
+                raise UsageError(f"recipe: evaluate.{key}: {e}") from None
+    if evaluate.peers and search3 is None:
+        raise UsageError("recipe: evaluate.peers are applied in place of search3; the recipe has no search3")
+    if (evaluate.passkey_long_trials is None) != (evaluate.passkey_long_length is None):
+        raise UsageError("recipe: evaluate.passkey_long_trials and evaluate.passkey_long_length go together")
+    return evaluate
+
+
+def parse_recipe(data: Any, source: str = "recipe") -> Recipe:
+    """A Recipe from the parsed YAML; UsageError (one line) on anything malformed."""
+    if not isinstance(data, dict):
+        raise UsageError(f"{source}: expected a mapping with 'model' and 'stages'")
+    top_keys = [f.name for f in fields(RecipeOptions) if f.name not in TOP_EXCLUDED] + ["stages"]
+    unknown = [k for k in data if k not in top_keys]
+    if unknown:
+        raise UsageError(f"recipe: unknown top-level key(s) {', '.join(map(str, unknown))}; "
+                         f"allowed: {', '.join(sorted(top_keys))}")
+    if data.get("model") is None or data.get("model") == "":
+        raise UsageError("recipe: 'model' is required (a preset, HF directory or .gguf)")
+    check_value(data["model"], str, "model")
+    top = from_mapping(RecipeOptions, {k: v for k, v in data.items() if k != "stages"}, "", TOP_EXCLUDED)
+    stages = data.get("stages")
+    names = _stage_order(stages)
+    search = _search_stage(stages, "search")
+    finetune = _finetune_stage(stages, "finetune", top)
     if finetune.length > search.target_length:
         raise UsageError(f"recipe: finetune.length {finetune.length} exceeds what the stage-1 factors cover "
                          f"(search.target_length {search.target_length})")
-
-    search2 = None
-    if "search2" in stages:
-        search2 = _build(SearchStage, stages["search2"], "search2", NOT_RECIPE_KEYS)
-        _check_search(search2, "search2")
-        if search2.target_length <= search.target_length:
-            raise UsageError(f"recipe: final target search2.target_length {search2.target_length} must exceed "
-                             f"the stage-1 target {search.target_length}")
-        if search2.variant not in ("longrope", "critical"):
-            raise UsageError("recipe: search2.variant must be longrope or critical (it searches a factor on top of "
-                             "stage 1)")
+    search2 = _search_stage(stages, "search2", search) if "search2" in names else None
     finetune2 = None
-    if "finetune2" in stages:
+    if "finetune2" in names:
         if search2 is None:
             raise UsageError("recipe: stage 'finetune2' needs 'search2' (it fine-tunes with the final factors)")
-        finetune2 = _finetune_stage(stages, "finetune2", corpus, split_seed)
+        finetune2 = _finetune_stage(stages, "finetune2", top)
         if finetune2.length > search2.target_length:
             raise UsageError(f"recipe: finetune2.length {finetune2.length} exceeds what the final factors cover "
                              f"(search2.target_length {search2.target_length})")
     search3 = None
-    if "search3" in stages:
+    if "search3" in names:
         if search2 is None:
             raise UsageError("recipe: stage 'search3' needs 'search2' (it searches on top of the stage-2 factors)")
-        search3 = _build(SearchStage, stages["search3"], "search3", NOT_RECIPE_KEYS)
-        _check_search(search3, "search3")
-        if search3.target_length <= search2.target_length:
-            raise UsageError(f"recipe: search3.target_length {search3.target_length} must exceed search2.target_length "
-                             f"{search2.target_length}")
-        if search3.variant not in ("longrope", "critical"):
-            raise UsageError("recipe: search3.variant must be longrope or critical (it searches a factor on top of "
-                             "stage 2)")
-    for name, stage in (("search", search), ("search2", search2)):
-        if stage is not None and stage.corpus is not None:
-            raise UsageError(f"recipe: {name}.corpus: the corpus is set once at the top level; only search3 and "
-                             f"evaluate read another one")
-    readjust = _build(ReadjustStage, stages["readjust"], "readjust", NOT_RECIPE_KEYS) \
-        if "readjust" in stages else None
-    evaluate = _build(EvaluateStage, stages["evaluate"], "evaluate") if "evaluate" in stages else None
-    if evaluate is not None:
-        if evaluate.lengths is not None and (not evaluate.lengths or min(evaluate.lengths) < 2):
-            raise UsageError("recipe: evaluate.lengths must be a non-empty list of lengths >= 2")
-        if evaluate.split not in ("search", "validation", "test", "all"):
-            raise UsageError("recipe: evaluate.split must be search, validation, test or all")
-        for key in ("baselines", "peers"):
-            for name in getattr(evaluate, key):
-                try:
-                    get_method(name)
-                except UsageError as e:
-                    raise UsageError(f"recipe: evaluate.{key}: {e}") from None
-        if evaluate.peers and search3 is None:
-            raise UsageError("recipe: evaluate.peers are applied in place of search3; the recipe has no search3")
-        if (evaluate.passkey_long_trials is None) != (evaluate.passkey_long_length is None):
-            raise UsageError("recipe: evaluate.passkey_long_trials and evaluate.passkey_long_length go together")
-    return Recipe(model=model, corpus=corpus, split_seed=split_seed, dtype=dtype, search=search,
+        search3 = _search_stage(stages, "search3", search2)
+    readjust = from_mapping(ReadjustStage, stages["readjust"], "readjust", NOT_RECIPE_KEYS) if "readjust" in names \
+        else None
+    evaluate = _evaluate_stage(stages, search3) if "evaluate" in names else None
+    return Recipe(model=top.model, corpus=top.corpus, split_seed=top.split_seed, dtype=top.dtype, search=search,
                   finetune=finetune, search2=search2, finetune2=finetune2, search3=search3, readjust=readjust,
-                  evaluate=evaluate, attention_by_length=attention_by_length)
+                  evaluate=evaluate, attention_by_length=top.attention_by_length)
 
 
 def load_recipe(path: str | Path) -> Recipe:

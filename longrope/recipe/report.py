@@ -18,6 +18,7 @@ from ..atomic import atomic_write_json, atomic_write_text
 from ..readback import read_json_or_none
 from ..plots import band_label, length_axis, plain_log_axis, pyplot, save_and_close, wrap_title
 from ..rope import RotarySpec
+from ..settings import default_lengths
 from .config import Recipe
 
 
@@ -28,6 +29,15 @@ def log(msg: str) -> None:
 # evaluate keys added after reports were first written: in the settings only when not these
 ADDED = {"corpus": None, "peers": [], "passkey_long_trials": None, "passkey_long_length": None}
 PARTIAL_FILE = "passkey-in-progress.json"
+
+
+def report_settings(recipe: Recipe, ev) -> dict[str, Any]:
+    """What the report's cells depend on besides their variant (with the lengths and native
+    context): its evaluate keys less the baselines (a variant's identity), the corpus, split
+    seed and dtype. Keys added later are left out at their defaults, so reports of earlier
+    runs are reused."""
+    keys = {k: v for k, v in asdict(ev).items() if k != "baselines" and (k not in ADDED or ADDED[k] != v)}
+    return {**keys, "corpus": ev.corpus or recipe.corpus, "split_seed": recipe.split_seed, "dtype": recipe.dtype}
 
 
 def trials_at(ev, n: int) -> int:
@@ -64,11 +74,7 @@ def report_lengths(recipe: Recipe, native: int) -> list[int]:
     """evaluate.lengths, or 1x, 2x, 4x, ... the native context up to the final target."""
     if recipe.evaluate.lengths:
         return sorted(set(recipe.evaluate.lengths))
-    out, n = [], native
-    while n <= recipe.final_target:
-        out.append(n)
-        n *= 2
-    return out
+    return default_lengths(native, up_to=recipe.final_target)
 
 
 def variant_identity(model: str, ext: RopeExtension | None, out: Path) -> dict[str, Any]:
@@ -95,9 +101,7 @@ def stage_evaluate(recipe: Recipe, where: Path, spec: RotarySpec, variants: list
     where.mkdir(parents=True, exist_ok=True)
     L = spec.original_max_position_embeddings
     lengths = report_lengths(recipe, L)
-    settings = {**{k: v for k, v in asdict(ev).items() if k != "baselines" and (k not in ADDED or ADDED[k] != v)},
-                "lengths": lengths, "by_position": L, "corpus": ev.corpus or recipe.corpus,
-                "split_seed": recipe.split_seed, "dtype": recipe.dtype}
+    settings = {**report_settings(recipe, ev), "lengths": lengths, "by_position": L}
     ids = {v.label: variant_identity(v.model, v.extension, where.parent) for v in variants}
     path = where / "report.json"
     previous = read_json_or_none(path)

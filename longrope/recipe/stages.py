@@ -40,14 +40,14 @@ from ..export.hf import export_hf
 from ..factors import FACTORS_FILE, RopeExtension
 from ..atomic import atomic_write_json, staged_dir
 from ..readback import changed_keys, read_json_or_none
-from ..methods import attention_factor, build_extension
+from ..methods import build_extension
 from ..options import build
 from ..models.load import fingerprint_matches, load_model, load_tokenizer, model_fingerprint, model_spec
 from ..rope import RotarySpec
 from ..search.driver import SearchJob, SearchOptions, drive, has_state
-from ..search.evolution import SearchConfig, SearchState, carried_seed, peer_seeds
-from ..search.fitness import MakeExtension, long_factor_candidate, search_documents, short_factor_candidate
-from ..search.genes import START_TOKENS, SearchSpace, critical_dimension, rescaled_critical_dimension
+from ..search.evolution import SearchConfig, SearchState, carried_seed
+from ..search.fitness import search_documents
+from ..search.plan import Plan, long_plan, on_top_plan, short_plan
 from ..train.finetune import finetune, has_checkpoint, is_complete, original_rope_below_native, with_defaults
 from .config import Recipe
 from .report import log, report_lengths, stage_evaluate
@@ -146,51 +146,57 @@ def check_recipe_corpus(recipe: Recipe, spec: RotarySpec) -> None:
             raise UsageError(f"recipe: {key}: in the {split} split, {e}") from None
 
 
-def _search(recipe: Recipe, stage, where: Path, settings: dict[str, Any], model: str, length: int, make: MakeExtension,
-            space: SearchSpace, seeds, describe: dict[str, Any], title: str,
-            finalize=lambda ext: ext, corpus: str | None = None) -> tuple[RopeExtension, float]:
-    """One search of the recipe through the search driver, resumed from where/state.json if there;
-    `finalize` adjusts the found extension before the stage is marked complete. Returns it and
-    the seconds this run took. `corpus`: the stage's own (None: the recipe's)."""
+def search_settings(recipe: Recipe, name: str, recorded: dict[str, Any] | None = None) -> dict[str, Any]:
+    """What a search stage records in its stage.json and is matched on when the recipe runs again:
+    its keys (`SearchSettings.settings`), what it was built on (`recorded`: stage 1 for search2,
+    the stage-2 factors for search3, the extension for readjust) and the dtype; stage 1 also the
+    model and corpus."""
+    stage = getattr(recipe, name)
+    settings = {**stage.settings(), **(recorded or {}), "dtype": recipe.dtype}
+    if name == "search":
+        settings = {**stage.settings(), "model": recipe.model, "corpus": recipe.corpus,
+                    "split_seed": recipe.split_seed, "dtype": recipe.dtype}
+    if name == "search3" and recipe.attention_by_length:  # scored as the final factors are used
+        settings["attention_by_length"] = True
+    return settings
+
+
+def _search(recipe: Recipe, name: str, settings: dict[str, Any], out: Path, model: str, length: int, plan: Plan,
+            describe: dict[str, Any]) -> tuple[RopeExtension, float]:
+    """One search stage through the search driver, resumed from its state.json if there; marked
+    complete with the found extension (as `plan.finalize` adjusts it). Returns it and the seconds
+    this run took."""
     t0 = time.time()
+    stage, where = getattr(recipe, name), out / DIRS[name]
     config = build(SearchConfig, stage)
     lm = load_model(model, recipe.dtype)
-    docs = search_documents(lm.tokenizer, corpus or recipe.corpus, length, stage.docs, recipe.split_seed, stage.objective,
-                            stage.needles)
+    docs = search_documents(lm.tokenizer, getattr(stage, "corpus", None) or recipe.corpus, length, stage.docs,
+                            recipe.split_seed, stage.objective, stage.needles)
     if len(docs) < stage.docs:
         log(f"note: only {len(docs)} search documents reach {length} tokens (asked for {stage.docs})")
     where.mkdir(parents=True, exist_ok=True)
     state = SearchState.load(where) if has_state(where) else None
-    job = SearchJob(lm.model, docs, make, space, config, seeds, where, {**describe, "docs": len(docs)},
-                    build(SearchOptions, stage), title=title, resume_hint="rerun the recipe to continue")
-    ext = finalize(drive(job, state)[1])
+    job = SearchJob(lm.model, docs, plan.make, plan.space, config, plan.seeds, where, {**describe, "docs": len(docs)},
+                    build(SearchOptions, stage), title=plan.title, resume_hint="rerun the recipe to continue",
+                    finalize=plan.finalize)
+    ext = drive(job, state)[1]
     write_stage(where, {"settings": settings, "extension": ext.to_dict(), "seconds": round(time.time() - t0, 1),
                         "base": model_fingerprint(model)})
     return ext, time.time() - t0
 
 
-def _space(stage, scale: float, max_factor: float, start_tokens, half: int, critical_dim: int = 0) -> SearchSpace:
-    return SearchSpace(half=half, scale=scale, max_factor=max_factor, step=stage.step,
-                       start_tokens=tuple(start_tokens), variant=getattr(stage, "variant", "longrope"),
-                       critical_dim=critical_dim)
-
-
 # -- stages ---------------------------------------------------------------------------------------------
 def stage_search(recipe: Recipe, out: Path, spec: RotarySpec) -> RopeExtension:
     """1. lambda1 for the stage-1 target, on the original model (Algorithm 1)."""
-    stage, where = recipe.search, out / DIRS["search"]
-    settings = {**stage.settings(), "model": recipe.model, "corpus": recipe.corpus, "split_seed": recipe.split_seed,
-                "dtype": recipe.dtype}
-    if (done := _completed_search("search", where, settings)) is not None:
+    settings = search_settings(recipe, "search")
+    if (done := _completed_search("search", out / DIRS["search"], settings)) is not None:
         return done
+    stage = recipe.search
     L, N = spec.original_max_position_embeddings, stage.target_length
-    scale = N / L
-    starts = tuple(t for t in (stage.start_tokens or START_TOKENS) if t < N) or (0,)
-    cd = critical_dimension(spec.dim, spec.base, L) if stage.variant == "critical" else 0
-    space = _space(stage, scale, stage.max_factor or 1.25 * scale, starts, spec.half, cd)
-    ext, seconds = _search(recipe, stage, where, settings, recipe.model, N,
-                           long_factor_candidate(spec, N, stage.attention_factor), space, peer_seeds(spec, scale),
-                           {"stage": "search", "model": recipe.model, "target_length": N}, f"search 1: {L} -> {N}")
+    plan = long_plan(spec, stage, stage.step, stage.max_factor, recipe.model)
+    plan.title = f"search 1: {L} -> {N}"
+    ext, seconds = _search(recipe, "search", settings, out, recipe.model, N, plan,
+                           {"stage": "search", "model": recipe.model, "target_length": N})
     log(f"search: {L} -> {N} tokens, n_hat={ext.start_token}, ppl {ext.metadata['search_perplexity']:.3f} "
         f"({seconds:.0f}s)")
     return ext
@@ -237,68 +243,43 @@ def stage_search3(recipe: Recipe, out: Path, spec: RotarySpec, ext2: RopeExtensi
     YaRN for the remaining scale and the stage-2 factors carried to the new target."""
     carried = carried_seed(ext2.long_factor, ext2.scale, recipe.search3.target_length / ext2.original_max_position_embeddings)
     return _search_on_top(recipe, "search3", out, spec, ext2, ft_dir, {"stage2": ext2.to_dict()},
-                          extra_seeds=[carried / np.asarray(ext2.long_factor)],
-                          by_length=recipe.attention_by_length)
+                          extra_seeds=[carried / np.asarray(ext2.long_factor)], by_length=recipe.attention_by_length)
 
 
 def _search_on_top(recipe: Recipe, name: str, out: Path, spec: RotarySpec, base: RopeExtension, ft_dir: Path,
                    recorded: dict[str, Any], extra_seeds=(), by_length: bool = False) -> RopeExtension:
     """A search on the fine-tuned model `ft_dir` for a factor on top of the extension `base` it was
-    fine-tuned with (search2, search3); n_hat and the fine-tuned attention factor are kept."""
-    stage, where = getattr(recipe, name), out / DIRS[name]
-    settings = {**stage.settings(), **recorded, "dtype": recipe.dtype}
-    if by_length:  # recorded only when set: stages completed before it existed still match
-        settings["attention_by_length"] = True
-    if (done := _completed_search(name, where, settings, ft_dir)) is not None:
+    fine-tuned with (search2, search3): `on_top_plan`."""
+    settings = search_settings(recipe, name, recorded)
+    if (done := _completed_search(name, out / DIRS[name], settings, ft_dir)) is not None:
         return done
-    L, N1, N2 = spec.original_max_position_embeddings, base.max_position_embeddings, stage.target_length
-    scale = N2 / N1
-    lam1 = np.asarray(base.long_factor, dtype=np.float64)
-    # the weights adapted to the fine-tuned attention magnitude: keep it unless the recipe says otherwise
-    af = stage.attention_factor if stage.attention_factor is not None else attention_factor(base)
-    start = base.start_token  # the model was fine-tuned with this n_hat
-    # critical: dims below cd (periods shorter than the fine-tuned context N1) follow an NTK-like ramp
-    cd = rescaled_critical_dimension(spec.dim, spec.base, N1, lam1) if stage.variant == "critical" else 0
-    space = _space(stage, scale, stage.max_factor or 1.25 * scale, (start,), spec.half, cd)
-    below = f"stage{name.removeprefix('search')}_factor"  # the factor this stage searched, on top of `base`
-
-    def make(factors: np.ndarray, start_token: int) -> RopeExtension:
-        return RopeExtension(method="longrope", long_factor=(lam1 * factors).tolist(),
-                             original_max_position_embeddings=L, max_position_embeddings=N2,
-                             start_token=int(start_token), attention_factor=af, attention_by_length=by_length,
-                             metadata={**({"stage1_factor": lam1.tolist()} if name == "search2"
-                                          else {"base_factor": lam1.tolist()}),
-                                       below: [float(x) for x in factors]})
-
-    # the fine-tuned model's context is N1 now: PI/NTK/YaRN seeds for N1 -> N2
-    seeds = peer_seeds(RotarySpec(spec.dim, spec.base, N1), scale) + list(extra_seeds)
-    ext, seconds = _search(recipe, stage, where, settings, str(ft_dir), N2, make, space, seeds,
-                           {"stage": name, "model": ft_dir.name, "target_length": N2},
-                           f"{name}: {N1} -> {N2} (x the fine-tuned factors)", corpus=stage.corpus or recipe.corpus)
+    stage = getattr(recipe, name)
+    N1, N2 = base.max_position_embeddings, stage.target_length
+    plan = on_top_plan(spec, stage, stage.step, stage.max_factor, base, f"stage{name.removeprefix('search')}_factor",
+                       f"{name}: {N1} -> {N2} (x the fine-tuned factors)", extra_seeds, by_length)
+    ext, seconds = _search(recipe, name, settings, out, str(ft_dir), N2, plan,
+                           {"stage": name, "model": ft_dir.name, "target_length": N2})
     log(f"{name}: {N1} -> {N2} tokens, ppl {ext.metadata['search_perplexity']:.3f} ({seconds:.0f}s)")
     return ext
 
 
 def stage_readjust(recipe: Recipe, out: Path, spec: RotarySpec, ext1: RopeExtension, ext: RopeExtension,
                    ft_dir: Path) -> RopeExtension:
-    """4. short_factor: a search at the native length with a smaller upper bound (paper section 3.3)."""
-    stage, where = recipe.readjust, out / DIRS["readjust"]
-    settings = {**stage.settings(), "extension": ext.to_dict(), "dtype": recipe.dtype}
-    if (done := _completed_search("readjust", where, settings, ft_dir)) is not None:
+    """4. short_factor: a search at the native length with a smaller upper bound (paper section 3.3),
+    seeded with 1, the factors the model was fine-tuned with and the final ones."""
+    settings = search_settings(recipe, "readjust", {"extension": ext.to_dict()})
+    if (done := _completed_search("readjust", out / DIRS["readjust"], settings, ft_dir)) is not None:
         return done
-    L = spec.original_max_position_embeddings
+    stage, L = recipe.readjust, spec.original_max_position_embeddings
     bound = stage.max_factor or 1.25 * ext1.scale  # stage 1's bound: smaller than the final one (> 1)
-    space = _space(stage, bound, bound, (ext.start_token,), spec.half)
 
-    make = short_factor_candidate(ext)
-    # seeds: the original RoPE, the factors the model was fine-tuned with, and the final ones
-    seeds = [np.ones(spec.half), np.minimum(ext1.long_factor, bound), np.minimum(ext.long_factor, bound)]
     def keep_metadata(found: RopeExtension) -> RopeExtension:
         return found.with_(metadata=dict(ext.metadata) | {"short_search_perplexity": found.metadata["search_perplexity"]})
 
-    found, seconds = _search(recipe, stage, where, settings, str(ft_dir), L, make, space, seeds,
-                             {"stage": "readjust", "model": ft_dir.name, "length": L}, f"readjust short_factor at {L}",
-                             keep_metadata)
+    plan = short_plan(ext, stage.step, bound, [np.minimum(ext1.long_factor, bound), np.minimum(ext.long_factor, bound)],
+                      f"readjust short_factor at {L}", keep_metadata)
+    found, seconds = _search(recipe, "readjust", settings, out, str(ft_dir), L, plan,
+                             {"stage": "readjust", "model": ft_dir.name, "length": L})
     log(f"readjust: short_factor at {L} tokens, ppl {found.metadata['short_search_perplexity']:.3f} ({seconds:.0f}s)")
     return found
 
