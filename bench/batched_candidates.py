@@ -1,6 +1,6 @@
 """Several search candidates per forward pass: seconds per candidate-document for B = 1, 2, 4
 (and the automatic size on a GPU), side by side in one run, on a random model shaped like the
-`tiny` preset (4 layers, 256 wide, head dim 64, vocabulary 8192, native context 128) or a
+`tiny-128` preset (4 layers, 256 wide, head dim 64, vocabulary 8192, native context 128) or a
 loaded `--model`.
 
     OMP_NUM_THREADS=1 python bench/batched_candidates.py --target-length 1024 --dtype fp32
@@ -34,7 +34,7 @@ from longrope.seam import rotary_spec  # noqa: E402
 
 
 def random_tiny(device: str, dtype: torch.dtype):
-    """A seeded random Llama of the `tiny` preset's shape (no training, no download)."""
+    """A seeded random Llama of the `tiny-128` preset's shape (no training, no download)."""
     from transformers import LlamaConfig, LlamaForCausalLM
 
     torch.manual_seed(0)

@@ -15,6 +15,7 @@ import threading
 
 from .errors import UsageError
 from .readback import display
+from .version import __version__
 
 COMMAND_MODULES = [
     "longrope.commands.info",
@@ -67,6 +68,7 @@ def _close_progress_bars() -> None:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="longrope", description="Extend the context window of RoPE language models (LongRoPE).")
+    parser.add_argument("--version", action="version", version=f"longrope {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
     for name in COMMAND_MODULES:
         importlib.import_module(name).register(sub)

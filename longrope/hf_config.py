@@ -2,7 +2,7 @@
 
 Used by `longrope export`, by fine-tuning (its model directories carry the factors in
 config.json) and by every `--factors` flag. The exported config uses transformers' own
-`longrope` rope type (README, "Taking an extended model to transformers, vLLM and llama.cpp"):
+`longrope` rope type (docs/export.md):
 
     "rope_scaling": {"rope_type": "longrope", "short_factor": [d/2], "long_factor": [d/2],
                      "factor": s, "original_max_position_embeddings": L,

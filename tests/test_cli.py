@@ -19,6 +19,14 @@ def test_help_lists_subcommands():
         assert name in r.stdout
 
 
+def test_version_prints_the_version_stamp():
+    from longrope.version import __version__
+
+    r = run_cli("--version")
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.strip() == f"longrope {__version__}"
+
+
 @pytest.mark.parametrize(
     "argv,msg",
     [

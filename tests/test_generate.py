@@ -1,4 +1,4 @@
-"""Generation across the short/long switch (README, "Library"): keys cached with the
+"""Generation across the short/long switch (docs/library.md): keys cached with the
 short factors are stale once the sequence grows past the native context. greedy_generate must
 give exactly the tokens of a fresh full forward at every step."""
 import pytest

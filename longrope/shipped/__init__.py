@@ -1,6 +1,6 @@
 """Searched factors shipped with the package, usable by name wherever `--factors` is taken.
 
-Each `NAME.json` here is a factors file (README, "The factors file") whose `metadata`
+Each `NAME.json` here is a factors file (docs/factors-file.md) whose `metadata`
 names the model it was searched for (`model`, `rope_theta`, `rotary_dim`) and how it was
 found (search settings, candidates, cost). `--factors smollm2-135m-16k` resolves to
 `smollm2-135m-16k.json`; a model whose RoPE differs is refused when the factors are

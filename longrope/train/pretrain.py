@@ -108,7 +108,7 @@ class PretrainConfig:
 # The `tiny` preset: native 256 tokens, a small vocabulary and four 32-dim heads per layer, trained
 # on a mix that teaches copying (--copy-fraction) and retrieval (passkey rows whose answer weighs 10x).
 # It uses its context, breaks past it without extension and retrieves in its window; the measurements
-# that chose it are in the README ("How the `tiny` preset was chosen").
+# that chose it are in docs/results/tiny-testbed.md.
 TINY = dict(vocab_size=1024, n_embd=128, n_head=4, head_dim=32, intermediate_size=384, block_size=256,
             steps=2000, batch_size=16, lr=3e-3, min_lr=3e-4, passkey_fraction=0.4, copy_fraction=0.3,
             copy_reach=0.9, answer_weight=10.0,
