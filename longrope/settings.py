@@ -8,10 +8,11 @@ from dataclasses import dataclass
 
 from .data import CORPUS_HELP, DEFAULT_CORPUS, SPLIT_NAMES
 from .errors import UsageError
+from .evaluate.ppl import CHUNK_SIZE
+from .models.device import AUTO, DTYPES
 from .methods import METHODS
 from .options import check_options, option
 
-DTYPES = ("auto", "fp32", "bf16", "fp16")
 SPLITS = (*SPLIT_NAMES, "all")
 EVAL_SPLIT = "validation"  # what evaluations read by default: the search never scores on it
 # the longest sequence a length flag takes: 16M tokens, 8x LongRoPE's 2048k (a larger one is a typo,
@@ -20,7 +21,6 @@ MAX_LENGTH = 1 << 24
 OWN = "model"  # the method name of the factors a model carries
 DEFAULT_METHODS = ("none", "pi", "ntk", "yarn")
 PEERS = tuple(n for n in METHODS if n not in ("none", "longrope"))  # searched factors come as a file
-CHUNK_SIZE = 1024  # tokens per LM-head chunk: the loss never materialises [T, vocab] logits
 
 
 def default_lengths(native: int, up_to: int | None = None) -> list[int]:
@@ -40,7 +40,7 @@ class ModelOptions:
     """Which model, and how it computes."""
 
     model: str = option("tiny", "preset (tiny, tiny-128, smollm2-135m), Hugging Face model directory, or .gguf file")
-    dtype: str = option("auto", "compute dtype; auto = bf16 on GPUs and on CPUs with AMX or AVX512-BF16, else fp32",
+    dtype: str = option(AUTO, "compute dtype; auto = bf16 on GPUs and on CPUs with AMX or AVX512-BF16, else fp32",
                         choices=DTYPES)
     device: str | None = option(None, "torch device", default_help="cuda if available, else cpu")
 

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass
+from typing import Any, Callable, Sequence
 
-from ..options import option
+from ..options import add_options, option
 
 
 @dataclass(frozen=True)
@@ -15,6 +16,16 @@ class OutputOptions:
     out: str = option(dataclasses.MISSING, "output directory", metavar="DIR")
     resume: bool = option(False, "continue the run saved in --out (after a crash, Ctrl-C or SIGKILL)")
     force: bool = option(False, "replace --out if it exists (never an input of the run nor the current folder)")
+
+
+def add_command(sub, name: str, run: Callable, options: Sequence[Any], help: str, **parser_kwargs) -> None:
+    """A subcommand whose flags all come from option dataclasses: `options` holds classes, or
+    (class, add_options keywords) pairs; `parser_kwargs`: description, epilog."""
+    p = sub.add_parser(name, help=help, **parser_kwargs)
+    for item in options:
+        cls, kwargs = item if isinstance(item, tuple) else (item, {})
+        add_options(p, cls, **kwargs)
+    p.set_defaults(func=run)
 
 
 def print_table(rows: list[dict], row_key: str, col_key: str, value_key: str, fmt: str = "{:.2f}",

@@ -1,7 +1,11 @@
 """`longrope eval-ppl`: perplexity vs context length for several methods, as data and a plot.
 
-    longrope eval-ppl --by-position --out runs/quickstart                  # tiny: none/PI/NTK/YaRN at 1x-8x
-    longrope eval-ppl --model smollm2-135m --lengths 8192,16384 --methods yarn --factors smollm2-135m-16k
+Truncate each held-out document to each length and score it in one forward pass (or in sliding
+windows with --stride). Every peer method is configured for --target-length (default: the largest
+length), so shorter lengths show short-context regression. Writes results.json, results.csv and
+ppl_vs_length.png to --out (with --by-position also results_by_position.csv and
+ppl_by_position.png); a rerun reuses a finished cell only when the model files, documents (corpus,
+split, split seed, lengths), dtype, chunking and the method's factors are all the same.
 """
 from __future__ import annotations
 
@@ -19,11 +23,11 @@ from ..evaluate.frontend import (Store, check_methods, evaluation_documents, len
                                  run_info)
 from ..evaluate.runner import ppl_figures, run_cells
 from ..models.load import load_model, model_fingerprint
-from ..options import add_options, build, check_options, option
+from ..options import build, check_options, option
 from ..outputs import output_dir
 from ..plots import band_label, plot_ppl_by_position, plot_ppl_vs_length
 from ..settings import CorpusOptions, LengthOptions, LossOptions, ModelOptions
-from .common import OutputOptions, print_table
+from .common import OutputOptions, add_command, print_table
 
 OUTPUTS = ("results.json", "results.csv", "ppl_vs_length.png", "results_by_position.csv", "ppl_by_position.png")
 EXAMPLES = """\
@@ -53,20 +57,10 @@ class PerplexityOptions:
 
 
 def register(sub) -> None:
-    p = sub.add_parser(
-        "eval-ppl",
-        help="perplexity vs context length for peer methods and searched factors",
-        description="Truncate each held-out document to each length and score it in one forward pass "
-        "(or in sliding windows with --stride). Every peer method is configured for --target-length "
-        "(default: the largest length), so shorter lengths show short-context regression. "
-        "Writes results.json, results.csv and ppl_vs_length.png to --out (with --by-position also "
-        "results_by_position.csv and ppl_by_position.png); a rerun reuses a finished cell only when the "
-        "model files, documents (corpus, split, split seed, lengths), dtype, chunking and the method's "
-        "factors are all the same.", epilog=EXAMPLES)
-    for cls in OPTIONS:
-        add_options(p, cls)
-    add_options(p, OutputOptions, skip=("resume", "force"), out="runs/eval-ppl")
-    p.set_defaults(func=run)
+    add_command(sub, "eval-ppl", run,
+                [*OPTIONS, (OutputOptions, dict(skip=("resume", "force"), out="runs/eval-ppl"))],
+                help="perplexity vs context length for peer methods and searched factors",
+                description=__doc__, epilog=EXAMPLES)
 
 
 OPTIONS = (ModelOptions, CorpusOptions, LengthOptions, PerplexityOptions, LossOptions)

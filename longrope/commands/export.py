@@ -16,10 +16,10 @@ from ..export.gguf import export_gguf
 from ..export.hf import export_hf
 from ..export.vllm import serve_hint
 from ..hf_config import load_factors
-from ..options import add_options, build, option
+from ..options import build, option
 from ..outputs import check_destination, output_dir
 from ..settings import FactorsOption, ModelOptions
-from .common import OutputOptions
+from .common import OutputOptions, add_command
 
 
 @dataclass(frozen=True)
@@ -41,13 +41,11 @@ examples:
 
 
 def register(sub) -> None:
-    p = sub.add_parser("export", help="export a model with its RoPE extension for transformers/vLLM (hf) or llama.cpp (gguf)",
-                       epilog=EXAMPLES)
-    add_options(p, ModelOptions, skip=("dtype", "device"), required=("model",))
-    add_options(p, FactorsOption, required=("factors",))
-    add_options(p, ExportOptions)
-    add_options(p, OutputOptions, skip=("resume",))
-    p.set_defaults(func=run)
+    add_command(sub, "export", run,
+                [(ModelOptions, dict(skip=("dtype", "device"), required=("model",))),
+                 (FactorsOption, dict(required=("factors",))), ExportOptions, (OutputOptions, dict(skip=("resume",)))],
+                help="export a model with its RoPE extension for transformers/vLLM (hf) or llama.cpp (gguf)",
+                epilog=EXAMPLES)
 
 
 def run(args) -> int:

@@ -11,9 +11,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..errors import UsageError
-from ..options import add_options, option
+from ..options import option
 from ..outputs import EVERYTHING, output_dir
-from .common import OutputOptions
+from .common import OutputOptions, add_command
 from ..models.load import model_spec
 from ..recipe.config import load_recipe
 from ..recipe.stages import check_recipe_against_model, run_recipe
@@ -31,16 +31,15 @@ examples:
 """
 
 
-def register(subparsers) -> None:
-    p = subparsers.add_parser(
-        "extend", help="progressive extension recipe: search, fine-tune, search again, readjust, report",
-        description="Run the stages of a recipe YAML (see recipes/) into --out. Complete stages are skipped, "
+DESCRIPTION = ("Run the stages of a recipe YAML (see recipes/) into --out. Complete stages are skipped, "
         "an interrupted search or fine-tuning resumes where it stopped; a stage completed with other settings "
-        "is refused. Writes OUT/final (HF model directory) and OUT/report (report.json, report.md, report.png).",
-        epilog=EXAMPLES)
-    add_options(p, ExtendOptions)
-    add_options(p, OutputOptions, skip=("resume", "force"))
-    p.set_defaults(func=run)
+        "is refused. Writes OUT/final (HF model directory) and OUT/report (report.json, report.md, report.png).")
+
+
+def register(sub) -> None:
+    add_command(sub, "extend", run, [ExtendOptions, (OutputOptions, dict(skip=("resume", "force")))],
+                help="progressive extension recipe: search, fine-tune, search again, readjust, report",
+                description=DESCRIPTION, epilog=EXAMPLES)
 
 
 def run(args) -> int:

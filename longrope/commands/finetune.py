@@ -13,9 +13,9 @@ from pathlib import Path
 from ..factors import FACTORS_FILE
 from ..hf_config import load_factors
 from ..outputs import EVERYTHING, output_dir
-from ..options import add_options, build
+from ..options import build
 from ..settings import FactorsOption, ModelOptions
-from .common import OutputOptions
+from .common import OutputOptions, add_command
 from ..train.finetune import FinetuneConfig, check_covers, finetune, prepare_out
 
 EPILOG = """\
@@ -30,19 +30,18 @@ Checkpoints are accelerate states (sharded under FSDP/DeepSpeed); --resume reloa
 """
 
 
-def register(subparsers) -> None:
-    p = subparsers.add_parser(
-        "finetune", help="fine-tune at the extended length with rescaled RoPE (LongRoPE section 3.3)",
-        description="Train --model with the factors of --factors on corpus documents packed into --length-token "
+DESCRIPTION = ("Train --model with the factors of --factors on corpus documents packed into --length-token "
         "sequences (BOS/EOS between documents). Writes an HF model directory whose config carries the factors; "
         "without --factors the model's own (a directory written by finetune or extend), else the original RoPE. "
-        "Checkpoints go to OUT/checkpoints.",
-        epilog=EPILOG)
-    add_options(p, ModelOptions, skip=("dtype", "device"))  # the precision is --mixed-precision
-    add_options(p, FactorsOption, factors=None)
-    add_options(p, FinetuneConfig)
-    add_options(p, OutputOptions, skip=("force",))
-    p.set_defaults(func=run)
+        "Checkpoints go to OUT/checkpoints.")
+
+
+def register(sub) -> None:
+    add_command(sub, "finetune", run,
+                [(ModelOptions, dict(skip=("dtype", "device"))),  # the precision is --mixed-precision
+                 FactorsOption, FinetuneConfig, (OutputOptions, dict(skip=("force",)))],
+                help="fine-tune at the extended length with rescaled RoPE (LongRoPE section 3.3)",
+                description=DESCRIPTION, epilog=EPILOG)
 
 
 def run(args) -> int:

@@ -9,8 +9,9 @@ from ..models.load import load_model
 from ..models.presets import resolve_model
 from ..seam import rope_type_of, rotary_spec
 from ..shipped import shipped_for
-from ..options import add_options, option
+from ..options import option
 from ..settings import ModelOptions
+from .common import add_command
 
 
 @dataclass(frozen=True)
@@ -18,13 +19,13 @@ class InfoOptions:
     json: bool = option(False, "print as JSON")
 
 
+EXAMPLES = "examples:\n  longrope info --model smollm2-135m\n  longrope info --model runs/tiny-64x/final --json"
+
+
 def register(sub) -> None:
-    p = sub.add_parser("info", help="print a model's path, stored dtype and RoPE facts (architecture, head dim, base, context, "
-                        "rope type, carried factors)",
-                       epilog="examples:\n  longrope info --model smollm2-135m\n  longrope info --model runs/tiny-64x/final --json")
-    add_options(p, ModelOptions, skip=("dtype", "device"))  # it computes nothing
-    add_options(p, InfoOptions)
-    p.set_defaults(func=run)
+    add_command(sub, "info", run, [(ModelOptions, dict(skip=("dtype", "device"))), InfoOptions],  # computes nothing
+                help="print a model's path, stored dtype and RoPE facts (architecture, head dim, base, context, "
+                "rope type, carried factors)", epilog=EXAMPLES)
 
 
 def describe(model) -> dict:

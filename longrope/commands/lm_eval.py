@@ -14,9 +14,9 @@ from ..atomic import atomic_write_text
 from ..errors import UsageError
 from ..outputs import output_dir
 from ..evaluate.frontend import run_info
-from ..options import add_options, check_options, option
+from ..options import check_options, option
 from ..settings import FactorsOption, ModelOptions, TargetOptions
-from .common import OutputOptions
+from .common import OutputOptions, add_command
 
 OUTPUTS = ("results.json", "samples.jsonl")
 
@@ -52,19 +52,19 @@ class LmEvalOptions:
         check_options(self)
 
 
-def register(sub) -> None:
-    p = sub.add_parser(
-        "lm-eval", help="lm-evaluation-harness tasks on any extension, without exporting",
-        description="Run lm-evaluation-harness tasks on --model with one extension installed through longrope's "
+DESCRIPTION = ("Run lm-evaluation-harness tasks on --model with one extension installed through longrope's "
         "rotary seam, so what an export cannot carry stays in force (the start token n_hat, the short attention "
         "factor, attention_by_length, the short/long switch by length). Writes lm-eval's results (results.json) "
         "and its per-sample records (samples.jsonl, one line per sample with its task) to --out. Needs lm-eval "
-        "(pip install lm-eval).",
-        epilog=EPILOG)
-    for cls in (ModelOptions, TargetOptions, FactorsOption, LmEvalOptions):
-        add_options(p, cls)
-    add_options(p, OutputOptions, skip=("resume", "force"), out="runs/lm-eval")
-    p.set_defaults(func=run)
+        "(pip install lm-eval).")
+
+
+def register(sub) -> None:
+    add_command(sub, "lm-eval", run,
+                [ModelOptions, TargetOptions, FactorsOption, LmEvalOptions,
+                 (OutputOptions, dict(skip=("resume", "force"), out="runs/lm-eval"))],
+                help="lm-evaluation-harness tasks on any extension, without exporting",
+                description=DESCRIPTION, epilog=EPILOG)
 
 
 def _harness():

@@ -1,5 +1,11 @@
 """`longrope passkey`: passkey retrieval accuracy by length and needle depth.
 
+For each method and length, --trials prompts of that many tokens with a random 5-digit-or-less key
+at a random depth (seeded); greedy-decode up to 10 tokens (stopping at EOS) with a KV cache and
+count a hit when the first integer equals the key. Writes passkey.json and passkey.png (length x
+depth heat map) to --out; a rerun reuses a finished cell when the model files, dtype, trials, seed
+and the method's factors are the same.
+
     longrope passkey --model tiny --lengths 256,2048 --trials 100 --out runs/passkey
 """
 from __future__ import annotations
@@ -12,11 +18,11 @@ from ..evaluate.frontend import Store, check_methods, lengths_and_target, method
 from ..evaluate.passkey import wilson_interval
 from ..evaluate.runner import passkey_figures, run_cells
 from ..models.load import load_model, model_fingerprint
-from ..options import add_options, build, check_options, option
+from ..options import build, check_options, option
 from ..outputs import output_dir
 from ..plots import plot_depth_heatmap
 from ..settings import DepthOptions, LengthOptions, ModelOptions
-from .common import OutputOptions, print_table
+from .common import OutputOptions, add_command, print_table
 
 OUTPUTS = ("passkey.json", "passkey.png")
 EXAMPLES = """\
@@ -42,18 +48,10 @@ OPTIONS = (ModelOptions, LengthOptions, PasskeyOptions)
 
 
 def register(sub) -> None:
-    p = sub.add_parser(
-        "passkey",
-        help="passkey retrieval accuracy vs length (standard prompt, greedy decoding)",
-        description="For each method and length, --trials prompts of that many tokens with a random "
-        "5-digit-or-less key at a random depth (seeded); greedy-decode up to 10 tokens (stopping at EOS) with a KV "
-        "cache and count a hit when the first integer equals the key. Writes passkey.json and passkey.png "
-        "(length x depth heat map) to --out; a rerun reuses a finished cell when the model files, dtype, trials, "
-        "seed and the method's factors are the same.", epilog=EXAMPLES)
-    for cls in OPTIONS:
-        add_options(p, cls)
-    add_options(p, OutputOptions, skip=("resume", "force"), out="runs/passkey")
-    p.set_defaults(func=run)
+    add_command(sub, "passkey", run,
+                [*OPTIONS, (OutputOptions, dict(skip=("resume", "force"), out="runs/passkey"))],
+                help="passkey retrieval accuracy vs length (standard prompt, greedy decoding)",
+                description=__doc__, epilog=EXAMPLES)
 
 
 def run(args) -> int:

@@ -7,9 +7,9 @@ from pathlib import Path
 
 from ..errors import UsageError
 from ..outputs import output_dir, refuse_current_folder
-from ..options import add_options, build, flag_name, option
+from ..options import build, flag_name, option
 from ..settings import ModelOptions
-from .common import OutputOptions
+from .common import OutputOptions, add_command
 from ..train.pretrain import TINY, PretrainConfig, pretrain_tiny, read_training_record
 
 
@@ -19,21 +19,18 @@ def tiny_flags() -> str:
     return " ".join(f"{flag_name(fields[k])} {v:g}" for k, v in TINY.items() if k != "min_lr")
 
 
-def register(sub) -> None:
-    p = sub.add_parser(
-        "pretrain",
-        help="train a tiny reference Llama on a corpus, save an HF directory",
-        description="Train a BPE tokenizer and a small Llama from scratch on the search+validation splits of a "
+DESCRIPTION = ("Train a BPE tokenizer and a small Llama from scratch on the search+validation splits of a "
                     "corpus (the test split is held out), then save model, tokenizer and training.json. "
                     "The defaults make the tiny-128 preset (native context 128, about eight minutes on two idle "
                     f"CPU cores with bf16/AMX); the tiny preset is {tiny_flags()} "
-                    "(also about eight minutes). On a busy machine --threads 1 is usually faster.",
-    )
-    add_options(p, OutputOptions, out="runs/tiny")  # --resume: from OUT.checkpoints (every 100 steps and on Ctrl-C)
-    add_options(p, PretrainConfig)
-    add_options(p, ModelOptions, skip=("model", "device"))  # --dtype: training compute, bf16 autocast or fp32
-    add_options(p, QuietOption)
-    p.set_defaults(func=run)
+                    "(also about eight minutes). On a busy machine --threads 1 is usually faster.")
+
+
+def register(sub) -> None:
+    add_command(sub, "pretrain", run,
+                [(OutputOptions, dict(out="runs/tiny")),  # --resume: from OUT.checkpoints
+                 PretrainConfig, (ModelOptions, dict(skip=("model", "device"))), QuietOption],  # --dtype: training's
+                help="train a tiny reference Llama on a corpus, save an HF directory", description=DESCRIPTION)
 
 
 @dataclass(frozen=True)

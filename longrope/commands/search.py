@@ -32,7 +32,7 @@ from ..models.load import fingerprint_matches, load_model, model_fingerprint
 from ..rope import RotarySpec
 from ..search.distributed import (Dist, broadcast, close_distributed, distributed_evaluator, init_distributed,
                                   min_over_ranks)
-from ..options import add_options, build
+from ..options import build
 from ..search.cma import check_samples
 from ..search.driver import SearchJob, SearchOptions, drive, has_state, seed_scores
 from ..search.scored import SCORED_FILE
@@ -40,7 +40,7 @@ from ..search.evolution import HISTORY_FILE, PEER_SEED_NAMES, STATE_FILE, Search
 from ..search.fitness import search_documents
 from ..search.plan import Plan, SpaceOptions, long_plan, short_plan
 from ..settings import CorpusOptions, ModelOptions
-from .common import OutputOptions
+from .common import OutputOptions, add_command
 
 
 EPILOG = """\
@@ -55,22 +55,19 @@ CPU: torchrun --standalone --nproc-per-node 2 ... uses gloo and one thread per p
 """
 
 
-def register(subparsers) -> None:
-    p = subparsers.add_parser(
-        "search", help="evolutionary search for LongRoPE rescale factors (paper Algorithm 1)",
-        description="Search per-dimension RoPE rescale factors and the start token for a target context "
+DESCRIPTION = ("Search per-dimension RoPE rescale factors and the start token for a target context "
         "length, with perplexity on long documents (or on their last band, LongRoPE2's needle loss, or the "
         "passkey answer loss: --objective) as the fitness, by the paper's "
-        "evolutionary search or CMA-ES. Defaults are the paper's.",
-        epilog=EPILOG)
-    add_options(p, ModelOptions)
-    add_options(p, CorpusOptions, skip=("docs",), split=SPLIT_NAMES[0])  # its docs are SearchOptions'
+        "evolutionary search or CMA-ES. Defaults are the paper's.")
 
-    add_options(p, SpaceOptions, required=("target_length",))
-    add_options(p, SearchConfig)
-    add_options(p, SearchOptions)
-    add_options(p, OutputOptions, skip=("force",))
-    p.set_defaults(func=run)
+
+def register(sub) -> None:
+    add_command(sub, "search", run,
+                [ModelOptions, (CorpusOptions, dict(skip=("docs",), split=SPLIT_NAMES[0])),  # docs: SearchOptions'
+                 (SpaceOptions, dict(required=("target_length",))), SearchConfig, SearchOptions,
+                 (OutputOptions, dict(skip=("force",)))],
+                help="evolutionary search for LongRoPE rescale factors (paper Algorithm 1)",
+                description=DESCRIPTION, epilog=EPILOG)
 
 
 def run(args: argparse.Namespace) -> int:

@@ -14,11 +14,11 @@ from ..evaluate.tasks import (
     TASKS, Haystack, TaskPrompt, TaskSettings, TooShort, build_prompts, get_task, has_chat_template,
 )
 from ..models.load import load_model, model_fingerprint
-from ..options import add_options, build, option
+from ..options import build, option
 from ..outputs import output_dir
 from ..plots import plot_depth_heatmap
 from ..settings import CorpusOptions, DepthOptions, LengthOptions, ModelOptions
-from .common import OutputOptions, print_table
+from .common import OutputOptions, add_command, print_table
 
 # config entries that must match for a finished cell of an earlier run to be reused; each
 # cell also records its extension and a digest of its prompts
@@ -56,12 +56,11 @@ trained on passkey prompts only.
 
 
 def register(sub) -> None:
-    p = sub.add_parser("tasks", description=DESCRIPTION, epilog=EXAMPLES,
-                       help="synthetic long-context tasks (RULER-style needles, variable tracking) vs length")
-    for cls in OPTIONS:
-        add_options(p, cls, skip=("docs",))
-    add_options(p, OutputOptions, skip=("resume", "force"), out="runs/tasks")
-    p.set_defaults(func=run)
+    add_command(sub, "tasks", run,
+                [*((cls, dict(skip=("docs",))) for cls in OPTIONS),
+                 (OutputOptions, dict(skip=("resume", "force"), out="runs/tasks"))],
+                help="synthetic long-context tasks (RULER-style needles, variable tracking) vs length",
+                description=DESCRIPTION, epilog=EXAMPLES)
 
 
 def check_answer_room(tasks: list[str], lengths: list[int]) -> None:

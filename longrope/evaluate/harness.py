@@ -27,6 +27,7 @@ from .frontend import factor_files, method_names, method_variants
 from ..errors import UsageError, gist
 from ..generate import greedy_generate
 from ..methods import attention_factor_at_length, factors_at_length
+from ..models.device import AUTO
 from ..models.load import LoadedModel, load_model, model_spec
 from ..seam import install_rope
 from .runner import Variant
@@ -89,7 +90,7 @@ class LongRopeLM(HFLM):
     """
 
     def __init__(self, model: str | None = None, method: str | None = None, factors: str | None = None,
-                 target_length: int | None = None, dtype: str = "auto", device: str | None = None,
+                 target_length: int | None = None, dtype: str = AUTO, device: str | None = None,
                  pretrained: str | None = None, max_length: int | None = None, **kwargs: Any):
         model = str(model or pretrained or "tiny")
         check_choice(model, method, factors, target_length)

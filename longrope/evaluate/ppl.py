@@ -17,14 +17,18 @@ from torch import nn
 from . import Progress, no_progress
 
 
+CHUNK_SIZE = 1024  # tokens per LM-head chunk: the loss never materialises [T, vocab] logits
+
+
 @torch.inference_mode()
-def sequence_nll(model: nn.Module, input_ids: torch.Tensor, chunk_size: int = 1024) -> torch.Tensor:
+def sequence_nll(model: nn.Module, input_ids: torch.Tensor, chunk_size: int = CHUNK_SIZE) -> torch.Tensor:
     """Summed next-token NLL of each row. input_ids: [B, T] -> [B] float32 (T-1 targets per row)."""
     return band_nll(model, input_ids, [0, input_ids.shape[1]], chunk_size)[:, 0]
 
 
 @torch.inference_mode()
-def band_nll(model: nn.Module, input_ids: torch.Tensor, edges: Sequence[int], chunk_size: int = 1024) -> torch.Tensor:
+def band_nll(model: nn.Module, input_ids: torch.Tensor, edges: Sequence[int],
+             chunk_size: int = CHUNK_SIZE) -> torch.Tensor:
     """Summed next-token NLL of each row in each band of target positions, from one pass.
 
     Band j holds the tokens at positions [edges[j], edges[j+1]) (token t is predicted from
@@ -53,7 +57,7 @@ def band_nll(model: nn.Module, input_ids: torch.Tensor, edges: Sequence[int], ch
     return total[:, :n_bands]
 
 
-def document_nll(model: nn.Module, input_ids: torch.Tensor, chunk_size: int = 1024) -> tuple[float, int]:
+def document_nll(model: nn.Module, input_ids: torch.Tensor, chunk_size: int = CHUNK_SIZE) -> tuple[float, int]:
     """Summed NLL of one document and the number of scored tokens. input_ids: [1, T] or [T]."""
     if input_ids.dim() == 1:
         input_ids = input_ids[None]
@@ -63,7 +67,7 @@ def document_nll(model: nn.Module, input_ids: torch.Tensor, chunk_size: int = 10
 
 
 def sliding_window_nll(
-    model: nn.Module, ids: torch.Tensor, window: int, stride: int, chunk_size: int = 1024
+    model: nn.Module, ids: torch.Tensor, window: int, stride: int, chunk_size: int = CHUNK_SIZE
 ) -> tuple[float, int]:
     """NLL of a document longer than `window`, scored in windows advancing by `stride`.
 
@@ -114,7 +118,7 @@ def position_bands(length: int, native: int) -> list[int]:
 
 
 def band_mean_nlls(model: nn.Module, docs: Sequence[torch.Tensor], length: int, edges: Sequence[int],
-                   chunk_size: int = 1024, batch_size: int = 1,
+                   chunk_size: int = CHUNK_SIZE, batch_size: int = 1,
                    progress: Progress = no_progress) -> tuple[list[list[float]], list[int]]:
     """Mean token NLL of each document [T] truncated to `length` tokens, in each band of
     positions given by `edges` (`band_nll`), and the tokens each band holds per document;
@@ -132,7 +136,7 @@ def band_mean_nlls(model: nn.Module, docs: Sequence[torch.Tensor], length: int, 
     return out, counts
 
 
-def mean_nlls(model: nn.Module, docs: Sequence[torch.Tensor], length: int, chunk_size: int = 1024,
+def mean_nlls(model: nn.Module, docs: Sequence[torch.Tensor], length: int, chunk_size: int = CHUNK_SIZE,
               stride: int | None = None, batch_size: int = 1,
               progress: Progress = no_progress) -> tuple[list[float], int]:
     """Mean token NLL of each document [T], and the number of tokens scored.

@@ -22,11 +22,12 @@ import torch
 from tqdm import tqdm
 
 from ..factors import RopeExtension
+from ..models.device import AUTO
 from ..models.load import LoadedModel, load_model
 from ..seam import install_rope
 from . import Progress, no_progress
 from .passkey import run_trials
-from .ppl import band_mean_nlls, mean_nlls, perplexity, position_bands
+from .ppl import CHUNK_SIZE, band_mean_nlls, mean_nlls, perplexity, position_bands
 from .tasks import TaskPrompt, run_prompt
 
 
@@ -54,7 +55,7 @@ def run_cells(
     shared: LoadedModel | None = None,
     done: dict[Key, Cell] | None = None,
     on_cell: Callable[[dict[Key, Cell]], None] = lambda cells: None,
-    dtype: str = "auto",
+    dtype: str = AUTO,
     desc: str = "evaluate",
     by_length: bool = False,
 ) -> dict[Key, Cell]:
@@ -98,7 +99,7 @@ def run_cells(
     return {k: cells[k] for k in grid}
 
 
-def ppl_figures(model: torch.nn.Module, docs: Sequence[torch.Tensor], length: int, chunk_size: int = 1024,
+def ppl_figures(model: torch.nn.Module, docs: Sequence[torch.Tensor], length: int, chunk_size: int = CHUNK_SIZE,
                 stride: int | None = None, native: int | None = None,
                 progress: Progress = no_progress) -> dict[str, Any]:
     """Perplexity of documents at one length: ppl, mean NLL, each document's NLL, tokens, seconds.

@@ -46,14 +46,18 @@ def auto_half_dtype(device: str | torch.device = "cpu") -> torch.dtype | None:
     return torch.bfloat16 if cpu_has_fast_bf16() else None
 
 
+AUTO = "auto"  # the default dtype: bf16 where the hardware runs it fast, else fp32
+DTYPES = (AUTO, "fp32", "bf16", "fp16")
+
+
 def resolve_dtype(dtype: str, device: str | torch.device = "cpu") -> torch.dtype:
     """'auto' picks bf16 where the hardware runs it fast (CUDA with bf16, or an AMX CPU)."""
     named = {"fp32": torch.float32, "float32": torch.float32, "bf16": torch.bfloat16,
              "bfloat16": torch.bfloat16, "fp16": torch.float16, "float16": torch.float16}
     if dtype in named:
         return named[dtype]
-    if dtype != "auto":
-        raise UsageError(f"unknown dtype {dtype!r}; choose auto, fp32, bf16 or fp16")
+    if dtype != AUTO:
+        raise UsageError(f"unknown dtype {dtype!r}; choose {', '.join(DTYPES)}")
     return auto_half_dtype(device) or torch.float32
 
 

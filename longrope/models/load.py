@@ -20,7 +20,7 @@ from ..factors import FACTORS_FILE, RopeExtension
 from ..hf_config import carried_extension, load_factors
 from ..rope import RotarySpec
 from ..seam import install_rope, rotary_slots, rotary_spec, rotary_spec_from_config
-from .device import check_device, default_device, resolve_dtype
+from .device import AUTO, check_device, default_device, resolve_dtype
 from .presets import ModelSource, resolve_model
 from .cache import cache_dir, file_lock
 from ..atomic import atomic_write_json
@@ -50,27 +50,27 @@ def _offline_transformers():
 def load_config(name_or_path: str | os.PathLike | ModelSource):
     """The transformers config of a model, without its weights (UsageError if unreadable)."""
     source = name_or_path if isinstance(name_or_path, ModelSource) else resolve_model(str(name_or_path))
-    transformers = _offline_transformers()
-    kwargs = {"gguf_file": source.gguf_file} if source.gguf_file else {}
-    try:
-        return transformers.AutoConfig.from_pretrained(str(source.path), **kwargs)
-    except (OSError, ValueError, KeyError, TypeError) as e:
-        raise UsageError(f"cannot read the config of {str(source.path)!r}: {gist(e)}") from None
-    except Exception as e:  # huggingface_hub's field validation errors derive from Exception alone
-        if type(e).__module__.split(".")[0] != "huggingface_hub":
-            raise
-        raise UsageError(f"cannot read the config of {str(source.path)!r}: {gist(e)}") from None
+    return _from_pretrained("AutoConfig", source, f"read the config of {str(source.path)!r}")
 
 
 def load_tokenizer(name_or_path: str):
     """The tokenizer of a model alone (cheap: no weights), UsageError if it has none."""
-    source = resolve_model(name_or_path)
+    return _from_pretrained("AutoTokenizer", resolve_model(name_or_path), f"load the tokenizer of {name_or_path!r}")
+
+
+def _from_pretrained(auto: str, source: ModelSource, what: str):
+    """transformers' Auto* class `auto` from a model folder (or its .gguf), offline; UsageError
+    saying it cannot `what` when the files are not what it reads."""
     transformers = _offline_transformers()
     kwargs = {"gguf_file": source.gguf_file} if source.gguf_file else {}
     try:
-        return transformers.AutoTokenizer.from_pretrained(str(source.path), **kwargs)
+        return getattr(transformers, auto).from_pretrained(str(source.path), **kwargs)
     except (OSError, ValueError, KeyError, TypeError) as e:
-        raise UsageError(f"cannot load the tokenizer of {name_or_path!r}: {gist(e)}") from None
+        raise UsageError(f"cannot {what}: {gist(e)}") from None
+    except Exception as e:  # huggingface_hub's field validation errors derive from Exception alone
+        if type(e).__module__.split(".")[0] != "huggingface_hub":
+            raise
+        raise UsageError(f"cannot {what}: {gist(e)}") from None
 
 
 def model_spec(name_or_path: str) -> RotarySpec:
@@ -79,7 +79,7 @@ def model_spec(name_or_path: str) -> RotarySpec:
 
 
 def load_model(
-    name_or_path: str, dtype: str = "auto", device: str | None = None, need_tokenizer: bool = True
+    name_or_path: str, dtype: str = AUTO, device: str | None = None, need_tokenizer: bool = True
 ) -> LoadedModel:
     """Load a model by preset name, HF model directory or .gguf file, in eval mode with SDPA.
     With need_tokenizer=False a directory without a tokenizer loads with tokenizer None."""

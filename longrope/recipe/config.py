@@ -118,29 +118,27 @@ class RecipeOptions(ModelOptions, CorpusOptions):
 TOP_EXCLUDED = ("device", "split", "docs")  # flags of those classes that are no recipe key
 
 
-@dataclass
-class Recipe:
-    model: str
-    search: SearchStage
-    finetune: FinetuneConfig
-    corpus: str | None = None
-    split_seed: int = 0
-    dtype: str = "auto"  # searches and evaluation; fine-tuning keeps fp32 weights + autocast
+@dataclass(frozen=True)
+class Recipe(RecipeOptions):
+    """The top-level keys (dtype: searches and evaluation; fine-tuning keeps fp32 weights and
+    autocasts) and the stages. attention_by_length: the final factors' long attention factor
+    follows the length in force past the native context (RopeExtension.attention_by_length)
+    instead of staying the fine-tuned one."""
+
+    search: SearchStage | None = None  # required: parse_recipe refuses a recipe without it
+    finetune: FinetuneConfig | None = None  # required likewise
     search2: SearchStage | None = None
     finetune2: FinetuneConfig | None = None  # continues from `finetune`'s model with the final factors
     readjust: ReadjustStage | None = None
     evaluate: EvaluateStage | None = None
     search3: SearchStage | None = None  # on the last fine-tuned model, with no fine-tuning after it
-    # the final factors' long attention factor follows the length in force past the native context
-    # (RopeExtension.attention_by_length) instead of staying the fine-tuned one
-    attention_by_length: bool = False
 
     @property
     def final_target(self) -> int:
         return (self.search3 or self.search2 or self.search).target_length
 
     def to_dict(self) -> dict[str, Any]:
-        d = asdict(self)
+        d = {k: v for k, v in asdict(self).items() if k not in TOP_EXCLUDED}
         if self.search3 is None:  # recorded only when there: recipe.json of earlier runs reads the same
             del d["search3"]
         for name in ("search", "search2", "search3", "readjust"):
@@ -259,9 +257,8 @@ def parse_recipe(data: Any, source: str = "recipe") -> Recipe:
     readjust = from_mapping(ReadjustStage, stages["readjust"], "readjust", NOT_RECIPE_KEYS) if "readjust" in names \
         else None
     evaluate = _evaluate_stage(stages, search3) if "evaluate" in names else None
-    return Recipe(model=top.model, corpus=top.corpus, split_seed=top.split_seed, dtype=top.dtype, search=search,
-                  finetune=finetune, search2=search2, finetune2=finetune2, search3=search3, readjust=readjust,
-                  evaluate=evaluate, attention_by_length=top.attention_by_length)
+    return Recipe(**{f.name: getattr(top, f.name) for f in fields(RecipeOptions)}, search=search, finetune=finetune,
+                  search2=search2, finetune2=finetune2, search3=search3, readjust=readjust, evaluate=evaluate)
 
 
 def load_recipe(path: str | Path) -> Recipe:

@@ -24,6 +24,7 @@ from tqdm.auto import tqdm
 
 from ..version import __version__
 from ..data import tokens_fingerprint
+from ..evaluate.ppl import CHUNK_SIZE
 from ..errors import UsageError
 from ..factors import RopeExtension
 from ..methods import attention_factor, ntk_factors, pi_factors, yarn_factors
@@ -54,7 +55,7 @@ class SearchOptions:
     docs: int = option(5, "K search documents (as the paper)", min=1, max=10_000)
     step: float = option(0.01, "grid step of the factors", above=0)
     max_factor: float | None = option(None, "upper bound of lambda", default_help="1.25*s", above=1)
-    chunk_size: int = option(1024, "tokens per LM-head chunk in the loss", min=1)
+    chunk_size: int = option(CHUNK_SIZE, "tokens per LM-head chunk in the loss", min=1)
     optimizer: str = option("ga", "ga: the paper's evolutionary search; cma: CMA-ES (cmaes) on a monotone "
                             "parametrization of the same genome, mutations + crossovers samples per generation",
                             choices=tuple(OPTIMIZERS))
