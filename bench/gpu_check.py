@@ -119,7 +119,8 @@ def search_step(args) -> None:
     from longrope.commands.search import search_space
     from longrope.models.load import load_model
     from longrope.search.driver import SearchJob, SearchOptions, drive
-    from longrope.search.evolution import SearchConfig, peer_seeds
+    from longrope.search.loop import peer_seeds
+    from longrope.search.state import SearchConfig
     from longrope.search.fitness import long_factor_candidate, search_documents
 
     lm = load_model(args.model, dtype=args.dtype, device=args.device)

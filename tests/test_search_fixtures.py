@@ -32,6 +32,9 @@ import torch
 from longrope.cli import main
 from longrope.rope import RotarySpec
 from longrope.search.genes import SearchSpace, critical_dimension
+from longrope.search.loop import OPTIMIZERS, peer_seeds, run_search
+from longrope.search.scoring import Scoring
+from longrope.search.state import SearchConfig
 from longrope.version import __version__
 
 from conftest import make_corpus, make_tiny_model_dir
@@ -202,9 +205,6 @@ SYNTHETIC = {  # name -> (space, config, objective, documents)
 
 
 def synthetic_state(optimizer: str, case: str) -> dict:
-    from longrope.search.driver import OPTIMIZERS
-    from longrope.search.evolution import SearchConfig, peer_seeds
-
     space_kw, config_kw, objective = SYNTHETIC[case]
     space_kw = {"half": 32, "scale": 8.0, "max_factor": 10.0, **space_kw}
     if space_kw.get("variant") == "critical":
@@ -213,7 +213,7 @@ def synthetic_state(optimizer: str, case: str) -> dict:
     config = SearchConfig(**{"population": 16, "parents": 8, "mutations": 4, "crossovers": 4, "iterations": 8,
                              "seed": 5, **config_kw})
     seeds = peer_seeds(RotarySpec(2 * space.half, 10000.0, 128), space.scale)
-    return OPTIMIZERS[optimizer](space, config, objective(), len(DOCS), seeds).to_dict()
+    return run_search(OPTIMIZERS[optimizer](space, config), Scoring(objective(), len(DOCS)), seeds).to_dict()
 
 
 def synthetic_record(state: dict) -> dict:

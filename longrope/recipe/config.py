@@ -37,7 +37,7 @@ from ..methods import get_method
 from ..options import check_options, option, rename_flags
 from ..search.cma import check_samples
 from ..search.driver import DEFAULT_METHOD, SearchOptions
-from ..search.evolution import ADDED_SETTINGS, SearchConfig
+from ..search.state import ADDED_SETTINGS, SearchConfig
 from ..train.finetune import FinetuneConfig
 
 NOT_RECIPE_KEYS = ("reject_slack",)  # SearchConfig fields a recipe does not set
@@ -221,8 +221,8 @@ def _finetune_stage(stages: dict, name: str, corpus: str | None, split_seed: int
     return cfg
 
 
-def parse_recipe(data: Any, source: str = "recipe") -> Recipe:
-    """A Recipe from the parsed YAML; UsageError (one line) on anything malformed."""
+def _top_level(data: Any, source: str) -> tuple[str, str | None, int, str, bool]:
+    """The recipe's top-level settings: model, corpus, split_seed, dtype, attention_by_length."""
     if not isinstance(data, dict):
         raise UsageError(f"{source}: expected a mapping with 'model' and 'stages'")
     top = {"model", "corpus", "split_seed", "dtype", "attention_by_length", "stages"}
@@ -241,7 +241,11 @@ def parse_recipe(data: Any, source: str = "recipe") -> Recipe:
     if dtype not in ("auto", "fp32", "bf16", "fp16"):
         raise UsageError(f"recipe: dtype must be auto, fp32, bf16 or fp16, got {dtype!r}")
     attention_by_length = _check_value(data.get("attention_by_length", False), bool, "attention_by_length")
+    return model, corpus, split_seed, dtype, attention_by_length
 
+
+def _stages(data: dict) -> dict:
+    """The recipe's stages: known names, in order, the required ones present."""
     stages = data.get("stages")
     if not isinstance(stages, dict):
         raise UsageError("recipe: 'stages' must be a mapping of stage name -> settings")
@@ -258,7 +262,31 @@ def parse_recipe(data: Any, source: str = "recipe") -> Recipe:
     for name in REQUIRED_STAGES:
         if name not in stages:
             raise UsageError(f"recipe: stage {name!r} is required")
+    return stages
 
+
+def _check_evaluate(evaluate: EvaluateStage, search3: SearchStage | None) -> None:
+    """UsageError on evaluate settings that cannot run (lengths, split, methods, peers without search3)."""
+    if evaluate.lengths is not None and (not evaluate.lengths or min(evaluate.lengths) < 2):
+        raise UsageError("recipe: evaluate.lengths must be a non-empty list of lengths >= 2")
+    if evaluate.split not in ("search", "validation", "test", "all"):
+        raise UsageError("recipe: evaluate.split must be search, validation, test or all")
+    for key in ("baselines", "peers"):
+        for name in getattr(evaluate, key):
+            try:
+                get_method(name)
+            except UsageError as e:
+                raise UsageError(f"recipe: evaluate.{key}: {e}") from None
+    if evaluate.peers and search3 is None:
+        raise UsageError("recipe: evaluate.peers are applied in place of search3; the recipe has no search3")
+    if (evaluate.passkey_long_trials is None) != (evaluate.passkey_long_length is None):
+        raise UsageError("recipe: evaluate.passkey_long_trials and evaluate.passkey_long_length go together")
+
+
+def parse_recipe(data: Any, source: str = "recipe") -> Recipe:
+    """A Recipe from the parsed YAML; UsageError (one line) on anything malformed."""
+    model, corpus, split_seed, dtype, attention_by_length = _top_level(data, source)
+    stages = _stages(data)
     search = _build(SearchStage, stages["search"], "search", NOT_RECIPE_KEYS)
     _check_search(search, "search")
     finetune = _finetune_stage(stages, "finetune", corpus, split_seed)
@@ -304,20 +332,7 @@ def parse_recipe(data: Any, source: str = "recipe") -> Recipe:
         if "readjust" in stages else None
     evaluate = _build(EvaluateStage, stages["evaluate"], "evaluate") if "evaluate" in stages else None
     if evaluate is not None:
-        if evaluate.lengths is not None and (not evaluate.lengths or min(evaluate.lengths) < 2):
-            raise UsageError("recipe: evaluate.lengths must be a non-empty list of lengths >= 2")
-        if evaluate.split not in ("search", "validation", "test", "all"):
-            raise UsageError("recipe: evaluate.split must be search, validation, test or all")
-        for key in ("baselines", "peers"):
-            for name in getattr(evaluate, key):
-                try:
-                    get_method(name)
-                except UsageError as e:
-                    raise UsageError(f"recipe: evaluate.{key}: {e}") from None
-        if evaluate.peers and search3 is None:
-            raise UsageError("recipe: evaluate.peers are applied in place of search3; the recipe has no search3")
-        if (evaluate.passkey_long_trials is None) != (evaluate.passkey_long_length is None):
-            raise UsageError("recipe: evaluate.passkey_long_trials and evaluate.passkey_long_length go together")
+        _check_evaluate(evaluate, search3)
     return Recipe(model=model, corpus=corpus, split_seed=split_seed, dtype=dtype, search=search,
                   finetune=finetune, search2=search2, finetune2=finetune2, search3=search3, readjust=readjust,
                   evaluate=evaluate, attention_by_length=attention_by_length)

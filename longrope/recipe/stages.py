@@ -45,7 +45,8 @@ from ..options import build
 from ..models.load import fingerprint_matches, load_model, load_tokenizer, model_fingerprint, model_spec
 from ..rope import RotarySpec
 from ..search.driver import SearchJob, SearchOptions, drive, has_state
-from ..search.evolution import SearchConfig, SearchState, carried_seed, peer_seeds
+from ..search.loop import carried_seed, peer_seeds
+from ..search.state import SearchConfig, SearchState
 from ..search.fitness import MakeExtension, long_factor_candidate, search_documents, short_factor_candidate
 from ..search.genes import START_TOKENS, SearchSpace, critical_dimension, rescaled_critical_dimension
 from ..train.finetune import finetune, has_checkpoint, is_complete, original_rope_below_native, with_defaults
