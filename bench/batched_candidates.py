@@ -27,7 +27,8 @@ sys.path.insert(0, str(ROOT))
 
 from longrope.atomic import atomic_write_json  # noqa: E402
 from longrope.models.device import resolve_dtype  # noqa: E402
-from longrope.search.evolution import peer_seeds, score_rows  # noqa: E402
+from longrope.search.loop import peer_seeds  # noqa: E402
+from longrope.search.scoring import Scoring, score_rows  # noqa: E402
 from longrope.search.fitness import PerplexityObjective, auto_candidates_per_forward, long_factor_candidate  # noqa: E402
 from longrope.search.genes import SearchSpace  # noqa: E402
 from longrope.seam import rotary_spec  # noqa: E402
@@ -85,7 +86,7 @@ def main():
         if args.device.startswith("cuda"):
             torch.cuda.synchronize()
         t0 = time.perf_counter()
-        evals = score_rows(objective, factors, starts, len(docs), None, B)
+        evals = score_rows(Scoring(objective, len(docs)), factors, starts, None, B)
         seconds = time.perf_counter() - t0
         losses = np.array([e.doc_losses for e in evals])
         reference = losses if reference is None else reference

@@ -118,7 +118,8 @@ def search_step(args) -> None:
     from longrope.search.plan import SpaceOptions, long_plan
     from longrope.models.load import load_model
     from longrope.search.driver import SearchJob, SearchOptions, drive
-    from longrope.search.evolution import SearchConfig, peer_seeds
+    from longrope.search.loop import peer_seeds
+    from longrope.search.state import SearchConfig
     from longrope.search.fitness import long_factor_candidate, search_documents
 
     lm = load_model(args.model, dtype=args.dtype, device=args.device)

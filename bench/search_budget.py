@@ -54,7 +54,8 @@ from longrope.readback import read_json_or_none  # noqa: E402
 from longrope.models.load import load_model  # noqa: E402
 from longrope.plots import label_axes, pyplot, save_and_close  # noqa: E402
 from longrope.search.driver import SearchJob, SearchOptions, drive, has_state  # noqa: E402
-from longrope.search.evolution import SearchConfig, SearchState, peer_seeds  # noqa: E402
+from longrope.search.loop import peer_seeds  # noqa: E402
+from longrope.search.state import SearchConfig, SearchState  # noqa: E402
 from longrope.search.fitness import long_factor_candidate, search_documents  # noqa: E402
 from longrope.seam import install_rope  # noqa: E402
 

@@ -38,7 +38,10 @@ from longrope.atomic import atomic_write_json  # noqa: E402
 from longrope.models.load import load_model  # noqa: E402
 from longrope.seam import install_rope  # noqa: E402
 from longrope.search.distributed import close_distributed, distributed_evaluator, init_distributed  # noqa: E402
-from longrope.search.evolution import SearchConfig, peer_seeds, run_search  # noqa: E402
+from longrope.search.evolution import Genetic  # noqa: E402
+from longrope.search.loop import peer_seeds, run_search  # noqa: E402
+from longrope.search.scoring import Scoring  # noqa: E402
+from longrope.search.state import SearchConfig  # noqa: E402
 from longrope.search.fitness import PerplexityObjective, long_factor_candidate, search_documents  # noqa: E402
 from longrope.search.genes import START_TOKENS, SearchSpace  # noqa: E402
 
@@ -60,8 +63,8 @@ def timed_search(objective, space, config, num_docs, seeds, evaluate_batch=None)
     stamps = []
     kwargs = {} if evaluate_batch is None else {"evaluate_batch": evaluate_batch}
     t0 = time.perf_counter()
-    state = run_search(space, config, objective, num_docs, seeds, on_generation=lambda s: stamps.append(
-        time.perf_counter()), **kwargs)
+    state = run_search(Genetic(space, config), Scoring(objective, num_docs), seeds,
+                       on_generation=lambda s: stamps.append(time.perf_counter()), **kwargs)
     return state, np.diff([t0] + stamps)
 
 

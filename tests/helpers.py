@@ -16,3 +16,12 @@ def one_line_error(capsys, code: int, *fragments: str) -> str:
     for fragment in fragments:
         assert fragment in last, last
     return last
+
+
+def search(optimizer: str, space, config, objective, num_docs: int, seeds, **kwargs):
+    """A search by the optimizer named `optimizer` (`OPTIMIZERS`) on a bare objective scoring
+    `num_docs` documents; `run_search`'s other arguments as keywords."""
+    from longrope.search.loop import OPTIMIZERS, run_search
+    from longrope.search.scoring import Scoring
+
+    return run_search(OPTIMIZERS[optimizer](space, config), Scoring(objective, num_docs), seeds, **kwargs)

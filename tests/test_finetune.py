@@ -7,7 +7,8 @@ import torch
 
 from longrope.cli import main
 from longrope.factors import RopeExtension
-from longrope.train.finetune import FinetuneConfig, PackedBatches, finetune, lr_at
+from longrope.train.finetune import FinetuneConfig, PackedBatches, finetune
+from longrope.train.toolkit import lr_at
 
 
 def pi_extension(length: int, native: int = 32, half: int = 8, start_token: int = 0) -> RopeExtension:

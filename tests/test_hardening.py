@@ -623,7 +623,7 @@ def test_step_boundary_leaves_an_ignored_signal_ignored_and_defers_sigterm():
     import os
     import signal
 
-    from longrope.train.toolkit import StepBoundary, StepInterrupted
+    from longrope.train.loop import StepBoundary, StepInterrupted
 
     said = []
     old = signal.signal(signal.SIGINT, signal.SIG_IGN)  # e.g. a background job of a script

@@ -7,8 +7,8 @@ import torch
 
 from longrope.data import load_corpus
 from longrope.errors import UsageError
-from longrope.train.pretrain import Batches, PretrainConfig, lr_at, pretrain_tiny, train_tokenizer
-from longrope.train.toolkit import next_token_loss
+from longrope.train.pretrain import Batches, PretrainConfig, pretrain_tiny, train_tokenizer
+from longrope.train.toolkit import lr_at, next_token_loss
 
 
 pytestmark = pytest.mark.usefixtures("isolated_cache")
@@ -140,6 +140,26 @@ def test_pretrain_command(tmp_path, small_corpus, capsys):
     assert main(["pretrain", "--out", str(tmp_path / "n"), "--steps", "0", "--corpus", str(small_corpus)]) == 2
 
 
+def test_a_loss_that_stops_being_finite_stops_pretraining_with_one_line(tmp_path, small_corpus, capsys, monkeypatch):
+    import longrope.train.pretrain as pt
+    from longrope.cli import main
+
+    from helpers import one_line_error
+
+    real = pt._train_step
+
+    def step(model, opt, batches, cfg_, i, *rest):
+        loss = real(model, opt, batches, cfg_, i, *rest)
+        return float("nan") if i == 2 else loss
+
+    monkeypatch.setattr(pt, "_train_step", step)
+    out = tmp_path / "m"
+    code = main(["pretrain", "--out", str(out), "--steps", "4", "--batch-size", "2", "--corpus", str(small_corpus),
+                 "--vocab-size", "320", "--layers", "1", "--passkey-trials", "0", "--quiet"])
+    one_line_error(capsys, code, "diverged at step 2: loss nan")
+    assert not out.exists() and not (tmp_path / "m.checkpoints").exists()  # a diverged model is never saved
+
+
 def test_the_help_s_flags_for_the_tiny_preset_make_its_config():
     """`longrope pretrain --help` spells out the tiny preset's flags; they must build pretrain.TINY."""
     import re
@@ -173,10 +193,11 @@ def test_interrupted_pretraining_resumes_to_the_same_weights(tmp_path, small_cor
     real, calls = pt._train_step, []
 
     def step(model, opt, batches, cfg_, i, *rest):
-        real(model, opt, batches, cfg_, i, *rest)
+        loss = real(model, opt, batches, cfg_, i, *rest)
         calls.append(i)
         if i == 6 and len(calls) == 7:
             os.kill(os.getpid(), signal.SIGINT)  # after the step's update, before it is counted
+        return loss
 
     monkeypatch.setattr(pt, "_train_step", step)
     ckpt = tmp_path / "part.checkpoints"
@@ -230,10 +251,11 @@ def test_a_second_ctrl_c_keeps_the_last_periodic_checkpoint(tmp_path, small_corp
     real = pt._train_step
 
     def step(model, opt, batches, cfg_, i, *rest):
-        real(model, opt, batches, cfg_, i, *rest)
+        loss = real(model, opt, batches, cfg_, i, *rest)
         if i == 7:
             os.kill(os.getpid(), signal.SIGINT)
             os.kill(os.getpid(), signal.SIGINT)  # the second stops at once, mid-step
+        return loss
 
     monkeypatch.setattr(pt, "_train_step", step)
     ckpt = tmp_path / "part.checkpoints"

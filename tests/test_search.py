@@ -12,20 +12,12 @@ from hypothesis import strategies as st
 from longrope.errors import UsageError
 from longrope.methods import ntk_factors, pi_factors, yarn_factors
 from longrope.rope import RotarySpec
-from longrope.search.evolution import (
-    Evaluation,
-    RaceRule,
-    Record,
-    RejectRule,
-    SearchConfig,
-    SearchState,
-    peer_seeds,
-    reject_rule,
-    run_search,
-    score_candidate,
-    top_k,
-)
+from longrope.search.loop import peer_seeds
+from longrope.search.scoring import RaceRule, RejectRule, Scoring, reject_rule, score_candidate
+from longrope.search.state import Evaluation, Record, SearchConfig, SearchState, top_k
 from longrope.search.genes import Genome, SearchSpace, critical_dimension, rescaled_critical_dimension
+
+from helpers import search
 
 SPEC = RotarySpec(dim=64, base=10000.0, original_max_position_embeddings=128)
 SMALL = SearchConfig(population=16, parents=8, mutations=4, crossovers=4, iterations=6, seed=0)
@@ -168,7 +160,7 @@ def test_bad_space_and_config():
 def test_paper_defaults_improve_on_every_seed_in_milliseconds():
     space = space_of("longrope")
     objective = quadratic(32, 8.0)
-    state = run_search(space, SearchConfig(), objective, 3, peer_seeds(SPEC, 8.0))
+    state = search("ga", space, SearchConfig(), objective, 3, peer_seeds(SPEC, 8.0))
     assert state.generation == 40
     # ~ P + T * (N1 + N2) = 64 + 40*32 candidates (fewer only if a draw repeats a vector)
     assert 1200 <= len(state.history) <= 64 + 40 * 32
@@ -190,7 +182,7 @@ def test_reject_rule_bounds_the_final_mean():
             calls.append(x)
             yield x
 
-    ev = score_candidate(objective, np.ones(4), 0, 3, rule)
+    ev = score_candidate(Scoring(objective, 3), np.ones(4), 0, rule)
     assert ev.rejected and len(ev.doc_losses) == 1 and ev.loss == math.inf and len(calls) == 1
 
 
@@ -219,9 +211,9 @@ def test_race_rule_is_a_paired_one_sided_bound_fixed_from_history():
 def test_early_rejection_scores_fewer_documents_and_keeps_the_result():
     space, objective = space_of("longrope"), quadratic(32, 8.0, docs=(1.0, 3.0, 0.5, 2.0, 1.5))
     cfg = SearchConfig(population=32, parents=16, mutations=8, crossovers=8, iterations=15)
-    full = run_search(space, SearchConfig(**{**cfg.__dict__, "early_reject": False}), objective, 5,
-                      peer_seeds(SPEC, 8.0))
-    fast = run_search(space, cfg, objective, 5, peer_seeds(SPEC, 8.0))
+    full = search("ga", space, SearchConfig(**{**cfg.__dict__, "early_reject": False}), objective, 5,
+                  peer_seeds(SPEC, 8.0))
+    fast = search("ga", space, cfg, objective, 5, peer_seeds(SPEC, 8.0))
     docs_full = sum(len(r.evaluation.doc_losses) for r in full.history)
     docs_fast = sum(len(r.evaluation.doc_losses) for r in fast.history)
     assert docs_fast < docs_full
@@ -234,23 +226,23 @@ def test_early_rejection_scores_fewer_documents_and_keeps_the_result():
 # -- checkpoint and resume --------------------------------------------------------------------
 def test_resume_with_another_config_is_refused(tmp_path):
     space, objective = space_of("longrope"), quadratic(32, 8.0)
-    state = run_search(space, SMALL, objective, 3, peer_seeds(SPEC, 8.0), describe={"model": "a"})
+    state = search("ga", space, SMALL, objective, 3, peer_seeds(SPEC, 8.0), describe={"model": "a"})
     state.save(tmp_path)
     saved = SearchState.load(tmp_path)
     with pytest.raises(UsageError, match="mutation_prob"):
-        run_search(space, SearchConfig(**{**SMALL.__dict__, "mutation_prob": 0.5}), objective, 3,
-                   peer_seeds(SPEC, 8.0), state=saved, describe={"model": "a"})
+        search("ga", space, SearchConfig(**{**SMALL.__dict__, "mutation_prob": 0.5}), objective, 3,
+               peer_seeds(SPEC, 8.0), state=saved, describe={"model": "a"})
     with pytest.raises(UsageError, match="model"):
-        run_search(space, SMALL, objective, 3, peer_seeds(SPEC, 8.0), state=saved, describe={"model": "b"})
+        search("ga", space, SMALL, objective, 3, peer_seeds(SPEC, 8.0), state=saved, describe={"model": "b"})
     with pytest.raises(UsageError, match="nothing to resume"):
         SearchState.load(tmp_path / "elsewhere")
     # a state saved before --reject existed ran the exact rule: it resumes, and is refused with race
     for key in ("reject", "race_confidence"):
         del saved.config[key]
-    run_search(space, SMALL, objective, 3, peer_seeds(SPEC, 8.0), state=saved, describe={"model": "a"})
+    search("ga", space, SMALL, objective, 3, peer_seeds(SPEC, 8.0), state=saved, describe={"model": "a"})
     with pytest.raises(UsageError, match="reject: saved 'exact' vs now 'race'"):
-        run_search(space, SearchConfig(**{**SMALL.__dict__, "reject": "race"}), objective, 3, peer_seeds(SPEC, 8.0),
-                   state=saved, describe={"model": "a"})
+        search("ga", space, SearchConfig(**{**SMALL.__dict__, "reject": "race"}), objective, 3, peer_seeds(SPEC, 8.0),
+               state=saved, describe={"model": "a"})
 
 
 def test_evaluation_perplexity():

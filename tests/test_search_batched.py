@@ -14,8 +14,9 @@ from longrope.factors import RopeExtension
 from longrope.methods import build_extension
 from longrope.rope import RotarySpec
 from longrope.seam import ScaledRotaryEmbedding, rotary_spec
-from longrope.search.driver import OPTIMIZERS
-from longrope.search.evolution import RejectRule, SearchConfig, evaluate_serial, peer_seeds
+from longrope.search.loop import OPTIMIZERS, peer_seeds
+from longrope.search.scoring import RejectRule, Scoring, evaluate_serial
+from longrope.search.state import SearchConfig
 from longrope.evaluate.ppl import sequence_nll
 from longrope.search.fitness import (NeedleObjective, PerplexityObjective, TailObjective,
                                     auto_candidates_per_forward, long_factor_candidate)
@@ -23,6 +24,7 @@ from longrope.search.genes import SearchSpace
 from longrope.search.needle import NeedleDocument
 
 from conftest import make_corpus, make_tiny_model_dir, tiny_model
+from helpers import search
 
 RTOL = 1e-5  # batched vs one-at-a-time losses, fp32 (measured: within 1e-6 relative here)
 TINY = SearchConfig(population=6, parents=3, mutations=2, crossovers=2, iterations=2, seed=0)
@@ -137,10 +139,10 @@ def test_rows_reject_per_candidate_and_refill_freed_rows():
     one = Synthetic(1)
     threshold = float(np.median([np.mean(one(f, 0)) for f in factors]))
     rule = RejectRule(threshold=threshold, optimistic=(1.0, 3.0, 0.5, 2.0))
-    want = evaluate_serial(one, factors, starts, 4, rule)
+    want = evaluate_serial(Scoring(one, 4), factors, starts, rule)
     assert any(e.rejected for e in want) and not all(e.rejected for e in want)
     three = Synthetic(3)
-    got = evaluate_serial(three, factors, starts, 4, rule)
+    got = evaluate_serial(Scoring(three, 4), factors, starts, rule)
     assert [(e.doc_losses, e.rejected) for e in got] == [(e.doc_losses, e.rejected) for e in want]
     assert max(map(len, three.passes)) == 3 and sum(map(len, three.passes)) == sum(len(e.doc_losses) for e in want)
     assert any(len(set(p)) > 1 for p in three.passes)  # a freed row went to a new candidate at document 0
@@ -152,9 +154,9 @@ def test_batched_synthetic_search_is_the_same_search(name, reject):
     space = SearchSpace(half=32, scale=8.0, max_factor=10.0)
     seeds = peer_seeds(RotarySpec(64, 10000.0, 128), 8.0)
     cfg = SearchConfig(population=16, parents=8, mutations=4, crossovers=4, iterations=6, reject=reject)
-    whole = OPTIMIZERS[name](space, cfg, Synthetic(1), 4, seeds).to_dict()
+    whole = search(name, space, cfg, Synthetic(1), 4, seeds).to_dict()
     assert any(r["rejected"] for r in whole["history"])
-    assert OPTIMIZERS[name](space, cfg, Synthetic(3), 4, seeds).to_dict() == whole
+    assert search(name, space, cfg, Synthetic(3), 4, seeds).to_dict() == whole
 
 
 @pytest.mark.parametrize("name", sorted(OPTIMIZERS))
@@ -168,7 +170,7 @@ def test_batched_search_on_a_random_model_selects_the_same_candidates(name):
     for per_forward in (1, 3):
         objective = PerplexityObjective(model, docs, long_factor_candidate(spec, T))
         objective.candidates_per_forward = per_forward
-        runs[per_forward] = OPTIMIZERS[name](space, TINY, objective, 3, peer_seeds(spec, 2.0)).history
+        runs[per_forward] = search(name, space, TINY, objective, 3, peer_seeds(spec, 2.0)).history
     one, three = runs[1], runs[3]
     assert [(r.generation, r.genome, r.evaluation.rejected) for r in three] == \
         [(r.generation, r.genome, r.evaluation.rejected) for r in one]

@@ -121,7 +121,7 @@ def test_split_chooses_the_documents_searched_on_and_is_kept_on_resume(assets, t
 def test_init_factors_carry_a_shorter_search_into_generation_0(assets, tmp_path, capsys):
     import numpy as np
 
-    from longrope.search.evolution import carried_seed
+    from longrope.search.loop import carried_seed
 
     short = tmp_path / "x2"
     assert main(search_args(assets, short)) == 0  # 32 -> 64 tokens

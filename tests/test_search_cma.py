@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+from functools import partial
 
 import numpy as np
 import pytest
@@ -14,10 +15,13 @@ from hypothesis import strategies as st
 
 from longrope.errors import UsageError
 from longrope.rope import RotarySpec
-from longrope.search.cma import MonotoneMap, _restore, _snapshot, run_cma_search
-from longrope.search.driver import OPTIMIZERS
-from longrope.search.evolution import SearchConfig, SearchState, evaluate_serial, peer_seeds, top_k
+from longrope.search.cma import CMAES, MonotoneMap, _restore, _snapshot
+from longrope.search.loop import OPTIMIZERS, peer_seeds, run_search
+from longrope.search.scoring import Scoring, evaluate_serial
+from longrope.search.state import SearchConfig, SearchState, top_k
 from longrope.search.genes import START_TOKENS, SearchSpace, critical_dimension
+
+from helpers import search
 
 SPEC = RotarySpec(dim=64, base=10000.0, original_max_position_embeddings=128)
 SMALL = SearchConfig(population=16, parents=8, mutations=4, crossovers=4, iterations=6, seed=0)
@@ -116,7 +120,7 @@ def test_snapshot_restore_continues_the_same_cma():
 def test_improves_on_every_seed_and_scores_nothing_twice(name):
     space, objective = space_of("longrope"), quadratic(32, 8.0)
     cfg = SearchConfig(population=32, parents=16, mutations=8, crossovers=8, iterations=15)
-    state = OPTIMIZERS[name](space, cfg, objective, 3, peer_seeds(SPEC, 8.0))
+    state = search(name, space, cfg, objective, 3, peer_seeds(SPEC, 8.0))
     assert state.generation == 15
     keys = [r.genome.key for r in state.history]
     assert len(keys) == len(set(keys))
@@ -136,7 +140,7 @@ def test_every_scored_candidate_is_valid_and_unique(name, variant, seed, half, f
         return list(rng.random(3))
 
     cfg = SearchConfig(population=12, parents=6, mutations=3, crossovers=3, iterations=5, seed=seed)
-    state = OPTIMIZERS[name](space, cfg, objective, 3, peer_seeds(RotarySpec(2 * half, 1e4, 128), 8.0))
+    state = search(name, space, cfg, objective, 3, peer_seeds(RotarySpec(2 * half, 1e4, 128), 8.0))
     keys = [r.genome.key for r in state.history]
     assert len(keys) == len(set(keys)) == len(scored)
     for r in state.history:
@@ -146,7 +150,7 @@ def test_every_scored_candidate_is_valid_and_unique(name, variant, seed, half, f
 
 @pytest.mark.parametrize("name", ALL)
 def test_same_seed_same_search_other_seed_other_search(name):
-    run = OPTIMIZERS[name]
+    run = partial(search, name)
     space, objective = space_of("longrope"), quadratic(32, 8.0)
     a = run(space, SMALL, objective, 3, peer_seeds(SPEC, 8.0))
     b = run(space, SMALL, objective, 3, peer_seeds(SPEC, 8.0))
@@ -158,12 +162,12 @@ def test_same_seed_same_search_other_seed_other_search(name):
 def split_evaluator(parts: int, reverse: bool):
     """Scores a batch as a distributed run does: in interleaved shares, here in any order."""
 
-    def evaluate_batch(objective, factors, starts, num_docs, rule):
+    def evaluate_batch(scoring, factors, starts, rule):
         out = {}
         ranks = range(parts)[::-1] if reverse else range(parts)
         for r in ranks:
             for i in range(r, len(factors), parts):
-                out[i] = evaluate_serial(objective, [factors[i]], [starts[i]], num_docs, rule)[0]
+                out[i] = evaluate_serial(scoring, [factors[i]], [starts[i]], rule)[0]
         return [out[i] for i in range(len(factors))]
 
     return evaluate_batch
@@ -172,7 +176,7 @@ def split_evaluator(parts: int, reverse: bool):
 @pytest.mark.parametrize("name", ALL)
 @pytest.mark.parametrize("reject", ["exact", "race"])
 def test_evaluate_batch_splits_do_not_change_the_search(name, reject):
-    run = OPTIMIZERS[name]
+    run = partial(search, name)
     space, (cfg, objective) = space_of("longrope"), race_case(reject)
     whole = run(space, cfg, objective, 4, peer_seeds(SPEC, 8.0)).to_dict()
     assert any(r["rejected"] for r in whole["history"])  # the rule is exercised
@@ -188,7 +192,7 @@ class Stop(Exception):
 @pytest.mark.parametrize("name", ALL)
 @pytest.mark.parametrize("reject", ["exact", "race"])
 def test_resume_from_any_generation_repeats_the_uninterrupted_run(name, reject, tmp_path):
-    run = OPTIMIZERS[name]
+    run = partial(search, name)
     space, (cfg, objective) = space_of("longrope"), race_case(reject, docs=3)
     whole = run(space, cfg, objective, 3, peer_seeds(SPEC, 8.0))
     for stop_at in (0, 1, 4):
@@ -209,7 +213,7 @@ def test_resume_from_any_generation_repeats_the_uninterrupted_run(name, reject, 
 def test_race_stops_only_candidates_worse_than_the_kth_parent_with_the_stated_confidence(name):
     """Every stopped candidate's noise-free loss on the documents it was scored on is compared
     with the k-th parent's losses there: at most 1 - confidence of them may be no worse."""
-    run, space, objective = OPTIMIZERS[name], space_of("longrope"), noisy(32, 8.0, sigma=0.3)
+    run, space, objective = partial(search, name), space_of("longrope"), noisy(32, 8.0, sigma=0.3)
     cfg = SearchConfig(population=32, parents=16, mutations=8, crossovers=8, iterations=15, reject="race",
                        race_confidence=0.9)
     state = run(space, cfg, objective, 6, peer_seeds(SPEC, 8.0))
@@ -229,23 +233,23 @@ def test_race_stops_only_candidates_worse_than_the_kth_parent_with_the_stated_co
 def test_resuming_with_the_other_optimizer_is_refused(tmp_path):
     space, objective = space_of("longrope"), quadratic(32, 8.0)
     describe = {"model": "m", "optimizer": "ga"}
-    OPTIMIZERS["ga"](space, SMALL, objective, 3, peer_seeds(SPEC, 8.0), describe=describe).save(tmp_path)
+    search("ga", space, SMALL, objective, 3, peer_seeds(SPEC, 8.0), describe=describe).save(tmp_path)
     with pytest.raises(UsageError, match="optimizer"):
-        run_cma_search(space, SMALL, objective, 3, peer_seeds(SPEC, 8.0), state=SearchState.load(tmp_path),
-                       describe=describe)
-    cma = run_cma_search(space, SMALL, objective, 3, peer_seeds(SPEC, 8.0), describe={"model": "m"})
+        search("cma", space, SMALL, objective, 3, peer_seeds(SPEC, 8.0), state=SearchState.load(tmp_path),
+               describe=describe)
+    cma = search("cma", space, SMALL, objective, 3, peer_seeds(SPEC, 8.0), describe={"model": "m"})
     with pytest.raises(UsageError, match="optimizer"):
-        OPTIMIZERS["ga"](space, SMALL, objective, 3, peer_seeds(SPEC, 8.0), state=cma, describe=describe)
+        search("ga", space, SMALL, objective, 3, peer_seeds(SPEC, 8.0), state=cma, describe=describe)
     with pytest.raises(UsageError, match="sigma0"):
-        run_cma_search(space, SMALL, objective, 3, peer_seeds(SPEC, 8.0), state=cma, describe={"model": "m"},
-                       sigma0=0.5)
+        run_search(CMAES(space, SMALL, sigma0=0.5), Scoring(objective, 3), peer_seeds(SPEC, 8.0), state=cma,
+                   describe={"model": "m"})
 
 
 @pytest.mark.parametrize("name", ALL)
 def test_early_rejection_drops_only_candidates_that_miss_the_top_k(name):
     """Fewer documents scored; a rejected candidate's full loss (the synthetic objective can
     tell) is never better than the worst of the top-k it was compared with."""
-    run = OPTIMIZERS[name]
+    run = partial(search, name)
     docs = (1.0, 3.0, 0.5, 2.0, 1.5)
     space, objective = space_of("longrope"), quadratic(32, 8.0, docs=docs)
     cfg = SearchConfig(population=32, parents=16, mutations=8, crossovers=8, iterations=12)
@@ -265,5 +269,5 @@ def test_early_rejection_drops_only_candidates_that_miss_the_top_k(name):
 
 def test_cma_refuses_a_single_sample_per_generation():
     with pytest.raises(UsageError, match="at least 4 samples"):
-        run_cma_search(space_of("longrope"), SearchConfig(population=4, parents=2, mutations=1, crossovers=0),
-                       quadratic(32, 8.0), 3, peer_seeds(SPEC, 8.0))
+        search("cma", space_of("longrope"), SearchConfig(population=4, parents=2, mutations=1, crossovers=0),
+               quadratic(32, 8.0), 3, peer_seeds(SPEC, 8.0))

@@ -21,8 +21,9 @@ DRIVER = textwrap.dedent("""
     from pathlib import Path
     import numpy as np
     from longrope.rope import RotarySpec
-    from longrope.search.driver import OPTIMIZERS
-    from longrope.search.evolution import SearchConfig, SearchState, peer_seeds, write_history
+    from longrope.search.loop import OPTIMIZERS, peer_seeds, run_search
+    from longrope.search.scoring import Scoring
+    from longrope.search.state import SearchConfig, SearchState, write_history
     from longrope.search.genes import SearchSpace
 
     out, name = Path(sys.argv[1]), sys.argv[2]
@@ -43,7 +44,8 @@ DRIVER = textwrap.dedent("""
     print("start", flush=True)
     t0 = time.perf_counter()
     cfg = SearchConfig(population=16, parents=8, mutations=4, crossovers=4, iterations=12, seed=3)
-    OPTIMIZERS[name](space, cfg, objective, 3, peer_seeds(spec, 8.0), state=state, on_generation=checkpoint)
+    run_search(OPTIMIZERS[name](space, cfg), Scoring(objective, 3), peer_seeds(spec, 8.0), state=state,
+               on_generation=checkpoint)
     print(time.perf_counter() - t0, flush=True)
 """)
 
@@ -98,8 +100,9 @@ def _rank_main(rank: int, world: int, port: int, out: str, name: str):
 
 def _synthetic_search(name: str, evaluate_batch=None):
     from longrope.rope import RotarySpec
-    from longrope.search.driver import OPTIMIZERS
-    from longrope.search.evolution import SearchConfig, evaluate_serial, peer_seeds
+    from longrope.search.loop import OPTIMIZERS, peer_seeds, run_search
+    from longrope.search.scoring import Scoring, evaluate_serial
+    from longrope.search.state import SearchConfig
     from longrope.search.genes import SearchSpace
 
     space = SearchSpace(half=16, scale=4.0, max_factor=5.0)
@@ -109,8 +112,8 @@ def _synthetic_search(name: str, evaluate_batch=None):
         return [w + float(np.mean((lam - target) ** 2)) for w in (0.3, 1.0, 0.7)]
 
     cfg = SearchConfig(population=12, parents=6, mutations=3, crossovers=4, iterations=5, seed=11)
-    return OPTIMIZERS[name](space, cfg, objective, 3, peer_seeds(RotarySpec(32, 1e4, 64), 4.0),
-                            evaluate_batch=evaluate_batch or evaluate_serial)
+    return run_search(OPTIMIZERS[name](space, cfg), Scoring(objective, 3), peer_seeds(RotarySpec(32, 1e4, 64), 4.0),
+                      evaluate_batch=evaluate_batch or evaluate_serial)
 
 
 @pytest.mark.parametrize("name", ["ga", "cma"])

@@ -6,10 +6,10 @@
     longrope search ... --optimizer cma --objective needle  # CMA-ES; LongRoPE2's needle loss
 
 Reads top to bottom: load the model once, pick K search documents of the target length,
-seed the population with PI/NTK/YaRN, run Algorithm 1 (longrope.search.evolution, or CMA-ES:
-search/cma.py) with perplexity (or its last band, the needle loss: search/needle.py, or the passkey
-answer loss) as the fitness, checkpoint after every generation, then write factors.json,
-history.jsonl, search.png and factors.png to --out.
+seed the population with PI/NTK/YaRN, run Algorithm 1 (the loop of search/loop.py with the GA of
+search/evolution.py, or CMA-ES: search/cma.py) with perplexity (or its last band, the needle loss:
+search/needle.py, or the passkey answer loss) as the fitness, checkpoint after every generation,
+then write factors.json, history.jsonl, search.png and factors.png to --out.
 """
 from __future__ import annotations
 
@@ -36,9 +36,10 @@ from ..options import build
 from ..search.cma import check_samples
 from ..search.driver import SearchJob, SearchOptions, drive, has_state, seed_scores
 from ..search.scored import SCORED_FILE
-from ..search.evolution import HISTORY_FILE, PEER_SEED_NAMES, STATE_FILE, SearchConfig, SearchState
 from ..search.fitness import search_documents
+from ..search.loop import PEER_SEED_NAMES
 from ..search.plan import Plan, SpaceOptions, long_plan, short_plan
+from ..search.state import HISTORY_FILE, STATE_FILE, SearchConfig, SearchState
 from ..settings import CorpusOptions, ModelOptions
 from .common import OutputOptions, add_command
 

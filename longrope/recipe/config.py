@@ -33,7 +33,7 @@ from ..methods import get_method
 from ..options import check_options, check_value, from_mapping, option
 from ..search.cma import check_samples
 from ..search.driver import DEFAULT_METHOD, SearchOptions
-from ..search.evolution import ADDED_SETTINGS, SearchConfig
+from ..search.state import ADDED_SETTINGS, SearchConfig
 from ..search.plan import RECIPE_DERIVES, SpaceOptions
 from ..settings import SPLITS, CorpusOptions, LossOptions, ModelOptions
 from ..train.finetune import FinetuneConfig

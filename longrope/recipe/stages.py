@@ -45,9 +45,10 @@ from ..options import build
 from ..models.load import fingerprint_matches, load_model, load_tokenizer, model_fingerprint, model_spec
 from ..rope import RotarySpec
 from ..search.driver import SearchJob, SearchOptions, drive, has_state
-from ..search.evolution import SearchConfig, SearchState, carried_seed
 from ..search.fitness import search_documents
+from ..search.loop import carried_seed
 from ..search.plan import Plan, long_plan, on_top_plan, short_plan
+from ..search.state import SearchConfig, SearchState
 from ..train.finetune import finetune, has_checkpoint, is_complete, original_rope_below_native, with_defaults
 from .config import Recipe
 from .report import log, report_lengths, stage_evaluate

@@ -1,11 +1,11 @@
 """CMA-ES over the LongRoPE genome: a library optimizer next to the paper's genetic algorithm.
 
-    seeds = PI, NTK, YaRN on the grid           # generation 0, scored like the GA's
-    mean  = z(best seed); sigma = sigma0; C = I
-    for generation in 1..T:
-        z_1..z_lambda ~ N(mean, sigma^2 C)      # cmaes.CMA.ask
-        genomes = monotone_map(z)               # snapped to the grid; never scored twice
-        score(new genomes)                      # early rejection as in the GA
+    seeds = PI, NTK, YaRN on the grid           # first: generation 0, scored like the GA's
+    mean  = z(best seed); sigma = sigma0; C = I  # start
+    for generation in 1..T:                      # the search loop (search/loop.py)
+        z_1..z_lambda ~ N(mean, sigma^2 C)      # ask: cmaes.CMA.ask
+        genomes = monotone_map(z)               # snapped to the grid
+        score(genomes never scored)             # early rejection as in the GA
         tell(z, loss)                           # mean, sigma, C and evolution paths adapt
         checkpoint()                            # distribution + sampler state, as JSON
 
@@ -44,27 +44,15 @@ version, whose update could differ, is refused.
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass, field
-from typing import Any, Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Collection, Sequence
 
 import numpy as np
 
 from ..errors import UsageError
-from .evolution import (
-    EvaluateBatch,
-    Evaluation,
-    Objective,
-    Rule,
-    SearchConfig,
-    SearchState,
-    _score,
-    check_same_config,
-    evaluate_serial,
-    reject_rule,
-    space_config,
-    top_k,
-)
 from .genes import Genome, SearchSpace
+from .scoring import Rule
+from .state import Evaluation, SearchConfig, SearchState
 
 SIGMA0 = 0.25  # initial step size in z; z = 1 spans a gene's whole range
 REJECTED = 1e9  # told for a rejected candidate when no bound exists (never in practice)
@@ -187,63 +175,50 @@ def told_value(ev: Evaluation, rule: Rule | None) -> float:
     return rule.stopped_loss(ev.doc_losses)
 
 
-def run_cma_search(space: SearchSpace, config: SearchConfig, objective: Objective, num_docs: int,
-                   seeds: Sequence[np.ndarray], state: SearchState | None = None, describe: dict[str, Any] | None = None,
-                   evaluate_batch: EvaluateBatch = evaluate_serial,
-                   on_generation: Callable[[SearchState], None] | None = None, sigma0: float = SIGMA0) -> SearchState:
-    """Run (or continue, given `state`) a CMA-ES search; same arguments and state as
-    `evolution.run_search` (see there), plus sigma0, the initial step size in z."""
-    import cmaes
+class CMAES:
+    """CMA-ES as an `Optimizer` of the search loop (search/loop.py): generation 0 is the seeds;
+    each generation, lambda = mutations + crossovers samples of N(mean, sigma^2 C), mapped to
+    genomes by `MonotoneMap` and told their losses. sigma0: the initial step size in z."""
 
-    popsize = check_samples(config.mutations + config.crossovers)
-    zmap = MonotoneMap(space)
-    full_config = {**asdict(config), **space_config(space), **(describe or {}), "optimizer": "cma",
-                   "sigma0": sigma0, "cmaes_version": cmaes.__version__}
-    if state is None:
-        state = SearchState(full_config, 0, [], [], {})
+    def __init__(self, space: SearchSpace, config: SearchConfig, sigma0: float = SIGMA0):
+        import cmaes
+
+        self.popsize = check_samples(config.mutations + config.crossovers)
+        self.space, self.config, self.sigma0, self.zmap = space, config, sigma0, MonotoneMap(space)
+        self.settings = {"optimizer": "cma", "sigma0": sigma0, "cmaes_version": cmaes.__version__}
+        self.cma, self.zs = None, []
+
+    def first(self, seeds: Sequence[np.ndarray]) -> list[Genome]:
+        """The seeds at n_hat = the first candidate, each once."""
         seen: set = set()
         genomes = []
-        for lam in seeds:  # generation 0: the seeds at n_hat = the first candidate
-            g = space.from_factors(lam, space.start_tokens[0])
+        for lam in seeds:
+            g = self.space.from_factors(lam, self.space.start_tokens[0])
             if g.key not in seen:
                 seen.add(g.key)
                 genomes.append(g)
-        state.population = _score(state, genomes, 0, space, objective, num_docs, None, evaluate_batch)
-        cma = cmaes.CMA(mean=zmap.z_of(state.best.genome), sigma=sigma0, population_size=popsize,
-                        seed=config.seed)
+        return genomes
+
+    def start(self, state: SearchState) -> None:
+        """The distribution's mean at the best seed, step size sigma0, C = I."""
+        import cmaes
+
+        cma = cmaes.CMA(mean=self.zmap.z_of(state.best.genome), sigma=self.sigma0, population_size=self.popsize,
+                        seed=self.config.seed)
         state.optimizer_state, state.rng_state = _snapshot(cma)
-        if on_generation:
-            on_generation(state)
-    else:
-        check_same_config(state.config, full_config, state.generation)
-        state.check(space)
+
+    def resume(self, state: SearchState) -> None:
         if state.optimizer_state is None:
             raise UsageError("the saved search has no CMA-ES state")
-        _restore(state.optimizer_state, state.rng_state, popsize)  # a damaged distribution: refused before any work
+        _restore(state.optimizer_state, state.rng_state, self.popsize)  # a damaged distribution: refused before any work
 
-    while state.generation < config.iterations:
-        generation = state.generation + 1
-        parents = top_k(state, state.population, config.parents)
-        cma = _restore(state.optimizer_state, state.rng_state, popsize)
-        zs = [cma.ask() for _ in range(popsize)]
+    def ask(self, state: SearchState, parents: list[int], scored: Collection) -> list[Genome]:
+        """lambda samples z of the distribution the state holds, as genomes (some may be scored already)."""
+        self.cma = _restore(state.optimizer_state, state.rng_state, self.popsize)
+        self.zs = [self.cma.ask() for _ in range(self.popsize)]
+        return [self.zmap.genome(z) for z in self.zs]
 
-        # each sample -> index into history; a genome scored before (or earlier in this batch) is reused
-        where = {r.genome.key: i for i, r in enumerate(state.history)}
-        new: list[Genome] = []
-        slots = []
-        for z in zs:
-            g = zmap.genome(z)
-            if g.key not in where:
-                where[g.key] = len(state.history) + len(new)
-                new.append(g)
-            slots.append(where[g.key])
-
-        rule = reject_rule(state, parents, num_docs, config)
-        scored = _score(state, new, generation, space, objective, num_docs, rule, evaluate_batch)
-        cma.tell([(z, told_value(state.history[i].evaluation, rule)) for z, i in zip(zs, slots)])
-        state.population = parents + scored
-        state.generation = generation
-        state.optimizer_state, state.rng_state = _snapshot(cma)
-        if on_generation:
-            on_generation(state)
-    return state
+    def tell(self, state: SearchState, evaluations: list[Evaluation], rule: Rule | None) -> None:
+        """Each sample's loss (`told_value`) to CMA, whose mean, sigma, C and paths adapt; then saved."""
+        self.cma.tell([(z, told_value(ev, rule)) for z, ev in zip(self.zs, evaluations)])
+        state.optimizer_state, state.rng_state = _snapshot(self.cma)

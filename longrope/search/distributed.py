@@ -27,7 +27,8 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
-from .evolution import Evaluation, Objective, Rule, evaluate_serial
+from .scoring import Rule, Scoring, evaluate_serial
+from .state import Evaluation
 
 
 @dataclass(frozen=True)
@@ -79,12 +80,12 @@ def min_over_ranks(value: int, d: Dist) -> int:
 
 
 def distributed_evaluator(d: Dist):
-    """An `evaluate_batch` for `run_search` that splits candidates across ranks."""
+    """An `evaluate_batch` for `search.loop.run_search` that splits candidates across ranks."""
 
-    def evaluate_batch(objective: Objective, factors: list[np.ndarray], starts: list[int], num_docs: int,
+    def evaluate_batch(scoring: Scoring, factors: list[np.ndarray], starts: list[int],
                        rule: Rule | None) -> list[Evaluation]:
         share = range(d.rank, len(factors), d.world_size)  # each rank batches its own share
-        evals = evaluate_serial(objective, [factors[i] for i in share], [starts[i] for i in share], num_docs, rule)
+        evals = evaluate_serial(scoring, [factors[i] for i in share], [starts[i] for i in share], rule)
         mine = dict(zip(share, evals))
         if d.world_size == 1:
             return [mine[i] for i in range(len(factors))]

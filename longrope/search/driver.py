@@ -1,7 +1,8 @@
 """One search driver for `longrope search` and the recipe's search stages.
 
     objective = OBJECTIVES[name](model, docs, make, chunk_size)   # ppl (default), tail, needle or passkey
-    state     = OPTIMIZERS[name](space, config, objective, ...)   # ga: Algorithm 1 (default), or cma
+    optimizer = OPTIMIZERS[name](space, config)                   # ga: Algorithm 1 (default), or cma
+    state     = run_search(optimizer, Scoring(objective, ...), seeds, ...)   # the one loop, search/loop.py
     after every generation: history.jsonl, state.json, factors.json  (resume point)
     at the end:             factors.json, search.png [, factors.png]
 
@@ -30,20 +31,14 @@ from ..factors import RopeExtension
 from ..methods import attention_factor, ntk_factors, pi_factors, yarn_factors
 from ..options import check_options, option
 from ..rope import RotarySpec
-from .cma import run_cma_search
-from .evolution import (PEER_SEED_NAMES, STATE_FILE, SearchConfig, SearchState, evaluate_serial, population_curve,
-                        run_search, write_history)
 from .fitness import OBJECTIVES, MakeExtension, auto_candidates_per_forward
 from .genes import SearchSpace
+from .loop import OPTIMIZERS, PEER_SEED_NAMES, run_search
 from .needle import KEYS
 from .plots import plot_factors, plot_progress
-from .scored import SCORED_FILE, Remembering, ScoredLog
-
-# name -> fn(space, config, objective, num_docs, seeds, state=, describe=, evaluate_batch=, on_generation=) -> state
-OPTIMIZERS: dict[str, Callable[..., SearchState]] = {
-    "ga": run_search,  # LongRoPE's Algorithm 1 (arXiv 2402.13753)
-    "cma": run_cma_search,  # CMA-ES (Hansen, arXiv 1604.00772) on a monotone parametrization, search/cma.py
-}
+from .scored import SCORED_FILE, ScoredLog
+from .scoring import Scoring, evaluate_serial
+from .state import STATE_FILE, SearchConfig, SearchState, population_curve, write_history
 
 
 @dataclass(frozen=True)
@@ -222,29 +217,6 @@ def _candidates(config: SearchConfig) -> int:
     return config.population + config.iterations * (config.mutations + config.crossovers)
 
 
-class _Ticking:
-    """The objective, ticking the progress bar once for each candidate it starts to score (one at
-    a time, or as a batch row: `losses` rows that have scored no document yet), and showing, one
-    at a time, how many of its documents are scored (a long-context candidate takes minutes)."""
-
-    def __init__(self, objective, tick: Callable[[int], Any], show_docs: Callable[[int], Any] = lambda n: None):
-        self._objective, self._tick, self._show_docs = objective, tick, show_docs
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self._objective, name)
-
-    def __call__(self, factors, start_token):
-        self._tick(1)
-        self._show_docs(0)
-        for scored, loss in enumerate(self._objective(factors, start_token), start=1):
-            self._show_docs(scored)
-            yield loss
-
-    def losses(self, rows):
-        self._tick(sum(1 for row in rows if row[2] == 0))
-        return self._objective.losses(rows)
-
-
 class _Progress:
     """The search's progress bar: candidates started, generation, best so far, and the
     documents the current candidate has scored (redrawn at most once a second)."""
@@ -290,7 +262,7 @@ def drive(job: SearchJob, state: SearchState | None = None) -> tuple[SearchState
 
     # every document loss is kept as it comes (scored.jsonl), so a stop mid-generation loses at most one pass
     log = ScoredLog(job.out / SCORED_FILE if job.is_main else None, describe)
-    objective = _Ticking(Remembering(scorer, log), bar.update, progress.docs)
+    scoring = Scoring(scorer, len(job.docs), memory=log, on_started=bar.update, on_documents=progress.docs)
     if log.losses:
         bar.write(f"reusing {len(log.losses)} document losses of the interrupted generation ({SCORED_FILE})", file=sys.stderr)
 
@@ -302,9 +274,8 @@ def drive(job: SearchJob, state: SearchState | None = None) -> tuple[SearchState
         log.clear()
 
     try:
-        state = OPTIMIZERS[opts.optimizer](job.space, job.config, objective, len(job.docs), job.seeds, state=state,
-                                           describe=describe, evaluate_batch=job.evaluate_batch,
-                                           on_generation=on_generation)
+        state = run_search(OPTIMIZERS[opts.optimizer](job.space, job.config), scoring, job.seeds, state=state,
+                           describe=describe, evaluate_batch=job.evaluate_batch, on_generation=on_generation)
     except KeyboardInterrupt:
         bar.close()
         if outputs is not None:

@@ -79,7 +79,7 @@ class PerplexityObjective:
     (LongRoPE section 4.1).
     """
 
-    candidates_per_forward = 1  # rows per `losses` call the search makes (search.evolution.score_rows)
+    candidates_per_forward = 1  # rows per `losses` call the search makes (search.scoring.score_rows)
     scored_from = 0.0  # share of each document before its first scored token (TailObjective: 1/2)
 
     def __init__(self, model: nn.Module, docs: Sequence[torch.Tensor], make: MakeExtension, chunk_size: int = 1024):

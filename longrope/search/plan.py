@@ -19,7 +19,7 @@ from ..methods import attention_factor
 from ..options import check_options, option
 from ..rope import RotarySpec
 from ..settings import TargetOptions
-from .evolution import PEER_SEED_NAMES, carried_seed, peer_seeds
+from .loop import PEER_SEED_NAMES, carried_seed, peer_seeds
 from .fitness import MakeExtension, long_factor_candidate, short_factor_candidate
 from .genes import START_TOKENS, VARIANTS, SearchSpace, critical_dimension, rescaled_critical_dimension
 

@@ -9,7 +9,7 @@ from ..plots import label_axes, plain_log_axis, pyplot, save_and_close
 
 def plot_progress(curve: list[tuple[int, float, float]], path: str | Path, title: str = "") -> Path:
     """Best and median perplexity of the population after each generation.
-    curve: (generation, best, median) rows (`evolution.population_curve`)."""
+    curve: (generation, best, median) rows (`state.population_curve`)."""
     plt = pyplot()
     gens, best, median = [c[0] for c in curve], [c[1] for c in curve], [c[2] for c in curve]
     fig, ax = plt.subplots(figsize=(6, 4))

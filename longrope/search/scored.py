@@ -1,11 +1,11 @@
 """Every document loss of a search, kept as it comes, so a stop loses at most one forward pass.
 
 A generation of a real-model search can take hours (one 16k-token SmolLM2 forward is a
-minute on a laptop CPU), while `state.json` records only complete generations. The objective
-is therefore wrapped: each (factors, n_hat, document) loss it computes is appended to
-`scored.jsonl` in the output folder (one fsync'd line each), and a loss found there is
-returned instead of computed again. The objective is deterministic, so a remembered loss is
-the value a new forward would give, and a resumed search repeats an uninterrupted one.
+minute on a laptop CPU), while `state.json` records only complete generations. Scoring
+(search/scoring.py `row_losses`) therefore looks each (factors, n_hat, document) loss up here
+first, and appends each one it computes to `scored.jsonl` in the output folder (one fsync'd
+line each). The objective is deterministic, so a remembered loss is the value a new forward
+would give, and a resumed search repeats an uninterrupted one.
 
 The file's first line is the fingerprint of the search (model, documents, chunking, ...): a
 log written by other work is ignored and replaced. It is emptied after every checkpoint.
@@ -15,7 +15,7 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
-from typing import Any, Iterator, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -89,25 +89,3 @@ class ScoredLog:
         if self._file is not None:
             self._file.close()
             self._file = None
-
-
-class Remembering:
-    """The objective, answering from `log` where it can and adding every loss it computes."""
-
-    def __init__(self, objective, log: ScoredLog):
-        self._objective, self.log = objective, log
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self._objective, name)
-
-    def __call__(self, factors, start_token) -> Iterator[float]:
-        for doc in range(len(self._objective.docs)):
-            yield self.losses([(factors, start_token, doc)])[0]
-
-    def losses(self, rows: Sequence[tuple]) -> list[float]:
-        """As the objective's `losses`, computing only the rows not in the log."""
-        todo = [row for row in rows if self.log.get(*row) is None]
-        if todo:
-            for row, loss in zip(todo, self._objective.losses(todo)):
-                self.log.add(*row, loss)
-        return [self.log.get(*row) for row in rows]

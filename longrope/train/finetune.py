@@ -31,10 +31,9 @@ import sys
 import time
 from dataclasses import MISSING, asdict, dataclass, field, fields
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import torch
-from tqdm import tqdm
 
 from ..data import CORPUS_HELP, DEFAULT_CORPUS, load_corpus, split_corpus, tokenize_corpus
 from ..errors import UsageError, gist
@@ -48,9 +47,10 @@ from ..options import check_options, option
 from ..models.load import load_model
 from ..seam import install_rope
 from .pretrain import TRAIN_SPLITS  # the tiny preset's pretraining data; "test" stays held out
+from .loop import Saving, TrainingLog, train_loop
 from .toolkit import (
-    IGNORE, SCHEDULES, Checkpoints, Schedule, StepBoundary, adamw, answer_weights, lr_at, next_token_loss, padded_row,
-    plot_losses, set_lr, stop_between_steps, write_model_dir,
+    IGNORE, SCHEDULES, Checkpoints, Schedule, adamw, answer_weights, next_token_loss, padded_row, plot_losses,
+    write_model_dir,
 )
 
 RECORD_FILE = "finetune.json"  # written last: its presence means the run is complete
@@ -326,20 +326,19 @@ class Run:
     extension: RopeExtension | None
     batches: PackedBatches
     describe: dict[str, Any]
-    log: Any
+    note: Callable[[str], None]  # a progress message (nothing without progress, or off the main process)
     checkpoints: Checkpoints
-    losses: list[float] = field(default_factory=list)
-    curve: list[dict] = field(default_factory=list)
+    log: TrainingLog = field(default_factory=TrainingLog)  # loss and lr of every step
 
     def checkpoint(self, step: int) -> None:
         """accelerate's state (model, optimizer, RNG; sharded under FSDP/DeepSpeed) plus our log."""
         self.checkpoints.save(step, lambda folder: self.accelerator.save_state(str(folder)),
-                              {"losses": self.losses, "curve": self.curve, "describe": self.describe})
+                              {"losses": self.log.losses, "curve": self.log.curve, "describe": self.describe})
 
     def resume(self) -> int:
         """Load the last checkpoint; returns the step to continue from (0 when there is none yet)."""
         if not self.checkpoints.list():
-            self.log(f"no checkpoint in {self.out} yet: starting from step 0")
+            self.note(f"no checkpoint in {self.out} yet: starting from step 0")
             return 0
         last, state = self.checkpoints.load_record()
         saved = {**state["describe"], "config": with_defaults(state["describe"].get("config", {}))}
@@ -351,8 +350,8 @@ class Run:
         except Exception as e:  # torch, safetensors and accelerate each raise their own kind on a bad file
             raise UsageError(f"cannot resume from {last}: {gist(e)}; remove that folder to start again from "
                              f"step 0") from None
-        self.losses, self.curve = state["losses"], state["curve"]
-        self.log(f"resuming {self.out} at step {state['step']}/{self.cfg.steps}")
+        self.log.losses, self.log.curve = state["losses"], state["curve"]
+        self.note(f"resuming {self.out} at step {state['step']}/{self.cfg.steps}")
         return state["step"]
 
 
@@ -361,7 +360,7 @@ def _start(model: str, extension: RopeExtension | None, out: Path, cfg: Finetune
     optimizer and the batches. Returns the run and the loaded model (for its tokenizer)."""
     accelerator = _new_accelerator(cfg)
     main = accelerator.is_main_process
-    log = (lambda msg: print(msg, file=sys.stderr)) if progress and main else (lambda msg: None)
+    note = (lambda msg: print(msg, file=sys.stderr)) if progress and main else (lambda msg: None)
     lm = load_model(model, dtype="fp32", device="cpu")
     native = lm.spec.original_max_position_embeddings
     check_covers(extension, cfg.length, None if extension is not None else native)
@@ -379,13 +378,13 @@ def _start(model: str, extension: RopeExtension | None, out: Path, cfg: Finetune
                 "mixed_precision": str(accelerator.mixed_precision),
                 "extension": None if extension is None else extension.to_dict()}
     checkpoints = Checkpoints(out, main, accelerator.wait_for_everyone, share=_sharer(accelerator))
-    return Run(cfg, out, accelerator, net, opt, rope, extension, batches, describe, log, checkpoints), lm
+    return Run(cfg, out, accelerator, net, opt, rope, extension, batches, describe, note, checkpoints), lm
 
 
 def _train_step(run: Run, step: int) -> float:
-    """One optimizer step over grad_accum micro-batches; the mean loss across processes."""
+    """One optimizer step over grad_accum micro-batches (the learning rate is set); the mean loss
+    across processes."""
     cfg, acc = run.cfg, run.accelerator
-    set_lr(run.opt, lr_at(step, cfg))
     step_loss = torch.zeros((), device=acc.device)
     for a in range(cfg.grad_accum):
         x, y, w, long = run.batches.micro_batch(step * cfg.grad_accum + a)  # [B, T]
@@ -420,7 +419,7 @@ def finetune(
 
     resume: continue from the last checkpoint in `out` (a complete run is left as it is).
     stop_after: stop (with a checkpoint) once this many steps are done, as if interrupted.
-    Ctrl-C stops after the step in progress, with a checkpoint (see `StepBoundary`).
+    Ctrl-C stops after the step in progress, with a checkpoint (see train/loop.py).
     Returns the per-step losses of this call (all of them when the run completes).
     """
     cfg.validate()
@@ -435,53 +434,30 @@ def finetune(
     end = cfg.steps if stop_after is None else min(cfg.steps, stop_after)
     # what an interrupted run must tell, progress bar or not (the main process speaks for all)
     say = (lambda msg: print(msg, file=sys.stderr)) if run.accelerator.is_main_process else (lambda msg: None)
-
-    def keep_finished_steps() -> int:
-        done = len(run.losses)  # steps finished, resumed ones included
-        if done > (run.checkpoints.last_step() or 0):
-            run.checkpoint(done)
-        return done
-
-    stop_between_steps(lambda stop: _loop(run, start, end, progress, stop), keep_finished_steps,
-                       run.checkpoints.last_step, run.checkpoints.folder, resume_hint, say)
+    saving = Saving(cfg.save_every, run.checkpoint, run.checkpoints.last_step, run.checkpoints.folder, resume_hint,
+                    say, sync=_any_process(run.accelerator))
+    train_loop(lambda step: _train_step(run, step), run.opt, cfg.lr_schedule(), run.log, range(start, end), cfg.steps,
+               "finetune", progress and run.accelerator.is_main_process, saving)
     run.rope.set_extension(extension)
     if end < cfg.steps:  # stopped early on purpose: leave a checkpoint to resume from
         if run.checkpoints.last_step() != end:
             run.checkpoint(end)
-        return FinetuneResult(out, run.losses[start:])
-    run.log(f"finetune: {cfg.steps} steps, loss {run.losses[0]:.3f} -> {run.losses[-1]:.3f} in {time.time() - t0:.0f}s")
+        return FinetuneResult(out, run.log.losses[start:])
+    run.note(f"finetune: {cfg.steps} steps, loss {run.log.losses[0]:.3f} -> {run.log.losses[-1]:.3f} in "
+             f"{time.time() - t0:.0f}s")
     _save(run, lm.tokenizer, start, t0)
-    return FinetuneResult(out, run.losses)
+    return FinetuneResult(out, run.log.losses)
 
 
-def _loop(run: Run, start: int, end: int, progress: bool, stop: StepBoundary) -> None:
-    """Steps start..end-1, checkpointing every save_every steps; UsageError when the loss stops
-    being finite (a diverged model is never saved); StepInterrupted after a step once Ctrl-C
-    was pressed in any process."""
-    cfg, acc = run.cfg, run.accelerator
+def _any_process(acc):
+    """flag -> whether any process's flag is set (one reduction; the flag itself when alone)."""
 
     def any_process(flag: bool) -> bool:
         if acc.num_processes == 1:
             return flag
         return bool(acc.reduce(torch.tensor(float(flag), device=acc.device), reduction="sum") > 0)
 
-    bar = tqdm(range(start, end), initial=start, total=cfg.steps, desc="finetune",
-               disable=not (progress and run.accelerator.is_main_process), dynamic_ncols=True)
-    for step in bar:
-        loss = _train_step(run, step)
-        if not math.isfinite(loss):
-            bar.close()
-            raise UsageError(f"training diverged at step {step}: loss {loss}; lower --lr (nothing was saved "
-                             f"from this run)")
-        lr = lr_at(step, cfg)
-        run.losses.append(loss)
-        run.curve.append({"step": step, "loss": loss, "lr": lr})
-        bar.set_postfix(loss=f"{loss:.3f}", lr=f"{lr:.1e}")
-        done = step + 1
-        if cfg.save_every and done % cfg.save_every == 0 and done < cfg.steps:
-            run.checkpoint(done)
-        stop.check(any_process)
-    bar.close()
+    return any_process
 
 
 def _save(run: Run, tokenizer, start: int, t0: float) -> None:
@@ -493,7 +469,7 @@ def _save(run: Run, tokenizer, start: int, t0: float) -> None:
         saved_ext = run.extension
         if saved_ext is not None and cfg.mixed_context > 0:
             saved_ext = original_rope_below_native(saved_ext)
-        record = {**run.describe, "steps": cfg.steps, "losses": run.losses, "curve": run.curve,
+        record = {**run.describe, "steps": cfg.steps, "losses": run.log.losses, "curve": run.log.curve,
                   "seconds_this_call": round(time.time() - t0, 1), "resumed_from": start or None,
                   "versions": versions("torch", "transformers", "accelerate"),
                   "tokens_per_step": cfg.batch_size * cfg.grad_accum * cfg.length * acc.num_processes}

@@ -25,7 +25,6 @@ from pathlib import Path
 from typing import Any, Iterable
 
 import torch
-from tqdm import tqdm
 
 from ..data import TokenDoc, corpus_summary, documents_of_length, load_corpus, split_corpus, tokenize_corpus
 from ..errors import UsageError, gist
@@ -36,10 +35,8 @@ from ..readback import changed_keys
 from ..version import versions
 from ..models.device import cpu_has_fast_bf16
 from ..options import check_options, option
-from .toolkit import (
-    Checkpoints, Schedule, StepBoundary, adamw, answer_weights, lr_at, next_token_loss, padded_row, set_lr,
-    stop_between_steps, write_model_dir,
-)
+from .loop import Saving, TrainingLog, train_loop
+from .toolkit import Checkpoints, Schedule, adamw, answer_weights, next_token_loss, padded_row, write_model_dir
 
 BOS, EOS, PAD = "<s>", "</s>", "<pad>"
 TRAIN_SPLITS = ("search", "validation")
@@ -352,54 +349,35 @@ class Saves:
 
 def train(model, data: TrainingData, cfg: PretrainConfig, bf16: bool, progress: bool,
           saves: Saves | None = None) -> tuple[list[dict], float, float]:
-    """The loop: AdamW with warm-up and cosine decay, continued from the last of `saves` if any.
-    Returns the loss curve (every 10th step and the last), the final loss (mean of the last 20
-    steps) and the seconds spent training, sessions before a resume included."""
+    """AdamW with warm-up and cosine decay (`train_loop`), continued from the last of `saves` if
+    any. Returns the loss curve (every 10th step and the last), the final loss (mean of the last
+    20 steps) and the seconds spent training, sessions before a resume included."""
     model.train()
     opt = adamw(model, cfg.lr, cfg.weight_decay)
     batches = Batches(data.stream, data.tokenizer, cfg, cfg.seed)
-    losses: list[float] = []
-    curve: list[dict[str, float]] = []
-    start, before = 0, 0.0
+    log, before = TrainingLog(every=10), 0.0
     state = saves.load() if saves is not None else None
     if state is not None:
         model.load_state_dict(state["model"])
         opt.load_state_dict(state["optimizer"])
         batches.restore(state["batches"])
-        losses, curve, before = state["losses"], state["curve"], state["seconds"]
-        start = len(losses)
+        log.losses, log.curve, before = state["losses"], state["curve"], state["seconds"]
     t0 = time.time()
 
-    def save() -> int:
-        saves.save(len(losses), {"model": model.state_dict(), "optimizer": opt.state_dict(), "batches": batches.state(),
-                                 "losses": losses, "curve": curve, "seconds": before + time.time() - t0})
-        return len(losses)
+    def save(done: int) -> None:
+        saves.save(done, {"model": model.state_dict(), "optimizer": opt.state_dict(), "batches": batches.state(),
+                          "losses": log.losses, "curve": log.curve, "seconds": before + time.time() - t0})
 
-    bar = tqdm(range(start, cfg.steps), initial=start, total=cfg.steps, desc="pretrain", disable=not progress,
-               dynamic_ncols=True)
-    if saves is None:  # nothing to save: Ctrl-C stops at once
-        for step in bar:
-            _train_step(model, opt, batches, cfg, step, bf16, losses, curve, bar)
-        model.eval()
-        return curve, sum(losses[-20:]) / len(losses[-20:]), time.time() - t0
-
-    def loop(stop: StepBoundary) -> None:
-        for step in bar:
-            _train_step(model, opt, batches, cfg, step, bf16, losses, curve, bar)
-            if len(losses) % saves.every == 0 and len(losses) < cfg.steps:
-                save()
-            stop.check()
-
-    stop_between_steps(loop, save, saves.checkpoints.last_step, saves.checkpoints.folder, saves.resume_hint,
-                       saves.log)
+    saving = None if saves is None else Saving(saves.every, save, saves.checkpoints.last_step, saves.checkpoints.folder,
+                                               saves.resume_hint, saves.log)
+    train_loop(lambda step: _train_step(model, opt, batches, cfg, step, bf16), opt, cfg.lr_schedule(), log,
+               range(len(log.losses), cfg.steps), cfg.steps, "pretrain", progress, saving)
     model.eval()
-    return curve, sum(losses[-20:]) / len(losses[-20:]), before + time.time() - t0
+    return log.curve, sum(log.losses[-20:]) / len(log.losses[-20:]), before + time.time() - t0
 
 
-def _train_step(model, opt, batches: Batches, cfg: PretrainConfig, step: int, bf16: bool, losses: list[float],
-                curve: list[dict], bar) -> None:
-    lr = lr_at(step, cfg)
-    set_lr(opt, lr)
+def _train_step(model, opt, batches: Batches, cfg: PretrainConfig, step: int, bf16: bool) -> float:
+    """One optimizer step on the next batch (the learning rate is set); returns its loss."""
     x, y, w = batches.next()  # [B, T]
     with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
         logits = model(input_ids=x).logits  # [B, T, V]
@@ -408,10 +386,7 @@ def _train_step(model, opt, batches: Batches, cfg: PretrainConfig, step: int, bf
     loss.backward()
     torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
     opt.step()
-    losses.append(loss.item())
-    if step % 10 == 0 or step == cfg.steps - 1:
-        bar.set_postfix(loss=f"{losses[-1]:.3f}", lr=f"{lr:.1e}")
-        curve.append({"step": step, "loss": losses[-1], "lr": lr})
+    return loss.item()
 
 
 def pretrain_tiny(

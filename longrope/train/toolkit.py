@@ -5,9 +5,6 @@ from __future__ import annotations
 import json
 import math
 import shutil
-import signal
-import sys
-import threading
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
@@ -162,72 +159,6 @@ class Checkpoints:
 
     def remove(self) -> None:
         shutil.rmtree(self.folder, ignore_errors=True)
-
-
-class StepInterrupted(KeyboardInterrupt):
-    """Ctrl-C taken at a step boundary: the weights hold exactly the steps counted so far."""
-
-
-class StepBoundary:
-    """Ctrl-C (or SIGTERM, as a scheduler's preemption sends) during a training step waits for
-    the step to end, so that a checkpoint written on the way out never holds an optimizer update
-    its step count does not (a resumed run would train that batch twice). A second one stops
-    at once, with no checkpoint.
-
-        with StepBoundary() as stop:
-            for step in ...:
-                train(step); record(step)
-                stop.check(sync)   # raises StepInterrupted once a stop is pending
-
-    `sync(flag)` (optional) returns whether any process was asked to stop, so that every
-    process stops after the same step. Outside the main thread it defers nothing, nor for a
-    signal the process ignores (a job started with nohup).
-    """
-
-    SIGNALS = (signal.SIGINT, signal.SIGTERM)
-
-    def __init__(self, say: Callable[[str], None] = lambda msg: print(msg, file=sys.stderr)) -> None:
-        self.pending, self.old, self.say = False, {}, say
-
-    def __enter__(self) -> "StepBoundary":
-        if threading.current_thread() is threading.main_thread():
-            for sig in self.SIGNALS:
-                if signal.getsignal(sig) is not signal.SIG_IGN:
-                    self.old[sig] = signal.signal(sig, self._handler)
-        return self
-
-    def _handler(self, signum, frame) -> None:
-        if self.pending:
-            raise KeyboardInterrupt  # the second one: mid-step, nothing may be saved
-        self.pending = True
-        self.say("\nstopping after this step (Ctrl-C again to stop at once, losing it)")
-
-    def check(self, sync: Callable[[bool], bool] | None = None) -> None:
-        if sync(self.pending) if sync is not None else self.pending:
-            raise StepInterrupted
-
-    def __exit__(self, *exc) -> None:
-        for sig, old in self.old.items():
-            signal.signal(sig, old if old is not None else signal.SIG_DFL)
-
-
-def stop_between_steps(loop: Callable[[StepBoundary], None], checkpoint: Callable[[], int],
-                       last_saved: Callable[[], int | None], folder: Path, hint: str,
-                       say: Callable[[str], None]) -> None:
-    """Run a training loop, `loop(stop)` calling `stop.check()` after each step, so that Ctrl-C
-    or SIGTERM ends it between steps: then `checkpoint()` saves the steps done (it returns
-    their number) and the run says where they are; a second one stops mid-step and saves
-    nothing. Either way KeyboardInterrupt goes on to the caller."""
-    try:
-        with StepBoundary(say) as stop:
-            loop(stop)
-    except StepInterrupted:
-        say(f"interrupted: step {checkpoint()} is saved in {folder}; {hint}")
-        raise
-    except KeyboardInterrupt:  # mid-step: the weights match no step count
-        last = last_saved()
-        say(f"interrupted mid-step: {f'step {last} is saved' if last else 'nothing is saved'} in {folder}; {hint}")
-        raise
 
 
 # -- model folders -------------------------------------------------------------------------------
