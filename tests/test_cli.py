@@ -109,3 +109,35 @@ def test_info_on_a_directory_without_tokenizer(tmp_path, make_tiny_model, capsys
     assert main(["info", "--model", str(tmp_path / "m"), "--json"]) == 0
     facts = json.loads(capsys.readouterr().out)
     assert facts["rotary_dim"] == 16 and facts["original_context"] == 32 and facts["rope_type"] == "default"
+
+
+def test_every_flag_and_recipe_key_comes_from_an_option_dataclass():
+    """One declaration per setting: each subcommand's flags are fields of option dataclasses
+    (type, bounds, default and help declared there), and so is every key a recipe takes."""
+    import argparse
+    import dataclasses
+
+    from longrope.cli import build_parser
+    from longrope.options import OPTION_TAG
+    from longrope.recipe.config import (NOT_RECIPE_KEYS, TOP_EXCLUDED, EvaluateStage, ReadjustStage, RecipeOptions,
+                                        SearchStage)
+    from longrope.train.finetune import FinetuneConfig
+
+    parser = build_parser()
+    commands = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+    flags = 0
+    for name, sub in commands.choices.items():
+        for action in sub._actions:
+            if isinstance(action, argparse._HelpAction):
+                continue
+            cls = getattr(action, OPTION_TAG, None)
+            assert cls is not None and dataclasses.is_dataclass(cls), (name, action.option_strings)
+            field = {f.name: f for f in dataclasses.fields(cls)}[action.dest]
+            assert field.metadata["help"], (name, action.option_strings)
+            flags += 1
+    assert flags > 100
+    for cls, excluded in ((SearchStage, NOT_RECIPE_KEYS), (ReadjustStage, NOT_RECIPE_KEYS), (EvaluateStage, ()),
+                          (FinetuneConfig, ("corpus", "split_seed")), (RecipeOptions, TOP_EXCLUDED)):
+        for f in dataclasses.fields(cls):
+            if f.name not in excluded and f.init:
+                assert f.metadata.get("help"), (cls.__name__, f.name)

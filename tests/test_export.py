@@ -33,6 +33,7 @@ from longrope.rope import RotarySpec
 ARCHS = {"llama": {}, "qwen2": {}, "phi3": {"partial_rotary_factor": 0.5}}  # phi3: rotary dim 8 of head dim 16
 L, TARGET = 32, 128  # native context of the tiny models (conftest), target context
 SHORT_T, LONG_T = 24, 80  # one sequence on each side of L
+from helpers import cli_error
 
 
 def searched_like(spec: RotarySpec) -> RopeExtension:
@@ -265,14 +266,6 @@ def test_plain_transformers_logits_equal_our_runtime(exported):
 
 
 # -- bad input: one line, exit 2, nothing written --------------------------------------------------
-def cli_error(capsys, argv) -> str:
-    capsys.readouterr()  # drop what earlier steps printed
-    assert main(argv) == 2
-    err = capsys.readouterr().err.strip()
-    assert len(err.splitlines()) == 1
-    return err
-
-
 def test_bad_input_is_refused_before_writing(exported, tmp_path, capsys):
     root, cases = exported
     src, factors = str(root / "llama-src"), str(root / "llama-factors.json")

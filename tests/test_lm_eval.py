@@ -115,7 +115,9 @@ def test_loglikelihoods_and_generations_are_longropes_own(sharp_model_dir, tiny_
     from lm_eval.api.instance import Instance
     from lm_eval.api.registry import get_model
 
-    import longrope.evaluate.harness  # noqa: F401  registers `longrope` with lm-eval
+    from longrope.evaluate import harness
+
+    assert harness.NAME == "longrope"  # importing it registers the model with lm-eval
 
     ref = load_model(str(sharp_model_dir), "fp32", "cpu")
     ext = switching_factors(ref.spec, tmp_path / "f.json")

@@ -16,7 +16,7 @@ from longrope.factors import RopeExtension
 from longrope.outputs import output_dir
 
 from conftest import make_corpus, make_tiny_model_dir
-from helpers import one_line_error
+from helpers import model_and_corpus, one_line_error
 
 SEARCH = ["--population", "6", "--parents", "3", "--mutations", "2", "--crossovers", "1", "--iterations", "1",
           "--docs", "1", "--start-token", "0"]
@@ -24,8 +24,7 @@ SEARCH = ["--population", "6", "--parents", "3", "--mutations", "2", "--crossove
 
 @pytest.fixture(scope="module")
 def assets(tmp_path_factory):
-    root = tmp_path_factory.mktemp("lost")
-    return make_tiny_model_dir(root / "model", native=32), make_corpus(root / "corpus.jsonl", n_docs=12, chars=200)
+    return model_and_corpus(tmp_path_factory, "lost")
 
 
 def evaluate(assets, out, *extra) -> int:

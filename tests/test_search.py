@@ -15,37 +15,12 @@ from longrope.rope import RotarySpec
 from longrope.search.loop import peer_seeds
 from longrope.search.scoring import RaceRule, RejectRule, Scoring, reject_rule, score_candidate
 from longrope.search.state import Evaluation, Record, SearchConfig, SearchState, top_k
-from longrope.search.genes import Genome, SearchSpace, critical_dimension, rescaled_critical_dimension
+from longrope.search.genes import SearchSpace, critical_dimension, rescaled_critical_dimension
 
-from helpers import search
+from helpers import assert_valid, quadratic, search, space_of
 
 SPEC = RotarySpec(dim=64, base=10000.0, original_max_position_embeddings=128)
 SMALL = SearchConfig(population=16, parents=8, mutations=4, crossovers=4, iterations=6, seed=0)
-
-
-def quadratic(half: int, scale: float, docs=(1.0, 2.0, 0.5)):
-    """A synthetic fitness: distance to a monotone target curve, plus a per-document offset
-    (documents differ in difficulty far more than candidates do, as real ones)."""
-    target = np.linspace(1.0, scale, half) ** 1.0
-
-    def objective(lam: np.ndarray, start_token: int):
-        base = float(np.mean((lam - target) ** 2)) + 0.001 * abs(start_token - 4)
-        return [w + base for w in docs]
-
-    return objective
-
-
-def assert_valid(space: SearchSpace, g: Genome):
-    assert space.is_valid(g), g
-    lam = space.factors(g)
-    assert lam.shape == (space.half,)
-    assert np.all(np.diff(lam) >= -1e-12), lam
-    assert lam.min() >= 1.0 - 1e-12 and lam.max() <= space.max_factor + 1e-9
-
-
-def space_of(variant: str, half: int = 32, scale: float = 8.0, **kw) -> SearchSpace:
-    cd = critical_dimension(2 * half, 10000.0, 128) if variant == "critical" else 0
-    return SearchSpace(half=half, scale=scale, max_factor=1.25 * scale, variant=variant, critical_dim=cd, **kw)
 
 
 # -- the genome -------------------------------------------------------------------------------

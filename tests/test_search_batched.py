@@ -23,8 +23,8 @@ from longrope.search.fitness import (NeedleObjective, PerplexityObjective, TailO
 from longrope.search.genes import SearchSpace
 from longrope.search.needle import NeedleDocument
 
-from conftest import make_corpus, make_tiny_model_dir, tiny_model
-from helpers import search
+from conftest import tiny_model
+from helpers import model_and_corpus, search
 
 RTOL = 1e-5  # batched vs one-at-a-time losses, fp32 (measured: within 1e-6 relative here)
 TINY = SearchConfig(population=6, parents=3, mutations=2, crossovers=2, iterations=2, seed=0)
@@ -181,8 +181,7 @@ def test_batched_search_on_a_random_model_selects_the_same_candidates(name):
 # -- the command ------------------------------------------------------------------------------
 @pytest.fixture(scope="module")
 def assets(tmp_path_factory):
-    root = tmp_path_factory.mktemp("batched_assets")
-    return make_tiny_model_dir(root / "model", native=32), make_corpus(root / "corpus.jsonl", n_docs=12, chars=200)
+    return model_and_corpus(tmp_path_factory, "batched_assets")
 
 
 def _search(assets, out, *extra):

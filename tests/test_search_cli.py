@@ -16,7 +16,7 @@ from longrope.cli import main
 from longrope.factors import RopeExtension
 from longrope.search.genes import START_TOKENS
 
-from conftest import make_corpus, make_tiny_model_dir
+from helpers import model_and_corpus
 
 ROOT = Path(__file__).resolve().parents[1]
 BUDGET = ["--population", "6", "--parents", "3", "--mutations", "2", "--crossovers", "2", "--iterations", "2",
@@ -25,10 +25,7 @@ BUDGET = ["--population", "6", "--parents", "3", "--mutations", "2", "--crossove
 
 @pytest.fixture(scope="module")
 def assets(tmp_path_factory):
-    root = tmp_path_factory.mktemp("search_assets")
-    model = make_tiny_model_dir(root / "model", native=32)
-    corpus = make_corpus(root / "corpus.jsonl", n_docs=12, chars=200)
-    return model, corpus
+    return model_and_corpus(tmp_path_factory, "search_assets")
 
 
 def search_args(assets, out, target=64, extra=()):

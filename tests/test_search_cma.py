@@ -19,24 +19,13 @@ from longrope.search.cma import CMAES, MonotoneMap, _restore, _snapshot
 from longrope.search.loop import OPTIMIZERS, peer_seeds, run_search
 from longrope.search.scoring import Scoring, evaluate_serial
 from longrope.search.state import SearchConfig, SearchState, top_k
-from longrope.search.genes import START_TOKENS, SearchSpace, critical_dimension
+from longrope.search.genes import START_TOKENS
 
-from helpers import search
+from helpers import assert_valid, quadratic, search, space_of
 
 SPEC = RotarySpec(dim=64, base=10000.0, original_max_position_embeddings=128)
 SMALL = SearchConfig(population=16, parents=8, mutations=4, crossovers=4, iterations=6, seed=0)
 ALL = sorted(OPTIMIZERS)
-
-
-def quadratic(half: int, scale: float, docs=(1.0, 2.0, 0.5)):
-    """Distance to a monotone target curve plus a per-document offset (as in test_search.py)."""
-    target = np.linspace(1.0, scale, half)
-
-    def objective(lam: np.ndarray, start_token: int):
-        base = float(np.mean((lam - target) ** 2)) + 0.001 * abs(start_token - 4)
-        return [w + base for w in docs]
-
-    return objective
 
 
 def noisy(half: int, scale: float, docs=(1.0, 3.0, 0.5, 2.0, 1.5, 2.5), sigma: float = 0.05):
@@ -63,17 +52,6 @@ def race_case(reject: str, docs: int = 4):
     if reject == "exact":
         return SMALL, quadratic(32, 8.0, docs=(1.0, 3.0, 0.5, 2.0)[:docs])
     return SearchConfig(**{**SMALL.__dict__, "reject": "race"}), noisy(32, 8.0, docs=(1.0, 3.0, 0.5, 2.0)[:docs])
-
-
-def space_of(variant: str, half: int = 32, scale: float = 8.0, **kw) -> SearchSpace:
-    cd = critical_dimension(2 * half, 10000.0, 128) if variant == "critical" else 0
-    return SearchSpace(half=half, scale=scale, max_factor=1.25 * scale, variant=variant, critical_dim=cd, **kw)
-
-
-def assert_valid(space: SearchSpace, g):
-    assert space.is_valid(g), g
-    lam = space.factors(g)
-    assert np.all(np.diff(lam) >= -1e-12) and lam.min() >= 1.0 - 1e-12 and lam.max() <= space.max_factor + 1e-9
 
 
 # -- the monotone parametrization ----------------------------------------------------------------

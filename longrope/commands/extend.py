@@ -1,4 +1,8 @@
 """`longrope extend`: the whole progressive recipe (search -> fine-tune -> search again ->
+
+Run the stages of a recipe YAML (see recipes/) into --out. Complete stages are skipped, an
+interrupted search or fine-tuning resumes where it stopped; a stage completed with other settings is
+refused. Writes OUT/final (HF model directory) and OUT/report (report.json, report.md, report.png).
 short-context readjustment -> final model and report), each stage resumable.
 
     longrope extend --recipe recipes/tiny-64x.yaml --out runs/tiny-64x
@@ -31,15 +35,10 @@ examples:
 """
 
 
-DESCRIPTION = ("Run the stages of a recipe YAML (see recipes/) into --out. Complete stages are skipped, "
-        "an interrupted search or fine-tuning resumes where it stopped; a stage completed with other settings "
-        "is refused. Writes OUT/final (HF model directory) and OUT/report (report.json, report.md, report.png).")
-
-
 def register(sub) -> None:
     add_command(sub, "extend", run, [ExtendOptions, (OutputOptions, dict(skip=("resume", "force")))],
                 help="progressive extension recipe: search, fine-tune, search again, readjust, report",
-                description=DESCRIPTION, epilog=EXAMPLES)
+                description=__doc__, epilog=EXAMPLES)
 
 
 def run(args) -> int:

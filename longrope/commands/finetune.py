@@ -1,5 +1,10 @@
 """`longrope finetune`: train a model at the extended length with its rescaled RoPE.
 
+Train --model with the factors of --factors on corpus documents packed into --length-token sequences
+(BOS/EOS between documents). Writes an HF model directory whose config carries the factors; without
+--factors the model's own (a directory written by finetune or extend), else the original RoPE.
+Checkpoints go to OUT/checkpoints.
+
     longrope finetune --model tiny --factors runs/search/factors.json --length 1024 \\
         --steps 200 --out runs/ft-1024
     longrope finetune ... --resume                       # continue exactly where it stopped
@@ -30,18 +35,12 @@ Checkpoints are accelerate states (sharded under FSDP/DeepSpeed); --resume reloa
 """
 
 
-DESCRIPTION = ("Train --model with the factors of --factors on corpus documents packed into --length-token "
-        "sequences (BOS/EOS between documents). Writes an HF model directory whose config carries the factors; "
-        "without --factors the model's own (a directory written by finetune or extend), else the original RoPE. "
-        "Checkpoints go to OUT/checkpoints.")
-
-
 def register(sub) -> None:
     add_command(sub, "finetune", run,
                 [(ModelOptions, dict(skip=("dtype", "device"))),  # the precision is --mixed-precision
                  FactorsOption, FinetuneConfig, (OutputOptions, dict(skip=("force",)))],
                 help="fine-tune at the extended length with rescaled RoPE (LongRoPE section 3.3)",
-                description=DESCRIPTION, epilog=EPILOG)
+                description=__doc__, epilog=EPILOG)
 
 
 def run(args) -> int:

@@ -1,7 +1,10 @@
 """`longrope lm-eval`: lm-evaluation-harness tasks on a model with any extension, nothing exported.
 
-    longrope lm-eval --model M --method yarn --target-length 32768 --tasks arc_challenge,hellaswag --out DIR
-    longrope lm-eval --model M --factors smollm2-135m-16k --tasks my_task --include-path tasks/ --out DIR
+Run lm-evaluation-harness tasks on --model with one extension installed through longrope's rotary
+seam, so what an export cannot carry stays in force (the start token n_hat, the short attention
+factor, attention_by_length, the short/long switch by length). Writes lm-eval's results
+(results.json) and its per-sample records (samples.jsonl, one line per sample with its task) to
+--out. Needs lm-eval (pip install lm-eval).
 """
 from __future__ import annotations
 
@@ -52,19 +55,12 @@ class LmEvalOptions:
         check_options(self)
 
 
-DESCRIPTION = ("Run lm-evaluation-harness tasks on --model with one extension installed through longrope's "
-        "rotary seam, so what an export cannot carry stays in force (the start token n_hat, the short attention "
-        "factor, attention_by_length, the short/long switch by length). Writes lm-eval's results (results.json) "
-        "and its per-sample records (samples.jsonl, one line per sample with its task) to --out. Needs lm-eval "
-        "(pip install lm-eval).")
-
-
 def register(sub) -> None:
     add_command(sub, "lm-eval", run,
                 [ModelOptions, TargetOptions, FactorsOption, LmEvalOptions,
                  (OutputOptions, dict(skip=("resume", "force"), out="runs/lm-eval"))],
                 help="lm-evaluation-harness tasks on any extension, without exporting",
-                description=DESCRIPTION, epilog=EPILOG)
+                description=__doc__, epilog=EPILOG)
 
 
 def _harness():

@@ -1,5 +1,10 @@
 """`longrope search`: find LongRoPE rescale factors and start token by evolutionary search.
 
+Search per-dimension RoPE rescale factors and the start token for a target context length, with
+perplexity on long documents (or on their last band, LongRoPE2's needle loss, or the passkey answer
+loss: --objective) as the fitness, by the paper's evolutionary search or CMA-ES. Defaults are the
+paper's.
+
     longrope search --model tiny --target-length 1024 --out runs/search-tiny
     longrope search ... --resume                      # continue a stopped run exactly
     torchrun --nproc-per-node 8 -m longrope search ... # one model replica per process
@@ -56,19 +61,13 @@ CPU: torchrun --standalone --nproc-per-node 2 ... uses gloo and one thread per p
 """
 
 
-DESCRIPTION = ("Search per-dimension RoPE rescale factors and the start token for a target context "
-        "length, with perplexity on long documents (or on their last band, LongRoPE2's needle loss, or the "
-        "passkey answer loss: --objective) as the fitness, by the paper's "
-        "evolutionary search or CMA-ES. Defaults are the paper's.")
-
-
 def register(sub) -> None:
     add_command(sub, "search", run,
                 [ModelOptions, (CorpusOptions, dict(skip=("docs",), split=SPLIT_NAMES[0])),  # docs: SearchOptions'
                  (SpaceOptions, dict(required=("target_length",))), SearchConfig, SearchOptions,
                  (OutputOptions, dict(skip=("force",)))],
                 help="evolutionary search for LongRoPE rescale factors (paper Algorithm 1)",
-                description=DESCRIPTION, epilog=EPILOG)
+                description=__doc__, epilog=EPILOG)
 
 
 def run(args: argparse.Namespace) -> int:
