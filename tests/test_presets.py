@@ -16,6 +16,24 @@ from longrope.train import pretrain
 pytestmark = pytest.mark.usefixtures("isolated_cache")
 
 
+@pytest.fixture(autouse=True)
+def nothing_shipped(tmp_path, monkeypatch, request):
+    """The build-once path: no preset weights in the package (but for the test of those)."""
+    if "shipped" not in request.node.name:
+        monkeypatch.setattr(presets, "SHIPPED", tmp_path / "no-weights")
+
+
+def test_the_shipped_tiny_weights_are_the_preset_and_its_recorded_training_is_tiny():
+    import json
+
+    folder = presets.tiny_model_dir()
+    assert folder == presets.SHIPPED / "tiny" and (folder / "model.safetensors").stat().st_size > 3_000_000
+    record = json.loads((folder / "training.json").read_text())
+    want = asdict(pretrain.PretrainConfig(**pretrain.TINY))
+    assert all(record["config"][k] == v for k, v in want.items() if k not in ("threads", "bf16"))
+    assert record["eval"]["passkey_accuracy_256"] >= 0.9  # it retrieves in its window, as the tiny preset must
+
+
 def test_cache_dir_follows_the_environment(tmp_path):
     assert cache_dir() == tmp_path / "cache" and cache_dir().is_dir()
 

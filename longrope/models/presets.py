@@ -86,8 +86,16 @@ def _trained_preset(name: str, config: dict) -> Path:
     return _build_once(name, build, lambda folder: _built_with(folder, cfg))
 
 
+SHIPPED = Path(__file__).parent / "weights"  # preset weights that come with the package
+
+
 def tiny_model_dir() -> Path:
-    """The trained tiny reference Llama (native 256, trained to copy and retrieve), training it on first use."""
+    """The trained tiny reference Llama (native 256, trained to copy and retrieve): the weights
+    shipped with the package (trained by `longrope.train.pretrain` with `pretrain.TINY`; `longrope
+    pretrain` rebuilds them), else trained once into the cache."""
+    shipped = SHIPPED / "tiny"
+    if _is_model_dir(shipped) and _built_with(shipped, pretrain.PretrainConfig(**pretrain.TINY)):
+        return shipped
     return _trained_preset("tiny", pretrain.TINY)
 
 
