@@ -165,9 +165,8 @@ class RopeExtension:
         model = self.metadata.get("model")
         made_for = f" (made for {model})" if model else ""
         if self.half_dim != spec.half:
-            raise UsageError(f"factors are for another model{made_for}: {self.half_dim} values, one per pair of "
-                             f"a rotary dim of {2 * self.half_dim}, where this model's rotary dim {spec.dim} "
-                             f"needs {spec.half}")
+            raise UsageError(f"factors do not fit this model{made_for}: they hold {self.half_dim} values, and a "
+                             f"rotary dim of {spec.dim} takes {spec.half} (one per pair of rotary dims)")
         if self.original_max_position_embeddings != spec.original_max_position_embeddings:
             raise UsageError(f"factors are for a native context of {self.original_max_position_embeddings} "
                              f"tokens{made_for} but the model's is {spec.original_max_position_embeddings}")

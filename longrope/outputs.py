@@ -147,8 +147,9 @@ def _make_dirs(path: Path) -> list[Path]:
         raise UsageError(f"cannot create {path}: {p} is a file, not a folder")
     try:
         path.mkdir(parents=True, exist_ok=True)
-    except OSError as e:
-        raise UsageError(f"cannot create {path}: {e.strerror or e}") from None
+    except OSError as e:  # /proc/x: the parent exists yet refuses a folder, which errno calls "no such file"
+        why = "that folder does not take new folders" if e.errno == 2 and p.is_dir() else (e.strerror or e)
+        raise UsageError(f"cannot create {path} in {p}: {why}") from None
     return missing[::-1]
 
 

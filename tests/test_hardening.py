@@ -333,7 +333,7 @@ def test_factors_of_the_wrong_length_fail_before_any_method_runs(tiny_model_dir,
     RopeExtension("longrope", [2.0] * 5, NATIVE, 64).save(wrong)
     code = main(["eval-ppl", "--model", str(tiny_model_dir), "--corpus", str(tiny_corpus), "--split", "all",
                  "--lengths", "64", "--methods", "none,pi", "--factors", str(wrong), "--out", str(tmp_path / "o")])
-    one_line_error(capsys, code, "5 values", "needs 8")
+    one_line_error(capsys, code, "hold 5 values", "takes 8")
     assert not (tmp_path / "o").exists()  # no method ran
 
 

@@ -53,7 +53,7 @@ def test_factors_for_another_model_are_refused(shipped_dir):
     write_factors(shipped_dir, "other-dim", half=4)
     with pytest.raises(UsageError, match="rope base 500000 .made for tiny-test.; this model.s base is 10000"):
         load_factors("other-base").check_fits(TINY)
-    with pytest.raises(UsageError, match="another model .made for tiny-test.: 4 values"):
+    with pytest.raises(UsageError, match="do not fit this model .made for tiny-test.: they hold 4 values"):
         load_factors("other-dim").check_fits(TINY)
     write_factors(shipped_dir, "fits")
     assert shipped.shipped_for(TINY) == ["fits"]

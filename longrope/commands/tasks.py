@@ -22,6 +22,7 @@ from .common import OutputOptions, add_command, print_table
 
 # config entries that must match for a finished cell of an earlier run to be reused; each
 # cell also records its extension and a digest of its prompts
+TINY_PRESETS = ("tiny", "tiny-128")
 REUSE_KEYS = ("model", "model_files", "dtype", "corpus", "split", "split_seed", "settings", "chat_template")
 
 
@@ -140,6 +141,10 @@ def run(args) -> int:
 
 
 def evaluate(args, out, tasks: list[str], settings, given_lengths: list[int] | None, haystacks) -> int:
+    if args.model in TINY_PRESETS:
+        print(f"note: the {args.model} preset was trained on passkey prompts only, not on these tasks' instructions: "
+              f"expect accuracies near zero; the suite measures a model that follows instructions (e.g. smollm2-135m)",
+              file=sys.stderr)
     loaded = load_model(args.model, args.dtype, args.device)
     L = loaded.spec.original_max_position_embeddings
     lengths, target = lengths_and_target(given_lengths, args.target_length, L)
