@@ -277,7 +277,7 @@ def test_bad_input_is_refused_before_writing(exported, tmp_path, capsys):
 
     wrong = tmp_path / "wrong.json"
     RopeExtension("longrope", [1.0] * 5, L, TARGET).save(wrong)
-    assert "needs 8" in cli_error(capsys, base + [str(tmp_path / "a"), "--factors", str(wrong)])
+    assert "takes 8" in cli_error(capsys, base + [str(tmp_path / "a"), "--factors", str(wrong)])
 
     ntk = tmp_path / "dyn.json"
     build_extension("dynamic-ntk", rotary_spec(cases["llama"][0]), TARGET).save(ntk)

@@ -111,7 +111,7 @@ def test_gguf_refusals(tmp_path, capsys):
     qwen = write_gguf(tmp_path / "qwen.gguf", arch="qwen2")
     freqs = write_gguf(tmp_path / "freqs.gguf", extra_tensors={"rope_freqs.weight": np.ones(HALF, np.float32)})
     cases = [
-        (src, extension(long_factor=[1.0, 2.0], short_factor=None), "needs 8"),
+        (src, extension(long_factor=[1.0, 2.0], short_factor=None), "takes 8"),
         (src, extension(original_max_position_embeddings=64), "native context"),
         (qwen, extension(), "qwen2"),
         (freqs, extension(), "already rescales"),
