@@ -1,0 +1,149 @@
+"""What an extension costs a model below its native context, as users measure it: lm-eval tasks of
+both kinds (log-likelihood multiple choice, greedy generation), built from held-out prose, on
+
+    none        SmolLM2-135M as trained
+    longrope    the shipped factors in longrope's runtime (`longrope lm-eval --factors NAME`: short
+                factors and short attention factor 1 below 8192 tokens, so the model as trained)
+    exported    the same factors exported to transformers (`longrope export`), run by lm-eval's own
+                `hf` model: transformers applies the one attention factor at every length
+    yarn        YaRN set for the same target (`--method yarn`), at every length
+
+    python bench/short_context.py --factors smollm2-135m-32k --items 200 --out bench/figures/smollm2-short-context
+
+The tasks (written under OUT/tasks, from the `gutenberg` corpus's test split, which no search
+reads): `prose_next` (which of four sentences follows a passage of about 150 words: the true one
+and three from other books) and `prose_words` (greedy: the next word of a passage, exact match).
+Writes OUT/short-context.json: per task and variant the accuracy, the item count and the 95%
+Wilson interval, and each variant's lm-eval results.json beside it.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import random
+import re
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from longrope.atomic import atomic_write_json  # noqa: E402
+from longrope.data import load_corpus, select_split  # noqa: E402
+from longrope.evaluate.passkey import wilson_interval  # noqa: E402
+
+
+def sentences(text: str) -> list[str]:
+    flat = " ".join(text.split())
+    return [s.strip() for s in re.split(r"(?<=[.!?])\s+", flat) if 30 <= len(s.strip()) <= 200]
+
+
+def write_tasks(folder: Path, items: int, seed: int = 0) -> None:
+    """prose_next (multiple choice) and prose_words (greedy generation) from held-out books."""
+    rng = random.Random(seed)
+    books = [sentences(d.text) for d in select_split(load_corpus("gutenberg"), "test")]
+    pool = [s for b in books for s in b]
+    mc, gen = [], []
+    while len(mc) < items:
+        book = rng.choice(books)
+        i = rng.randrange(8, len(book) - 1)
+        context = " ".join(book[i - 8:i])[-900:]
+        choices = [book[i]] + rng.sample(pool, 3)
+        order = list(range(4))
+        rng.shuffle(order)
+        mc.append({"context": context, "choices": [choices[j] for j in order], "label": order.index(0)})
+        words = book[i].split()
+        if len(gen) < items and len(words) > 4:
+            gen.append({"prompt": context + " " + " ".join(words[:3]), "answer": words[3].strip(".,;:!?\"'")})
+    folder.mkdir(parents=True, exist_ok=True)
+    for name, rows in (("prose_next", mc), ("prose_words", gen)):
+        (folder / f"{name}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    common = f"""
+        dataset_path: json
+        dataset_kwargs:
+          data_files:
+            test: {folder}/{{name}}.jsonl
+        test_split: test
+    """
+    (folder / "prose_next.yaml").write_text(textwrap.dedent("""
+        task: prose_next""" + common.replace("{name}", "prose_next") + """
+        output_type: multiple_choice
+        doc_to_text: "{{context}}"
+        doc_to_choice: "{{choices}}"
+        doc_to_target: label
+        metric_list:
+          - {metric: acc, aggregation: mean, higher_is_better: true}
+    """))
+    (folder / "prose_words.yaml").write_text(textwrap.dedent("""
+        task: prose_words""" + common.replace("{name}", "prose_words") + """
+        output_type: generate_until
+        doc_to_text: "{{prompt}}"
+        doc_to_target: " {{answer}}"
+        generation_kwargs: {until: [" ", ".", ",", "\\n"], max_gen_toks: 8, do_sample: false}
+        filter_list:
+          - name: strip
+            filter: [{function: regex, regex_pattern: "(\\\\w+)"}, {function: take_first}]
+        metric_list:
+          - {metric: exact_match, aggregation: mean, higher_is_better: true, ignore_case: true}
+    """))
+
+
+def run(args, variant: str, out: Path) -> dict:
+    tasks = ["prose_next", "prose_words"]
+    folder = out / variant
+    if not (folder / "results.json").is_file():
+        if variant == "exported":
+            export = out / "export"
+            if not (export / "config.json").is_file():
+                subprocess.run([sys.executable, "-m", "longrope", "export", "--model", "smollm2-135m", "--factors",
+                                args.factors, "--out", str(export)], check=True)
+            cmd = [sys.executable, "-m", "lm_eval", "--model", "hf", "--model_args",
+                   f"pretrained={export},dtype={args.hf_dtype}", "--tasks", ",".join(tasks), "--include_path",
+                   str(out / "tasks"), "--output_path", str(folder / "lm-eval"), "--batch_size", "1"]
+            subprocess.run(cmd, check=True)
+            found = sorted((folder / "lm-eval").rglob("results_*.json"))
+            folder.mkdir(parents=True, exist_ok=True)
+            (folder / "results.json").write_text(found[-1].read_text())
+        else:
+            pick = {"none": ["--method", "none"], "longrope": ["--factors", args.factors],
+                    "yarn": ["--method", "yarn", "--target-length", str(args.target)]}[variant]
+            subprocess.run([sys.executable, "-m", "longrope", "lm-eval", "--model", "smollm2-135m", *pick,
+                            "--dtype", args.dtype, "--tasks", ",".join(tasks), "--include-path", str(out / "tasks"),
+                            "--out", str(folder)], check=True)
+    results = json.loads((folder / "results.json").read_text())["results"]
+    counts = json.loads((folder / "results.json").read_text()).get("n-samples", {})
+    row = {}
+    for task, metric in (("prose_next", "acc,none"), ("prose_words", "exact_match,strip")):
+        acc = results[task].get(metric, results[task].get(metric.split(",")[0] + ",none"))
+        n = counts.get(task, {}).get("effective", args.items)
+        lo, hi = wilson_interval(round(acc * n), n)
+        row[task] = {"accuracy": acc, "items": n, "interval_95": [lo, hi]}
+    return row
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--factors", default="smollm2-135m-32k")
+    p.add_argument("--target", type=int, default=32768, help="YaRN's target (the factors' own)")
+    p.add_argument("--items", type=int, default=200)
+    p.add_argument("--dtype", default="fp32")
+    p.add_argument("--hf-dtype", default="float32", help="dtype of lm-eval's hf model for the export")
+    p.add_argument("--variants", default="none,longrope,exported,yarn")
+    p.add_argument("--out", default="runs/short-context")
+    args = p.parse_args()
+    out = Path(args.out)
+    if not (out / "tasks" / "prose_next.yaml").is_file():
+        write_tasks(out / "tasks", args.items)
+    rows = {v: run(args, v, out) for v in args.variants.split(",")}
+    atomic_write_json(out / "short-context.json", {"model": "smollm2-135m", "factors": args.factors, "items": args.items,
+                                                   "dtype": args.dtype, "variants": rows})
+    for v, row in rows.items():
+        print(f"{v:>9}: " + "; ".join(f"{t} {r['accuracy']:.3f} [{r['interval_95'][0]:.3f}, {r['interval_95'][1]:.3f}] "
+                                      f"of {r['items']}" for t, r in row.items()))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
