@@ -116,3 +116,4 @@ class LossOptions:
 
     def __post_init__(self):
         check_options(self)
+        getattr(super(), "__post_init__", lambda: None)()  # the next settings class's checks, when one derives

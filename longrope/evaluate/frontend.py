@@ -148,16 +148,19 @@ class Store:
         return earlier == mine
 
     def reusable(self, variants: list[Variant], cell_key: Callable[[Cell], Key],
-                 same_cell: Callable[[Cell], bool] = lambda cell: True) -> dict[Key, Cell]:
+                 same_cell: Callable[[Cell], bool] = lambda cell: True,
+                 identity: Callable[[Variant], Any] = extension_dict, recorded: str = "extension") -> dict[Key, Cell]:
+        """The earlier cells to keep: same run key, and per cell its variant's `identity` (by
+        default its extension) equal to what the cell `recorded`, and `same_cell`."""
         earlier = read_json_or_none(self.path)
         if not isinstance(earlier, dict) or not self._same_run(self.key_of(earlier)):
             return {}
         # through JSON, as the earlier cells were
-        extensions = json.loads(json.dumps({v.label: extension_dict(v) for v in variants}))
+        identities = json.loads(json.dumps({v.label: identity(v) for v in variants}))
         done = {}
         for cell in self.cells_of(earlier):
             label = cell.get("method", cell.get("variant"))
-            if label in extensions and cell.get("extension") == extensions[label] and same_cell(cell):
+            if label in identities and cell.get(recorded) == identities[label] and same_cell(cell):
                 done[cell_key(cell)] = cell
         return done
 

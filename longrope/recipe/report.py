@@ -12,6 +12,7 @@ from typing import Any
 
 from ..data import documents_of_length, load_corpus, select_split, tokenize_corpus
 from ..evaluate.passkey import wilson_interval
+from ..evaluate.frontend import Store
 from ..evaluate.runner import Variant, passkey_figures, ppl_figures, run_cells
 from ..factors import FACTORS_FILE, RopeExtension
 from ..atomic import atomic_write_json, atomic_write_text
@@ -105,10 +106,11 @@ def stage_evaluate(recipe: Recipe, where: Path, spec: RotarySpec, variants: list
     ids = {v.label: variant_identity(v.model, v.extension, where.parent) for v in variants}
     path = where / "report.json"
     previous = read_json_or_none(path)
-    done = {}
-    if previous and previous.get("settings") == settings:
-        done = {(c["variant"], c["kind"], c["length"]): c for c in previous["cells"]
-                if c.get("identity") == ids.get(c["variant"])}
+    extra: dict = {}  # what the finished report adds to its cells
+    store = Store(path, settings, layout=lambda cells: {"settings": settings, "cells": list(cells.values()), **extra},
+                  cells_of=lambda content: content.get("cells", []), key_of=lambda content: content.get("settings"))
+    done = store.reusable(variants, cell_key=lambda c: (c["variant"], c["kind"], c["length"]),
+                          identity=lambda v: ids[v.label], recorded="identity")
     docs: list = []  # the same held-out documents for every variant, tokenized on first use
 
     def ppl(lm, variant, n, progress):
@@ -135,19 +137,14 @@ def stage_evaluate(recipe: Recipe, where: Path, spec: RotarySpec, variants: list
         return {"variant": variant.label, "identity": ids[variant.label], "kind": "passkey", "length": n,
                 "value": f["accuracy"], "trials": f["trials"], "seconds": round(f["seconds"], 1)}
 
-    def save(cells: dict, extra: dict | None = None) -> dict:
-        report = {"settings": settings, "cells": list(cells.values()), **(extra or {})}
-        atomic_write_json(path, report)
-        return report
-
     evaluators = {"ppl": ppl, **({"passkey": passkey} if ev.passkey_trials > 0 else {})}
-    cells = run_cells(variants, lengths, evaluators, done=done, on_cell=save, dtype=recipe.dtype, desc="report",
+    cells = run_cells(variants, lengths, evaluators, done=done, on_cell=store.save, dtype=recipe.dtype, desc="report",
                       by_length=True)
     partial.clear()
     summary = summarize(cells, lengths, L, recipe.final_target)
     n_docs = len(docs) if docs else (previous or {}).get("documents")  # every cell reused: as recorded
-    report = save(cells, {"lengths": lengths, "native": L, "final_target": recipe.final_target, "summary": summary,
-                          "documents": n_docs})
+    extra.update(lengths=lengths, native=L, final_target=recipe.final_target, summary=summary, documents=n_docs)
+    report = store.save(cells)
     trials = (f"{ev.passkey_trials}" if ev.passkey_long_length is None else
               f"{ev.passkey_trials} (from {ev.passkey_long_length} tokens {ev.passkey_long_trials})")
     plot_report(cells, lengths, L, where / "report.png",

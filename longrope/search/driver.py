@@ -25,7 +25,7 @@ from tqdm.auto import tqdm
 
 from ..version import __version__
 from ..data import tokens_fingerprint
-from ..evaluate.ppl import CHUNK_SIZE
+from ..settings import LossOptions
 from ..errors import UsageError
 from ..factors import RopeExtension
 from ..methods import attention_factor, ntk_factors, pi_factors, yarn_factors
@@ -42,7 +42,7 @@ from .state import STATE_FILE, SearchConfig, SearchState, population_curve, writ
 
 
 @dataclass(frozen=True)
-class SearchOptions:
+class SearchOptions(LossOptions):
     """What a search needs beyond Algorithm 1's hyper-parameters: the optimizer and objective,
     the fitness documents, the grid and bound of the factors, the loss chunk. `longrope search`
     flags, recipe keys."""
@@ -50,7 +50,6 @@ class SearchOptions:
     docs: int = option(5, "K search documents (as the paper)", min=1, max=10_000)
     step: float = option(0.01, "grid step of the factors", above=0)
     max_factor: float | None = option(None, "upper bound of lambda", default_help="1.25*s", above=1)
-    chunk_size: int = option(CHUNK_SIZE, "tokens per LM-head chunk in the loss", min=1)
     optimizer: str = option("ga", "ga: the paper's evolutionary search; cma: CMA-ES (cmaes) on a monotone "
                             "parametrization of the same genome, mutations + crossovers samples per generation",
                             choices=tuple(OPTIMIZERS))

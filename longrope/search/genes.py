@@ -78,7 +78,7 @@ class SearchSpace:
     max_factor: float  # upper bound of lambda (paper: 1.25*s)
     step: float = 0.01  # grid step of lambda
     start_tokens: tuple[int, ...] = START_TOKENS  # one value = n_hat fixed
-    variant: str = "longrope"
+    variant: str = VARIANTS[0]
     critical_dim: int = 0  # cd, used by the "critical" variant
     lo: np.ndarray = field(init=False, repr=False, compare=False)
     hi: np.ndarray = field(init=False, repr=False, compare=False)
