@@ -69,5 +69,9 @@ if [ -f "$OUT/search/b1/factors.json" ]; then
     step finetune "$T_FT" "$PY" -m longrope finetune --model "$MODEL" --factors "$OUT/search/b1/factors.json" \
         --length "$FT_LENGTH" --steps 4 --lr 1e-5 --out "$OUT/finetune"
 fi
+# vLLM serving the exports of the shipped SmolLM2 factors, against longrope's runtime (where vllm is importable)
+if [ "$SMOKE" != 1 ] && "$PY" -c "import vllm" 2>/dev/null; then
+    step vllm "${T_VLLM:-600}" "$PY" bench/vllm_parity.py --vllm-python "$PY" --dtype bf16 --out "$OUT/vllm"
+fi
 echo "checks took $((SECONDS - CHECKS_START)) s"
 "$PY" bench/gpu_check.py summary --dir "$OUT"

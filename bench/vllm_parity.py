@@ -56,7 +56,8 @@ def serve(plan_path: Path, dtype: str) -> None:
         t0 = time.time()
         # chunked prefill of 4096 tokens: the prompt log-probabilities of a chunk need its [4096, vocab] logits only
         llm = LLM(model=case["export"], max_model_len=case["max_model_len"], dtype=dtype, enforce_eager=True,
-                  enable_prefix_caching=False, max_num_seqs=1, max_num_batched_tokens=4096)
+                  enable_prefix_caching=False, max_num_seqs=1, max_num_batched_tokens=4096,
+                  gpu_memory_utilization=0.25)  # on CPU the share of memory kept for the KV cache
         params = SamplingParams(max_tokens=GREEDY, temperature=0.0, prompt_logprobs=0)
         [out] = llm.generate([{"prompt_token_ids": ids[: case["length"] - GREEDY]}], params)
         scored = llm.generate([{"prompt_token_ids": ids}], SamplingParams(max_tokens=1, prompt_logprobs=0))[0]
