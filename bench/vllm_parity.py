@@ -58,11 +58,11 @@ def serve(plan_path: Path, dtype: str) -> None:
         llm = LLM(model=case["export"], max_model_len=case["max_model_len"], dtype=dtype, enforce_eager=True,
                   enable_prefix_caching=False, max_num_seqs=1, max_num_batched_tokens=4096,
                   gpu_memory_utilization=0.25)  # on CPU the share of memory kept for the KV cache
+        prompt = ids[: case["length"] - GREEDY]  # one request: its prompt's log-probabilities and a continuation
         params = SamplingParams(max_tokens=GREEDY, temperature=0.0, prompt_logprobs=0)
-        [out] = llm.generate([{"prompt_token_ids": ids[: case["length"] - GREEDY]}], params)
-        scored = llm.generate([{"prompt_token_ids": ids}], SamplingParams(max_tokens=1, prompt_logprobs=0))[0]
-        logprobs = [None] + [_logprob(pos, token) for pos, token in zip(scored.prompt_logprobs[1:], ids[1:])]
-        results[case["label"]] = {"logprobs": logprobs[1:], "greedy": list(out.outputs[0].token_ids),
+        [out] = llm.generate([{"prompt_token_ids": prompt}], params)
+        logprobs = [_logprob(pos, token) for pos, token in zip(out.prompt_logprobs[1:], prompt[1:])]
+        results[case["label"]] = {"logprobs": logprobs, "greedy": list(out.outputs[0].token_ids),
                                   "seconds": round(time.time() - t0, 1)}
         del llm
         print(f"vllm {case['label']}: {results[case['label']]['seconds']} s", file=sys.stderr, flush=True)
@@ -103,11 +103,11 @@ def prepare(out: Path, dtype: str) -> dict:
             if name == "unextended" and length > 8192:
                 continue
             install_rope(lm.model, extension)
-            ids = docs[length][None]
+            prompt = docs[length][None, : length - GREEDY]  # as vLLM gets it
             t0 = time.time()
             with torch.inference_mode():
-                logits_nll = _token_nlls(lm.model, ids)
-            greedy = greedy_generate(lm.model, ids[:, : length - GREEDY], GREEDY).tolist()
+                logits_nll = _token_nlls(lm.model, prompt)
+            greedy = greedy_generate(lm.model, prompt, GREEDY).tolist()
             ours[f"{label}/{name}"] = {"nll": logits_nll, "greedy": greedy, "seconds": round(time.time() - t0, 1)}
             print(f"longrope {label} {name}: {ours[f'{label}/{name}']['seconds']} s", file=sys.stderr, flush=True)
         plan["cases"].append({"label": label, "factors": factors, "length": length, "max_model_len": max_len,
