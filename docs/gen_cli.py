@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import re
 import sys
 from pathlib import Path
 
@@ -72,14 +73,17 @@ def _flags_table(parser: argparse.ArgumentParser) -> list[str]:
 
 
 def _prose(text: str) -> list[str]:
-    """A description or epilog: plain paragraphs as text, indented ones (commands) as a code block."""
+    """A description or epilog: plain paragraphs as text (`code` kept as code), indented ones
+    (commands, even a single line) as a code block."""
     out = []
     for para in text.strip("\n").split("\n\n"):
         lines = para.splitlines()
-        if len(lines) > 1 and any(line.startswith(" ") for line in lines):
+        if any(line.startswith(" ") for line in lines):
             out += ["```text", *lines, "```", ""]
         else:
-            out += [_escape(" ".join(line.strip() for line in lines)).replace("\\|", "|"), ""]
+            flat = " ".join(line.strip() for line in lines)
+            parts = re.split(r"(`[^`]+`)", flat)  # odd parts are code spans: kept as they are
+            out += ["".join(part if i % 2 else _escape(part).replace("\\|", "|") for i, part in enumerate(parts)), ""]
     return out
 
 

@@ -1,9 +1,9 @@
 """`longrope extend`: the whole progressive recipe (search -> fine-tune -> search again ->
+short-context readjustment -> final model and report), each stage resumable.
 
 Run the stages of a recipe YAML (see recipes/) into --out. Complete stages are skipped, an
 interrupted search or fine-tuning resumes where it stopped; a stage completed with other settings is
 refused. Writes OUT/final (HF model directory) and OUT/report (report.json, report.md, report.png).
-short-context readjustment -> final model and report), each stage resumable.
 
     longrope extend --recipe recipes/tiny-64x.yaml --out runs/tiny-64x
 """

@@ -269,7 +269,7 @@ def _prepare_out_dir(out_dir: Path, overwrite: bool) -> None:
     if out_dir.exists() and not out_dir.is_dir():
         raise UsageError(f"--out {out_dir} exists and is not a directory")
     if out_dir.is_dir() and any(out_dir.iterdir()) and not overwrite:
-        raise UsageError(f"--out {out_dir} is not empty; choose another folder or pass --overwrite")
+        raise UsageError(f"--out {out_dir} is not empty; choose another folder or pass --force")
 
 
 @dataclass
