@@ -32,14 +32,14 @@ COMMAND_MODULES = [
 
 
 class _Formatter(argparse.HelpFormatter):
-    """Descriptions wrapped to the terminal; a paragraph whose lines are indented (command
-    examples in an epilog) kept as written."""
+    """Descriptions wrapped to the terminal; a paragraph with an indented line (command examples)
+    kept as written."""
 
     def _fill_text(self, text, width, indent):
         out = []
         for para in text.strip("\n").split("\n\n"):
             lines = para.splitlines()
-            if len(lines) > 1 and any(line.startswith(" ") for line in lines):
+            if any(line.startswith(" ") for line in lines):
                 out.append("\n".join(indent + line for line in lines))
             else:
                 out.append(super()._fill_text(" ".join(line.strip() for line in lines), width, indent))
