@@ -35,18 +35,19 @@ def _switch_length(model: nn.Module) -> int | None:
 @torch.inference_mode()
 def greedy_generate(
     model: nn.Module, input_ids: torch.Tensor, max_new_tokens: int, eos_token_id: int | None = None,
-    stop: Callable[[torch.Tensor], bool] | None = None,
+    stop: Callable[[torch.Tensor], bool] | None = None, past=None,
 ) -> torch.Tensor:
     """Greedy continuation of input_ids [1, T]; returns the new token ids [n <= max_new_tokens].
     Decoding ends after EOS, or after the token for which stop(new token ids [n]) is true (a
-    stop string appeared)."""
+    stop string appeared). past: a KV cache that holds the first tokens of input_ids already
+    (a shared prefix, `longrope.evaluate.prefix`): the first forward runs on the rest."""
     if input_ids.dim() != 2 or input_ids.shape[0] != 1:
         raise ValueError(f"greedy_generate decodes one sequence: input_ids must be [1, T], got {list(input_ids.shape)}")
     device = next(model.parameters()).device
     seq = input_ids.to(device)
     switch = _switch_length(model)
     new: list[torch.Tensor] = []
-    past, step_input = None, seq
+    step_input = seq if past is None else seq[:, past.get_seq_length():]
     # transformers 5.x names the KV cache argument `cache`, 4.x `past_key_values`
     cache_arg = "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
     for _ in range(max_new_tokens):

@@ -76,6 +76,9 @@ class ScaledRotaryEmbedding(nn.Module):
         self.register_buffer("original_inv_freq", spec.inv_freq().float(), persistent=False)
         self._inv_freq_cache: dict[Any, torch.Tensor] = {}
         self._rows_cache: dict[Any, tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = {}
+        # the sequence length the factors and the magnitude are chosen for when a forward covers only its
+        # start (a prefix computed once for several sequences of that length; `longrope.evaluate.prefix`)
+        self.length_in_force = 0
         self.set_extension(extension)
 
     def set_extension(self, extension: RopeExtension | None) -> None:
@@ -125,7 +128,7 @@ class ScaledRotaryEmbedding(nn.Module):
     def forward(self, x: torch.Tensor, position_ids: torch.Tensor, layer_type=None):
         if self.rows is not None:
             return self._forward_rows(x, position_ids)
-        seq_len = int(position_ids.max()) + 1  # one host sync per forward
+        seq_len = max(int(position_ids.max()) + 1, self.length_in_force)  # one host sync per forward
         inv = self.inv_freq_at(seq_len, x.device)
         start = 0 if self.extension is None else self.extension.start_token
         cos, sin = rope_cos_sin(position_ids, inv, self.original_inv_freq.to(x.device), start,

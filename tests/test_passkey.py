@@ -38,3 +38,35 @@ def test_tokens_after_eos_are_not_part_of_the_answer(tiny_model_dir):
     model = Scripted(answer + trailing, len(tok))  # no EOS: the digits run on, a wrong answer
     [trial] = list(run_trials(model, tok, 256, 1, random.Random(0), max_new_tokens=len(answer) + 4))
     assert not trial.correct
+
+
+def test_trials_sharing_their_filler_prefill_answer_as_trials_that_do_not():
+    """Past the native context the filler before the needles is prefilled once per prompt length and
+    each trial runs from its needle on (the merged attention over the cached prefix): the same greedy
+    answers as a one-pass prefill per trial, and a prefix cached in a shorter forward whose keys are
+    those of the full prompt's pass (the factors and magnitude of the full length in force)."""
+    from conftest import tiny_model, tiny_tokenizer
+    from longrope.evaluate.passkey import build_prompt, filler_tokens
+    from longrope.evaluate.prefix import cache_arg, prefill
+    from longrope.methods import build_extension
+    from longrope.seam import install_rope
+
+    tok = tiny_tokenizer()
+    model = tiny_model("llama", vocab_size=len(tok), max_position_embeddings=256, initializer_range=0.2)
+    from longrope.seam import rotary_spec
+
+    ext = build_extension("yarn", rotary_spec(model), 4096).with_(method="longrope", attention_by_length=True)
+    install_rope(model, ext)
+    shared = list(run_trials(model, tok, 2304, 6, random.Random(3), share=True))
+    alone = list(run_trials(model, tok, 2304, 6, random.Random(3), share=False))
+    assert [t.output for t in shared] == [t.output for t in alone] and len({t.depth for t in shared}) == 6
+
+    prompt = build_prompt(tok, 2304, 0.6, 12345, reserve=10)
+    k, T = filler_tokens(tok, prompt), prompt.input_ids.shape[1]
+    assert 100 < k < T
+    with torch.inference_mode():
+        full = getattr(model(input_ids=prompt.input_ids, use_cache=True, logits_to_keep=1), cache_arg(model))
+    part = prefill(model, prompt.input_ids[:, :k], T)
+    for layer in (0, 1):
+        keys = [c.layers[layer].keys if hasattr(c, "layers") else c.key_cache[layer] for c in (full, part)]
+        assert torch.allclose(keys[0][:, :, :k], keys[1], atol=1e-5)

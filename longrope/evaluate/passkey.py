@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import random
 import re
+from contextlib import nullcontext
 from dataclasses import dataclass
 from typing import Iterator
 
@@ -32,6 +33,7 @@ class PasskeyPrompt:
     input_ids: torch.Tensor  # [1, T], T <= the requested length
     key: int
     depth: float  # fraction of the filler placed before the needle, in [0, 1]
+    before: int = 0  # filler blocks before the needle
 
 
 def build_prompt(tokenizer, length: int, depth: float, key: int, reserve: int = 0) -> PasskeyPrompt:
@@ -56,7 +58,15 @@ def build_prompt(tokenizer, length: int, depth: float, key: int, reserve: int = 
                 f"{ids.shape[1]}, and {reserve} for the answer)" if reserve
                 else f"a passkey prompt needs at least {ids.shape[1]} tokens")
         raise ValueError(f"{need}; {length} is too short")
-    return PasskeyPrompt(ids, key, before / n if n else 0.0)
+    return PasskeyPrompt(ids, key, before / n if n else 0.0, before)
+
+
+def filler_tokens(tokenizer, prompt: PasskeyPrompt) -> int:
+    """How many leading tokens `prompt` shares with every prompt of its length: the instruction and
+    the filler before its needle (0 when the tokenizer joins them to the needle's first word)."""
+    prefix = tokenizer(" ".join([INSTRUCTION, *[FILLER] * prompt.before]), return_tensors="pt").input_ids[0]
+    k = len(prefix)
+    return k if k <= prompt.input_ids.shape[1] and torch.equal(prompt.input_ids[0, :k], prefix) else 0
 
 
 def wilson_interval(correct: int, trials: int, z: float = 1.959964) -> tuple[float, float]:
@@ -87,15 +97,63 @@ class Trial:
 
 
 def run_trials(model, tokenizer, length: int, trials: int, rng: random.Random, max_new_tokens: int = 10,
-               progress: Progress = no_progress, skip: int = 0) -> Iterator[Trial]:
+               progress: Progress = no_progress, skip: int = 0, share: bool = True) -> Iterator[Trial]:
     """`trials` passkey trials at `length` tokens (prompt + answer), random key and depth from `rng`,
     yielded one by one; the first `skip` are drawn but not run (done before). `progress(done,
-    trials)` after each."""
+    trials)` after each. share: past the native context, the filler before the needles is
+    prefilled once for the trials of one prompt length (`longrope.evaluate.prefix`)."""
     draws = [(rng.randint(1, MAX_KEY), rng.random()) for _ in range(trials)]
-    for i, (key, depth) in enumerate(draws[skip:], start=skip + 1):
-        prompt = build_prompt(tokenizer, length, depth, key, reserve=max_new_tokens)
-        # the answer ends at EOS: tokens after it would be decoded onto the digits (EOS is skipped)
-        out = greedy_generate(model, prompt.input_ids, max_new_tokens, eos_token_id=tokenizer.eos_token_id)
-        text = tokenizer.decode(out.tolist(), skip_special_tokens=True)
-        yield Trial(length, prompt.input_ids.shape[1], prompt.depth, key, text, first_integer(text) == key)
-        progress(i, trials)
+    prompts = [build_prompt(tokenizer, length, depth, key, reserve=max_new_tokens) for key, depth in draws[skip:]]
+    shared = SharedFiller(model, tokenizer, prompts) if share and _worth_sharing(model, length) else None
+    with shared.attention() if shared is not None else nullcontext():
+        for i, prompt in enumerate(prompts, start=skip + 1):
+            past = None if shared is None else shared.cache_for(prompt)
+            # the answer ends at EOS: tokens after it would be decoded onto the digits (EOS is skipped)
+            out = greedy_generate(model, prompt.input_ids, max_new_tokens, eos_token_id=tokenizer.eos_token_id,
+                                  past=past)
+            text = tokenizer.decode(out.tolist(), skip_special_tokens=True)
+            yield Trial(length, prompt.input_ids.shape[1], prompt.depth, prompt.key, text,
+                        first_integer(text) == prompt.key)
+            progress(i, trials)
+
+
+def _worth_sharing(model, length: int) -> bool:
+    """Long prompts on a model that runs a shared prefix (past the short/long switch, so every
+    forward of a trial uses the same factors)."""
+    from ..generate import _switch_length
+    from .prefix import available
+
+    switch = _switch_length(model)
+    return length >= 2048 and (switch is None or length > switch + 1) and available(model)
+
+
+class SharedFiller:
+    """The filler's keys and values, computed once per prompt length for the trials of a length
+    (up to the latest needle among them), and a copy cut at each trial's needle."""
+
+    def __init__(self, model, tokenizer, prompts: list[PasskeyPrompt]):
+        self.model, self.caches = model, {}
+        self.shared = {id(p): filler_tokens(tokenizer, p) for p in prompts}
+        self.longest: dict[int, PasskeyPrompt] = {}  # prompt length -> the prompt with the latest needle
+        for p in prompts:
+            T = p.input_ids.shape[1]
+            if T not in self.longest or self.shared[id(p)] > self.shared[id(self.longest[T])]:
+                self.longest[T] = p
+
+    def attention(self):
+        """The model's attention for a suffix after a cached prefix (and as before otherwise)."""
+        from .prefix import merged_attention
+
+        return merged_attention(self.model)
+
+    def cache_for(self, prompt: PasskeyPrompt):
+        """A KV cache of the prompt's filler before its needle (None: nothing to share)."""
+        from .prefix import first_tokens, prefill
+
+        k, T = self.shared[id(prompt)], prompt.input_ids.shape[1]
+        if k < 2:
+            return None
+        if T not in self.caches:
+            source = self.longest[T]
+            self.caches[T] = prefill(self.model, source.input_ids[:, : self.shared[id(source)]], T)
+        return first_tokens(self.caches[T], k)
