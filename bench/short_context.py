@@ -80,8 +80,8 @@ def write_tasks(folder: Path, items: int, seed: int = 0) -> None:
         task: prose_words""" + common.replace("{name}", "prose_words") + """
         output_type: generate_until
         doc_to_text: "{{prompt}}"
-        doc_to_target: " {{answer}}"
-        generation_kwargs: {until: [" ", ".", ",", "\\n"], max_gen_toks: 8, do_sample: false}
+        doc_to_target: "{{answer}}"
+        generation_kwargs: {until: ["\\n"], max_gen_toks: 4, do_sample: false}
         filter_list:
           - name: strip
             filter: [{function: regex, regex_pattern: "(\\\\w+)"}, {function: take_first}]
