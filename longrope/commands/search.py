@@ -162,15 +162,17 @@ def _long_plan(args: argparse.Namespace, space: SpaceOptions, options: SearchOpt
         carried.append((str(ext.metadata.get("label") or Path(given).stem), ext))
     plan = long_plan(spec, space, options.step, options.max_factor, args.model, carried)
     if carried:  # recorded only when given: older states resume unchanged
+        own = slice(len(PEER_SEED_NAMES), None)
         describe["init_factors"] = {name: [round(float(x), 6) for x in lam]
-                                    for name, lam in zip(plan.names[len(PEER_SEED_NAMES):], plan.seeds[len(PEER_SEED_NAMES):])}
+                                    for name, lam in zip(plan.names[own], plan.seeds[own])}
     return plan
 
 
 def _short_plan(args: argparse.Namespace, space: SpaceOptions, options: SearchOptions, spec: RotarySpec,
                 describe: dict[str, Any]) -> Plan:
     """--short-for: short factors at a length within the native context, for fixed long factors."""
-    ext, L, N = _fitting("--short-for", space.short_for, spec), spec.original_max_position_embeddings, space.target_length
+    ext = _fitting("--short-for", space.short_for, spec)
+    L, N = spec.original_max_position_embeddings, space.target_length
     if N > L:
         raise UsageError(f"--target-length {N} must be at most the model's native context {L} with --short-for "
                          f"(short factors serve sequences up to it)")
@@ -178,10 +180,8 @@ def _short_plan(args: argparse.Namespace, space: SpaceOptions, options: SearchOp
         raise UsageError("--short-for keeps the long factors' attention factor; drop --attention-factor")
     bound = options.max_factor or max(ext.scale, 1.0 + options.step)
     describe["short_for"] = ext.to_dict()
-    plan = short_plan(ext, options.step, bound, [np.minimum(np.asarray(ext.long_factor), bound)],
+    return short_plan(ext, options.step, bound, {"long": np.minimum(np.asarray(ext.long_factor), bound)},
                       f"short factors at {N} tokens ({args.model})", finalize=_short_metadata(ext))
-    plan.names = ["original", "long"]
-    return plan
 
 
 def _search(args: argparse.Namespace, d: Dist, config: SearchConfig, options: SearchOptions, space: SpaceOptions,

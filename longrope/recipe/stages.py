@@ -277,8 +277,8 @@ def stage_readjust(recipe: Recipe, out: Path, spec: RotarySpec, ext1: RopeExtens
     def keep_metadata(found: RopeExtension) -> RopeExtension:
         return found.with_(metadata=dict(ext.metadata) | {"short_search_perplexity": found.metadata["search_perplexity"]})
 
-    plan = short_plan(ext, stage.step, bound, [np.minimum(ext1.long_factor, bound), np.minimum(ext.long_factor, bound)],
-                      f"readjust short_factor at {L}", keep_metadata)
+    seeds = {"fine-tuned": np.minimum(ext1.long_factor, bound), "final": np.minimum(ext.long_factor, bound)}
+    plan = short_plan(ext, stage.step, bound, seeds, f"readjust short_factor at {L}", keep_metadata)
     found, seconds = _search(recipe, "readjust", settings, out, str(ft_dir), L, plan,
                              {"stage": "readjust", "model": ft_dir.name, "length": L})
     log(f"readjust: short_factor at {L} tokens, ppl {found.metadata['short_search_perplexity']:.3f} ({seconds:.0f}s)")

@@ -119,10 +119,10 @@ def on_top_plan(spec: RotarySpec, opts: SpaceOptions, step: float, max_factor: f
     return Plan(make, space, seeds, list(PEER_SEED_NAMES) + ["carried"] * len(extra_seeds), title)
 
 
-def short_plan(ext: RopeExtension, step: float, bound: float, seeds: Sequence[np.ndarray], title: str,
+def short_plan(ext: RopeExtension, step: float, bound: float, seeds: dict[str, np.ndarray], title: str,
                finalize: Callable[[RopeExtension], RopeExtension] | None = None) -> Plan:
     """Short factors in [1, bound] for the fixed long factors of `ext` (their n_hat and attention
-    factor kept), seeded with 1 (the original RoPE) and `seeds`."""
+    factor kept), seeded with 1 (the original RoPE) and `seeds` ({name: factors})."""
     space = SearchSpace(half=ext.half_dim, scale=bound, max_factor=bound, step=step, start_tokens=(ext.start_token,))
-    return Plan(short_factor_candidate(ext), space, [np.ones(ext.half_dim), *seeds],
-                ["original"] + [f"seed{i}" for i in range(1, len(seeds) + 1)], title, finalize=finalize)
+    return Plan(short_factor_candidate(ext), space, [np.ones(ext.half_dim), *seeds.values()],
+                ["original", *seeds], title, finalize=finalize)
