@@ -8,8 +8,7 @@ from dataclasses import dataclass
 
 from .data import CORPUS_HELP, DEFAULT_CORPUS, SPLIT_NAMES
 from .errors import UsageError
-from .evaluate.ppl import CHUNK_SIZE
-from .models.device import AUTO, DTYPES
+from .defaults import AUTO, CHUNK_SIZE, DTYPES
 from .methods import METHODS
 from .options import check_options, option
 

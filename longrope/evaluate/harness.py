@@ -27,7 +27,7 @@ from .frontend import factor_files, method_names, method_variants
 from ..errors import UsageError, gist
 from ..generate import greedy_generate
 from ..methods import attention_factor_at_length, factors_at_length
-from ..models.device import AUTO
+from ..defaults import AUTO
 from ..models.load import LoadedModel, load_model, model_spec
 from ..seam import install_rope
 from .runner import Variant

@@ -14,10 +14,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..defaults import CHUNK_SIZE
 from . import Progress, no_progress
-
-
-CHUNK_SIZE = 1024  # tokens per LM-head chunk: the loss never materialises [T, vocab] logits
 
 
 @torch.inference_mode()

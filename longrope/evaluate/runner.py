@@ -21,13 +21,13 @@ from typing import Any, Callable, Sequence
 import torch
 from tqdm import tqdm
 
+from ..defaults import AUTO, CHUNK_SIZE
 from ..factors import RopeExtension
-from ..models.device import AUTO
 from ..models.load import LoadedModel, load_model
 from ..seam import install_rope
 from . import Progress, no_progress
 from .passkey import run_trials
-from .ppl import CHUNK_SIZE, band_mean_nlls, mean_nlls, perplexity, position_bands
+from .ppl import band_mean_nlls, mean_nlls, perplexity, position_bands
 from .tasks import TaskPrompt, run_prompt
 
 

@@ -6,6 +6,7 @@ from pathlib import Path
 
 import torch
 
+from ..defaults import AUTO, DTYPES
 from ..errors import UsageError
 
 
@@ -44,10 +45,6 @@ def auto_half_dtype(device: str | torch.device = "cpu") -> torch.dtype | None:
     if str(device).startswith("cuda"):
         return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
     return torch.bfloat16 if cpu_has_fast_bf16() else None
-
-
-AUTO = "auto"  # the default dtype: bf16 where the hardware runs it fast, else fp32
-DTYPES = (AUTO, "fp32", "bf16", "fp16")
 
 
 def resolve_dtype(dtype: str, device: str | torch.device = "cpu") -> torch.dtype:
