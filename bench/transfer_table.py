@@ -32,8 +32,8 @@ TEXTS = {"code": "stdlib-packages", "prose": "gutenberg"}
 
 def evaluate(args, text: str, corpus: str, factors: dict[str, Path], out: Path) -> dict:
     where = out / f"{text}-{args.length}"
-    if not (where / "results.json").is_file() or json.loads((where / "results.json").read_text())["config"].get(
-            "lengths") != [args.length]:
+    if not _has_rows(where / "results.json", args.length, ["ntk", "yarn", *factors]):
+        # eval-ppl reuses the cells an earlier run of the folder scored: only new factors are run
         cmd = [sys.executable, "-m", "longrope", "eval-ppl", "--model", args.model, "--corpus", corpus, "--split",
                "validation", "--docs", str(args.docs), "--lengths", str(args.length), "--methods", "ntk,yarn",
                "--by-position", "--dtype", args.dtype, "--out", str(where)]
@@ -43,6 +43,13 @@ def evaluate(args, text: str, corpus: str, factors: dict[str, Path], out: Path) 
     rows = json.loads((where / "results.json").read_text())["rows"]
     return {r["method"]: {"ppl": r["ppl"], "bands": {f"{b['start']}-{b['end'] - 1}": b["ppl"] for b in r["bands"]}}
             for r in rows}
+
+
+def _has_rows(path: Path, length: int, methods: list[str]) -> bool:
+    if not path.is_file():
+        return False
+    results = json.loads(path.read_text())
+    return results["config"].get("lengths") == [length] and set(methods) <= {r["method"] for r in results["rows"]}
 
 
 def floor(args, corpus: str, out: Path, text: str) -> dict[str, float]:
