@@ -29,7 +29,7 @@ import torch
 from .errors import UsageError
 from .atomic import atomic_write_bytes, staged_dir
 from .readback import display, parse_json, read_text
-from .models.cache import cache_dir, file_lock
+from .cache import cache_dir, file_lock
 
 SPLIT_NAMES = ("search", "validation", "test")
 DEFAULT_CORPUS = "stdlib"

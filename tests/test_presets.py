@@ -8,7 +8,7 @@ import pytest
 
 from longrope.models import presets
 from longrope.errors import UsageError
-from longrope.models.cache import cache_dir
+from longrope.cache import cache_dir
 from longrope.models.presets import PRESETS, ModelSource, resolve_model
 from longrope.train import pretrain
 

@@ -22,7 +22,7 @@ from ..rope import RotarySpec
 from ..seam import install_rope, rotary_slots, rotary_spec, rotary_spec_from_config
 from .device import AUTO, check_device, default_device, resolve_dtype
 from .presets import ModelSource, resolve_model
-from .cache import cache_dir, file_lock
+from ..cache import cache_dir, file_lock
 from ..atomic import atomic_write_json
 from ..readback import read_json_or_none
 

@@ -32,7 +32,7 @@ import torch
 from ..errors import UsageError
 from ..atomic import staged_dir
 from ..train import pretrain
-from .cache import cache_dir, file_lock
+from ..cache import cache_dir, file_lock
 
 
 @dataclass(frozen=True)
