@@ -14,12 +14,15 @@ The tasks (written under OUT/tasks, from the `gutenberg` corpus's test split, wh
 reads): `prose_next` (which of four sentences follows a passage of about 150 words: the true one
 and three from other books) and `prose_words` (greedy: the next word of a passage, exact match).
 Writes OUT/short-context.json: per task and variant the accuracy, the item count and the 95%
-Wilson interval, and each variant's lm-eval results.json beside it.
+Wilson interval, and, item by item against `none`, how many answers the variant changed (right to
+wrong, wrong to right) with McNemar's exact two-sided p; each variant's lm-eval results.json and
+samples.jsonl beside it.
 """
 from __future__ import annotations
 
 import argparse
 import json
+import math
 import random
 import re
 import subprocess
@@ -101,10 +104,13 @@ def run(args, variant: str, out: Path) -> dict:
                                 args.factors, "--out", str(export)], check=True)
             cmd = [sys.executable, "-m", "lm_eval", "--model", "hf", "--model_args",
                    f"pretrained={export},dtype={args.hf_dtype}", "--tasks", ",".join(tasks), "--include_path",
-                   str(out / "tasks"), "--output_path", str(folder / "lm-eval"), "--batch_size", "1"]
+                   str(out / "tasks"), "--output_path", str(folder / "lm-eval"), "--batch_size", "1", "--log_samples"]
             subprocess.run(cmd, check=True)
             found = sorted((folder / "lm-eval").rglob("results_*.json"))
             folder.mkdir(parents=True, exist_ok=True)
+            samples = [json.dumps({"task": task, **json.loads(line)}) + "\n" for task in tasks
+                       for line in sorted((folder / "lm-eval").rglob(f"samples_{task}_*.jsonl"))[-1].open()]
+            (folder / "samples.jsonl").write_text("".join(samples))
             (folder / "results.json").write_text(found[-1].read_text())
         else:
             pick = {"none": ["--method", "none"], "longrope": ["--factors", args.factors],
@@ -123,6 +129,25 @@ def run(args, variant: str, out: Path) -> dict:
     return row
 
 
+METRIC = {"prose_next": "acc", "prose_words": "exact_match"}
+
+
+def correct(folder: Path) -> dict[tuple[str, int], bool]:
+    """Each item's outcome in a variant's samples.jsonl: (task, doc_id) -> right."""
+    rows = (json.loads(line) for line in (folder / "samples.jsonl").open())
+    return {(r["task"], r["doc_id"]): bool(r[METRIC[r["task"]]]) for r in rows if r["task"] in METRIC}
+
+
+def paired(base: dict, other: dict, task: str) -> dict:
+    """Item by item against the base: answers lost (right -> wrong), gained, and McNemar's exact p."""
+    keys = [k for k in base if k[0] == task and k in other]
+    lost = sum(base[k] and not other[k] for k in keys)
+    gained = sum(other[k] and not base[k] for k in keys)
+    n, low = lost + gained, min(lost, gained)
+    p = min(1.0, 2 * sum(math.comb(n, i) for i in range(low + 1)) / 2 ** n) if n else 1.0
+    return {"items": len(keys), "lost": lost, "gained": gained, "mcnemar_p": p}
+
+
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--factors", default="smollm2-135m-32k")
@@ -137,12 +162,26 @@ def main() -> int:
     if not (out / "tasks" / "prose_next.yaml").is_file():
         write_tasks(out / "tasks", args.items)
     rows = {v: run(args, v, out) for v in args.variants.split(",")}
+    if "none" in rows:
+        base = correct(out / "none")
+        for v in rows:
+            if v != "none":
+                other = correct(out / v)
+                for task in rows[v]:
+                    rows[v][task]["vs_none"] = paired(base, other, task)
     atomic_write_json(out / "short-context.json", {"model": "smollm2-135m", "factors": args.factors, "items": args.items,
                                                    "dtype": args.dtype, "variants": rows})
     for v, row in rows.items():
         print(f"{v:>9}: " + "; ".join(f"{t} {r['accuracy']:.3f} [{r['interval_95'][0]:.3f}, {r['interval_95'][1]:.3f}] "
-                                      f"of {r['items']}" for t, r in row.items()))
+                                      f"of {r['items']}" + _change(r) for t, r in row.items()))
     return 0
+
+
+def _change(r: dict) -> str:
+    if "vs_none" not in r:
+        return ""
+    c = r["vs_none"]
+    return f" (vs none: -{c['lost']} +{c['gained']}, p {c['mcnemar_p']:.2f})"
 
 
 if __name__ == "__main__":
