@@ -14,7 +14,7 @@ The tasks (written under OUT/tasks, from the `gutenberg` corpus's test split, wh
 reads): `prose_next` (which of four sentences follows a passage of about 150 words: the true one
 and three from other books) and `prose_words` (greedy: the next word of a passage, exact match).
 Writes OUT/short-context.json: per task and variant the accuracy, the item count and the 95%
-Wilson interval, and, item by item against `none`, how many answers the variant changed (right to
+Wilson interval, lm-eval's own results, and, item by item against `none`, how many answers the variant changed (right to
 wrong, wrong to right) with McNemar's exact two-sided p; each variant's lm-eval results.json and
 samples.jsonl beside it.
 """
@@ -118,9 +118,9 @@ def run(args, variant: str, out: Path) -> dict:
             subprocess.run([sys.executable, "-m", "longrope", "lm-eval", "--model", "smollm2-135m", *pick,
                             "--dtype", args.dtype, "--tasks", ",".join(tasks), "--include-path", str(out / "tasks"),
                             "--out", str(folder)], check=True)
-    results = json.loads((folder / "results.json").read_text())["results"]
-    counts = json.loads((folder / "results.json").read_text()).get("n-samples", {})
-    row = {}
+    whole = json.loads((folder / "results.json").read_text())
+    results, counts = whole["results"], whole.get("n-samples", {})
+    row = {"lm_eval": {task: results[task] for task in tasks}}
     for task, metric in (("prose_next", "acc,none"), ("prose_words", "exact_match,strip")):
         acc = results[task].get(metric, results[task].get(metric.split(",")[0] + ",none"))
         n = counts.get(task, {}).get("effective", args.items)
@@ -167,13 +167,13 @@ def main() -> int:
         for v in rows:
             if v != "none":
                 other = correct(out / v)
-                for task in rows[v]:
+                for task in METRIC:
                     rows[v][task]["vs_none"] = paired(base, other, task)
     atomic_write_json(out / "short-context.json", {"model": "smollm2-135m", "factors": args.factors, "items": args.items,
                                                    "dtype": args.dtype, "variants": rows})
     for v, row in rows.items():
         print(f"{v:>9}: " + "; ".join(f"{t} {r['accuracy']:.3f} [{r['interval_95'][0]:.3f}, {r['interval_95'][1]:.3f}] "
-                                      f"of {r['items']}" + _change(r) for t, r in row.items()))
+                                      f"of {r['items']}" + _change(r) for t, r in row.items() if t in METRIC))
     return 0
 
 
