@@ -8,7 +8,7 @@ both kinds (log-likelihood multiple choice, greedy generation), built from held-
                 `hf` model: transformers applies the one attention factor at every length
     yarn        YaRN set for the same target (`--method yarn`), at every length
 
-    python bench/short_context.py --factors smollm2-135m-32k --items 200 --out bench/figures/smollm2-short-context
+    python bench/short_context.py --factors smollm2-135m-32k --items 200 --out runs/short-context
 
 The tasks (written under OUT/tasks, from the `gutenberg` corpus's test split, which no search
 reads): `prose_next` (which of four sentences follows a passage of about 150 words: the true one
@@ -16,7 +16,7 @@ and three from other books) and `prose_words` (greedy: the next word of a passag
 Writes OUT/short-context.json: per task and variant the accuracy, the item count and the 95%
 Wilson interval, lm-eval's own results, and, item by item against `none`, how many answers the variant changed (right to
 wrong, wrong to right) with McNemar's exact two-sided p; each variant's lm-eval results.json and
-samples.jsonl beside it.
+samples.jsonl beside it. (`bench/figures/smollm2-short-context.json` is that file, as measured.)
 """
 from __future__ import annotations
 
