@@ -14,9 +14,10 @@ The tasks (written under OUT/tasks, from the `gutenberg` corpus's test split, wh
 reads): `prose_next` (which of four sentences follows a passage of about 150 words: the true one
 and three from other books) and `prose_words` (greedy: the next word of a passage, exact match).
 Writes OUT/short-context.json: per task and variant the accuracy, the item count and the 95%
-Wilson interval, lm-eval's own results, and, item by item against `none`, how many answers the variant changed (right to
-wrong, wrong to right) with McNemar's exact two-sided p; each variant's lm-eval results.json and
-samples.jsonl beside it. (`bench/figures/smollm2-short-context.json` is that file, as measured.)
+Wilson interval, lm-eval's own results, and, item by item against `none`, how many answers the
+variant changed (right to wrong, wrong to right) with McNemar's exact two-sided p; each variant's
+lm-eval results.json and samples.jsonl beside it. (`bench/figures/smollm2-short-context.json` is
+that file, as measured.)
 """
 from __future__ import annotations
 
