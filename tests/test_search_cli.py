@@ -322,7 +322,12 @@ def test_a_resume_may_ask_for_more_generations(assets, tmp_path, capsys, optimiz
         return main(["search", "--model", str(assets[0]), "--corpus", str(assets[1]), "--target-length", "64",
                      "--out", str(out), *budget, *opt, *extra])
 
-    assert run(tmp_path / "short", 1) == 0 and run(tmp_path / "short", 2, "--resume") == 0
+    assert run(tmp_path / "short", 1) == 0
+    capsys.readouterr()
+    assert run(tmp_path / "short", 2, "--resume") == 0
+    # the resumed progress bar shows the best so far from its first line on
+    first = next(part for part in re.split(r"[\r\n]", capsys.readouterr().err) if "gen=" in part)
+    assert "gen=2/2" in first and "best_ppl=" in first
     assert run(tmp_path / "long", 2) == 0
     for name in ("factors.json", "history.jsonl", "state.json"):
         assert (tmp_path / "short" / name).read_bytes() == (tmp_path / "long" / name).read_bytes(), name

@@ -226,7 +226,10 @@ class _Progress:
                         initial=0 if state is None else len(state.history))
         self.num_docs, self.fields, self.shown = len(job.docs), {}, 0.0
         self.iterations = job.config.iterations
-        self.generation(0 if state is None else state.generation + 1)
+        if state is None:
+            self.generation(0)
+        else:  # resumed: the best of the saved generations from the start
+            self.generation(state.generation + 1, best_ppl=f"{state.best.evaluation.perplexity:.3f}")
 
     def generation(self, g: int, **fields) -> None:
         """The generation in progress, g of T (0: the initial population; T once the last is done)."""
