@@ -20,7 +20,8 @@ from ..factors import FACTORS_FILE, RopeExtension
 from ..hf_config import carried_extension, load_factors
 from ..rope import RotarySpec
 from ..seam import install_rope, rotary_slots, rotary_spec, rotary_spec_from_config
-from .device import AUTO, check_device, default_device, resolve_dtype
+from ..defaults import AUTO
+from .device import check_device, default_device, resolve_dtype
 from .presets import ModelSource, resolve_model
 from ..cache import cache_dir, file_lock
 from ..atomic import atomic_write_json
